@@ -1,0 +1,284 @@
+//! The real AWS clients behind the [`DesiredSource`] and [`ArtifactStore`] traits: SSM for the
+//! parameter, S3 for artifacts, plus the few calls the operator commands make.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::config::Aws as AwsConfig;
+use crate::source::{DesiredSource, Parameter, SourceError};
+use crate::store::{ArtifactStore, ObjectBody, StoreError};
+
+/// Loads region and credentials from the default chain, with the config's overrides.
+pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(30))
+            .build(),
+    );
+    if let Some(region) = &cfg.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(url) = &cfg.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    loader.load().await
+}
+
+pub fn s3_client(sdk: &aws_config::SdkConfig, cfg: &AwsConfig) -> aws_sdk_s3::Client {
+    let s3 = aws_sdk_s3::config::Builder::from(sdk)
+        // Emulators answer on one host; virtual-hosted buckets need DNS they do not have.
+        .force_path_style(cfg.endpoint_url.is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(s3)
+}
+
+/// Sorts an SDK error into the kinds the reconcile loop treats differently.
+enum Kind {
+    NotFound,
+    Throttled,
+    Denied,
+    Other,
+}
+
+fn kind_of(code: Option<&str>, not_found: &[&str]) -> Kind {
+    match code {
+        Some(c) if not_found.contains(&c) => Kind::NotFound,
+        Some(
+            "ThrottlingException"
+            | "Throttling"
+            | "TooManyRequestsException"
+            | "SlowDown"
+            | "RequestLimitExceeded",
+        ) => Kind::Throttled,
+        Some(
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken",
+        ) => Kind::Denied,
+        _ => Kind::Other,
+    }
+}
+
+pub struct SsmSource {
+    client: aws_sdk_ssm::Client,
+    name: String,
+}
+
+impl SsmSource {
+    pub fn new(sdk: &aws_config::SdkConfig, name: &str) -> Self {
+        Self {
+            client: aws_sdk_ssm::Client::new(sdk),
+            name: name.to_owned(),
+        }
+    }
+
+    /// `drover promote`: what `aws ssm put-parameter --overwrite` does. Returns the new version.
+    pub async fn put(&self, value: &str) -> Result<i64, SourceError> {
+        self.client
+            .put_parameter()
+            .name(&self.name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .map(|out| out.version())
+            .map_err(|e| self.error(e))
+    }
+
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        err: aws_sdk_ssm::error::SdkError<E>,
+    ) -> SourceError {
+        let name = self.name.clone();
+        let message = DisplayErrorContext(&err).to_string();
+        match kind_of(
+            err.code(),
+            &["ParameterNotFound", "ParameterVersionNotFound"],
+        ) {
+            Kind::NotFound => SourceError::NotFound { name },
+            Kind::Throttled => SourceError::Throttled { name, message },
+            Kind::Denied => SourceError::Denied { name, message },
+            Kind::Other => SourceError::Failed { name, message },
+        }
+    }
+}
+
+impl DesiredSource for SsmSource {
+    async fn read(&self) -> Result<Parameter, SourceError> {
+        let out = self
+            .client
+            .get_parameter()
+            .name(&self.name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        let p = out.parameter().ok_or_else(|| SourceError::Failed {
+            name: self.name.clone(),
+            message: "response has no parameter".into(),
+        })?;
+        Ok(Parameter {
+            value: p.value().unwrap_or_default().to_owned(),
+            version: p.version(),
+        })
+    }
+}
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// A body that sends nothing for this long counts as failed.
+    stall_timeout: Duration,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: &str) -> Self {
+        Self {
+            client,
+            bucket: bucket.to_owned(),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        key: &str,
+        err: aws_sdk_s3::error::SdkError<E>,
+    ) -> StoreError {
+        let (bucket, key) = (self.bucket.clone(), key.to_owned());
+        let message = DisplayErrorContext(&err).to_string();
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        match (
+            kind_of(err.code(), &["NoSuchKey", "NotFound", "NoSuchBucket"]),
+            status,
+        ) {
+            (Kind::NotFound, _) | (_, Some(404)) => StoreError::NotFound { bucket, key },
+            (Kind::Throttled, _) | (_, Some(503)) => StoreError::Throttled {
+                bucket,
+                key,
+                message,
+            },
+            (Kind::Denied, _) | (_, Some(403)) => StoreError::Denied {
+                bucket,
+                key,
+                message,
+            },
+            (Kind::Other, _) => StoreError::Failed {
+                bucket,
+                key,
+                message,
+            },
+        }
+    }
+
+    /// Whether an object exists (for `drover publish`, which never overwrites).
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match self.error(key, e) {
+                StoreError::NotFound { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    pub async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StoreError> {
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StoreError::Failed {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                message: format!("{}: {e}", path.display()),
+            })?;
+        self.put(key, body).await
+    }
+
+    pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.put(key, ByteStream::from(bytes)).await
+    }
+
+    async fn put(&self, key: &str, body: ByteStream) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(key, e))
+    }
+}
+
+pub struct S3Body {
+    stream: ByteStream,
+    len: Option<u64>,
+    bucket: String,
+    key: String,
+    stall_timeout: Duration,
+}
+
+impl ObjectBody for S3Body {
+    fn announced_len(&self) -> Option<u64> {
+        self.len
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, StoreError> {
+        let failed = |message: String| StoreError::Failed {
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            message,
+        };
+        match tokio::time::timeout(self.stall_timeout, self.stream.next()).await {
+            Err(_) => Err(failed(format!(
+                "no data for {} s",
+                self.stall_timeout.as_secs()
+            ))),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(bytes))) => Ok(Some(bytes)),
+            Ok(Some(Err(e))) => Err(failed(DisplayErrorContext(&e).to_string())),
+        }
+    }
+}
+
+impl ArtifactStore for S3Store {
+    type Body = S3Body;
+
+    async fn get(&self, key: &str) -> Result<S3Body, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(S3Body {
+            len: out.content_length().and_then(|l| u64::try_from(l).ok()),
+            stream: out.body,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            stall_timeout: self.stall_timeout,
+        })
+    }
+}

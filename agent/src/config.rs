@@ -1,0 +1,610 @@
+//! `/etc/drover/config.toml`: read, check every key, and turn it into validated [`Config`].
+//!
+//! Parsing happens in two layers (as zincati does): [`raw`] mirrors the file with serde and rejects
+//! unknown keys; [`Config::from_raw`] applies defaults and checks values, naming the key at fault.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/drover/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: key {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: Source,
+    pub artifact: Artifact,
+    pub release: Release,
+    pub service: Service,
+    pub health: Health,
+    pub aws: Aws,
+    pub agent: Agent,
+}
+
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub parameter: String,
+    pub poll_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    pub bucket: String,
+    /// Object key template; contains `{version}`.
+    pub key: String,
+    /// Largest tarball accepted, in bytes (compressed).
+    pub max_size: u64,
+    /// Largest sum of unpacked file sizes, in bytes: the decompression-bomb cap.
+    pub max_unpacked_size: u64,
+    pub max_entries: u64,
+    /// The whole download, digest to last byte, must finish within this.
+    pub download_timeout: Duration,
+}
+
+impl Artifact {
+    pub fn key_for(&self, version: &crate::version::Version) -> String {
+        self.key.replace("{version}", version.as_str())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub root: PathBuf,
+    pub keep: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub units: Vec<String>,
+    /// How long one restart job may take before it counts as failed.
+    pub restart_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Health {
+    pub url: Option<String>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub successes: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Aws {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Agent {
+    pub state_dir: PathBuf,
+}
+
+/// The file as written, before defaults and checks.
+mod raw {
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub source: Source,
+        pub artifact: Option<Artifact>,
+        #[serde(default)]
+        pub release: Release,
+        #[serde(default)]
+        pub service: Service,
+        #[serde(default)]
+        pub health: Health,
+        #[serde(default)]
+        pub aws: Aws,
+        #[serde(default)]
+        pub agent: Agent,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Source {
+        pub parameter: Option<String>,
+        pub poll_interval: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Artifact {
+        pub bucket: Option<String>,
+        pub key: Option<String>,
+        pub trusted_keys: Option<Vec<String>>,
+        pub max_size: Option<String>,
+        pub max_unpacked_size: Option<String>,
+        pub max_entries: Option<u64>,
+        pub download_timeout: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Release {
+        pub root: Option<String>,
+        pub keep: Option<i64>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Service {
+        pub units: Option<Vec<String>>,
+        pub restart_timeout: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Health {
+        pub url: Option<String>,
+        pub timeout: Option<String>,
+        pub interval: Option<String>,
+        pub successes: Option<i64>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Aws {
+        pub region: Option<String>,
+        pub endpoint_url: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Agent {
+        pub state_dir: Option<String>,
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only used to name the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: raw::File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Self::from_raw(raw, path)
+    }
+
+    fn from_raw(raw: raw::File, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        let duration = |key: &'static str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(v) => match parse_duration(&v) {
+                Ok(d) if d.is_zero() => Err(invalid(key, "must be greater than zero".into())),
+                Ok(d) => Ok(d),
+                Err(e) => Err(invalid(key, e)),
+            },
+        };
+        let size = |key: &'static str, value: Option<String>, default: u64| match value {
+            None => Ok(default),
+            Some(v) => match parse_size(&v) {
+                Ok(0) => Err(invalid(key, "must be greater than zero".into())),
+                Ok(n) => Ok(n),
+                Err(e) => Err(invalid(key, e)),
+            },
+        };
+
+        let parameter = raw
+            .source
+            .parameter
+            .unwrap_or_else(|| "/app/current-version".into());
+        if !parameter.starts_with('/') && parameter.contains('/') || parameter.is_empty() {
+            return Err(invalid(
+                "source.parameter",
+                format!("{parameter:?} is not a parameter name (use a full path like /app/current-version)"),
+            ));
+        }
+        let source = Source {
+            parameter,
+            poll_interval: duration(
+                "source.poll_interval",
+                raw.source.poll_interval,
+                Duration::from_secs(30),
+            )?,
+        };
+
+        let artifact_raw = raw
+            .artifact
+            .ok_or_else(|| invalid("artifact", "section is required".into()))?;
+        let bucket = artifact_raw
+            .bucket
+            .ok_or_else(|| invalid("artifact.bucket", "is required".into()))?;
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(invalid(
+                "artifact.bucket",
+                format!("{bucket:?} is not a bucket name"),
+            ));
+        }
+        let key = artifact_raw
+            .key
+            .unwrap_or_else(|| "releases/{version}.tar.gz".into());
+        if !key.contains("{version}") {
+            return Err(invalid(
+                "artifact.key",
+                format!("{key:?} must contain {{version}}"),
+            ));
+        }
+        if key.starts_with('/') {
+            return Err(invalid(
+                "artifact.key",
+                format!("{key:?} must not start with /"),
+            ));
+        }
+        if artifact_raw.trusted_keys.is_some_and(|k| !k.is_empty()) {
+            return Err(invalid(
+                "artifact.trusted_keys",
+                "signed releases are not supported by this version of drover; refusing to run \
+                 without the verification you asked for"
+                    .into(),
+            ));
+        }
+        let artifact = Artifact {
+            bucket,
+            key,
+            max_size: size("artifact.max_size", artifact_raw.max_size, 2 << 30)?,
+            max_unpacked_size: size(
+                "artifact.max_unpacked_size",
+                artifact_raw.max_unpacked_size,
+                8 << 30,
+            )?,
+            max_entries: match artifact_raw.max_entries {
+                Some(0) => {
+                    return Err(invalid(
+                        "artifact.max_entries",
+                        "must be greater than zero".into(),
+                    ))
+                }
+                Some(n) => n,
+                None => 250_000,
+            },
+            download_timeout: duration(
+                "artifact.download_timeout",
+                artifact_raw.download_timeout,
+                Duration::from_secs(30 * 60),
+            )?,
+        };
+
+        let root = PathBuf::from(raw.release.root.unwrap_or_else(|| "/opt/app".into()));
+        if !root.is_absolute() {
+            return Err(invalid(
+                "release.root",
+                format!("{} is not an absolute path", root.display()),
+            ));
+        }
+        let keep = match raw.release.keep {
+            None => 5,
+            Some(k) if (2..=1000).contains(&k) => k as usize,
+            Some(k) => {
+                return Err(invalid(
+                    "release.keep",
+                    format!("{k} is out of range: keep at least 2 (the current and the previous good release)"),
+                ))
+            }
+        };
+
+        let units = raw
+            .service
+            .units
+            .unwrap_or_else(|| vec!["app.service".into()]);
+        for unit in &units {
+            if !is_unit_name(unit) {
+                return Err(invalid(
+                    "service.units",
+                    format!("{unit:?} is not a systemd unit name"),
+                ));
+            }
+        }
+        let service = Service {
+            units,
+            restart_timeout: duration(
+                "service.restart_timeout",
+                raw.service.restart_timeout,
+                Duration::from_secs(90),
+            )?,
+        };
+
+        if let Some(url) = &raw.health.url {
+            if !(url.starts_with("http://")) {
+                return Err(invalid(
+                    "health.url",
+                    format!(
+                        "{url:?} must be an http:// URL (the check is meant for the local app)"
+                    ),
+                ));
+            }
+        }
+        let health = Health {
+            url: raw.health.url,
+            timeout: duration(
+                "health.timeout",
+                raw.health.timeout,
+                Duration::from_secs(60),
+            )?,
+            interval: duration(
+                "health.interval",
+                raw.health.interval,
+                Duration::from_secs(1),
+            )?,
+            successes: match raw.health.successes {
+                None => 3,
+                Some(n) if (1..=1000).contains(&n) => n as u32,
+                Some(n) => {
+                    return Err(invalid(
+                        "health.successes",
+                        format!("{n} is out of range 1..=1000"),
+                    ))
+                }
+            },
+        };
+
+        if let Some(url) = &raw.aws.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "aws.endpoint_url",
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+        }
+
+        let state_dir = PathBuf::from(
+            raw.agent
+                .state_dir
+                .unwrap_or_else(|| "/var/lib/drover".into()),
+        );
+        if !state_dir.is_absolute() {
+            return Err(invalid(
+                "agent.state_dir",
+                format!("{} is not an absolute path", state_dir.display()),
+            ));
+        }
+
+        Ok(Config {
+            source,
+            artifact,
+            release: Release { root, keep },
+            service,
+            health,
+            aws: Aws {
+                region: raw.aws.region,
+                endpoint_url: raw.aws.endpoint_url,
+            },
+            agent: Agent { state_dir },
+        })
+    }
+}
+
+fn is_unit_name(name: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        ".service", ".socket", ".target", ".timer", ".path", ".mount", ".slice", ".scope",
+    ];
+    SUFFIXES
+        .iter()
+        .any(|s| name.len() > s.len() && name.ends_with(s))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c))
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `2d`, and sums like `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (write it like \"500ms\", \"30s\", \"5m\")");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+            "d" => Duration::from_secs(n.checked_mul(86400).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        total = total.checked_add(part).ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Parses `1048576`, `512KiB`, `100MB`, `2GiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size (write it like \"500MiB\" or \"2GB\")");
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if split == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..split].parse().map_err(|_| bad())?;
+    let mult: u64 = match t[split..].trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "MB" => 1000 * 1000,
+        "GB" => 1000 * 1000 * 1000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/drover/config.toml"))
+    }
+
+    const MINIMAL: &str = "[artifact]\nbucket = \"b\"\n";
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.source.parameter, "/app/current-version");
+        assert_eq!(c.source.poll_interval, Duration::from_secs(30));
+        assert_eq!(c.artifact.key, "releases/{version}.tar.gz");
+        assert_eq!(c.release.root, PathBuf::from("/opt/app"));
+        assert_eq!(c.release.keep, 5);
+        assert_eq!(c.service.units, vec!["app.service".to_string()]);
+        assert_eq!(c.health.successes, 3);
+        assert_eq!(c.health.timeout, Duration::from_secs(60));
+        assert_eq!(c.agent.state_dir, PathBuf::from("/var/lib/drover"));
+    }
+
+    #[test]
+    fn full_spec_example_parses() {
+        let c = parse(
+            r#"
+[source]
+parameter = "/app/current-version"
+poll_interval = "30s"
+[artifact]
+bucket = "my-releases"
+key = "releases/{version}.tar.gz"
+[release]
+root = "/opt/app"
+keep = 5
+[service]
+units = ["app.service", "worker@1.service"]
+[health]
+url = "http://127.0.0.1:8080/health"
+timeout = "60s"
+interval = "500ms"
+successes = 3
+[aws]
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:5005"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.health.interval, Duration::from_millis(500));
+        assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5005"));
+        let v = crate::version::Version::parse("1.4.2").unwrap();
+        assert_eq!(c.artifact.key_for(&v), "releases/1.4.2.tar.gz");
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match parse(text) {
+            Err(ConfigError::Invalid { key, .. }) => key.to_string(),
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(invalid_key(""), "artifact");
+        assert_eq!(invalid_key("[artifact]\n"), "artifact.bucket");
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}key = \"x.tgz\"")),
+            "artifact.key"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[source]\npoll_interval = \"30\"")),
+            "source.poll_interval"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[source]\npoll_interval = \"0s\"")),
+            "source.poll_interval"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[release]\nkeep = 1")),
+            "release.keep"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[release]\nroot = \"opt\"")),
+            "release.root"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[service]\nunits = [\"app\"]")),
+            "service.units"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[health]\nsuccesses = 0")),
+            "health.successes"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}[health]\nurl = \"ftp://x\"")),
+            "health.url"
+        );
+        assert_eq!(
+            invalid_key(&format!("{MINIMAL}trusted_keys = [\"RWQ\"]")),
+            "artifact.trusted_keys"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_file() {
+        let err = parse(&format!("{MINIMAL}[health]\nurll = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/drover/config.toml"), "{err}");
+        assert!(err.contains("urll"), "{err}");
+        let err = parse(&format!("{MINIMAL}[healthh]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("healthh"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "s", "30", "3x", "-1s", "1.5s", "ms30"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("100MB"), Ok(100_000_000));
+        for bad in ["", "MB", "1XB", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The journal events operators and scripts rely on (SPEC: "What operators see").
+//!
+//! Each event is one journal entry with `EVENT` and the fields that apply (`VERSION`,
+//! `PREVIOUS_VERSION`, `PARAMETER_VERSION`, `UNIT`, `SHA256`, `ERROR`). Fields that do not apply
+//! are left out rather than written empty. Errors log at `err`, reverts at `warning`, the rest at
+//! `info`. [`crate::logging`] decides whether they go to journald or to stderr.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    PollFailed,
+    DeployStarted,
+    ArtifactVerified,
+    ArtifactRejected,
+    Switched,
+    UnitRestarted,
+    HealthPassed,
+    HealthFailed,
+    Deployed,
+    Reverted,
+    RevertFailed,
+    SkippedFailedVersion,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+    Info,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::PollFailed => "poll_failed",
+            Event::DeployStarted => "deploy_started",
+            Event::ArtifactVerified => "artifact_verified",
+            Event::ArtifactRejected => "artifact_rejected",
+            Event::Switched => "switched",
+            Event::UnitRestarted => "unit_restarted",
+            Event::HealthPassed => "health_passed",
+            Event::HealthFailed => "health_failed",
+            Event::Deployed => "deployed",
+            Event::Reverted => "reverted",
+            Event::RevertFailed => "revert_failed",
+            Event::SkippedFailedVersion => "skipped_failed_version",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            Event::PollFailed
+            | Event::ArtifactRejected
+            | Event::HealthFailed
+            | Event::RevertFailed => Severity::Error,
+            Event::Reverted => Severity::Warning,
+            _ => Severity::Info,
+        }
+    }
+}
+
+/// The fields of one event; `None` fields are not written.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fields<'a> {
+    pub version: Option<&'a str>,
+    pub previous_version: Option<&'a str>,
+    pub parameter_version: Option<i64>,
+    pub unit: Option<&'a str>,
+    pub sha256: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+macro_rules! event_at {
+    ($level:expr, $event:expr, $f:expr, $message:expr) => {
+        tracing::event!(
+            target: "drover",
+            $level,
+            event = $event.as_str(),
+            version = $f.version,
+            previous_version = $f.previous_version,
+            parameter_version = $f.parameter_version,
+            unit = $f.unit,
+            sha256 = $f.sha256,
+            error = $f.error,
+            "{}",
+            $message
+        )
+    };
+}
+
+/// Writes one event. `message` is the human line shown by a plain `journalctl -u drover`.
+pub fn emit(event: Event, fields: &Fields<'_>, message: &str) {
+    match event.severity() {
+        Severity::Error => event_at!(tracing::Level::ERROR, event, fields, message),
+        Severity::Warning => event_at!(tracing::Level::WARN, event, fields, message),
+        Severity::Info => event_at!(tracing::Level::INFO, event, fields, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_spec() {
+        let all = [
+            Event::PollFailed,
+            Event::DeployStarted,
+            Event::ArtifactVerified,
+            Event::ArtifactRejected,
+            Event::Switched,
+            Event::UnitRestarted,
+            Event::HealthPassed,
+            Event::HealthFailed,
+            Event::Deployed,
+            Event::Reverted,
+            Event::RevertFailed,
+            Event::SkippedFailedVersion,
+        ];
+        let names: Vec<_> = all.iter().map(|e| e.as_str()).collect();
+        assert_eq!(
+            names.join(" "),
+            "poll_failed deploy_started artifact_verified artifact_rejected switched \
+             unit_restarted health_passed health_failed deployed reverted revert_failed \
+             skipped_failed_version"
+        );
+        assert_eq!(Event::Reverted.severity(), Severity::Warning);
+        assert_eq!(Event::RevertFailed.severity(), Severity::Error);
+        assert_eq!(Event::Deployed.severity(), Severity::Info);
+    }
+}

@@ -1,0 +1,239 @@
+//! Download of an artifact into the staging area, hashed as the bytes arrive and capped in size.
+//! Nothing downstream sees the file unless its digest matches the expected one.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::digest::{self, Hasher, Sha256Digest};
+use crate::fsutil::{IoContext, PathError};
+use crate::store::{self, ArtifactStore, ObjectBody, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("digest file {key} is malformed: {reason}")]
+    BadDigestFile { key: String, reason: String },
+    #[error("{key} is larger than the limit of {limit} bytes")]
+    TooLarge { key: String, limit: u64 },
+    #[error("{key}: sha256 mismatch: expected {expected}, got {actual}")]
+    Mismatch {
+        key: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error("{key}: download did not finish within {seconds} s")]
+    Timeout { key: String, seconds: u64 },
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
+
+impl FetchError {
+    /// Whether the artifact itself is bad (reject it) rather than the network or the machine.
+    pub fn is_artifact_fault(&self) -> bool {
+        matches!(
+            self,
+            FetchError::BadDigestFile { .. }
+                | FetchError::TooLarge { .. }
+                | FetchError::Mismatch { .. }
+        )
+    }
+}
+
+/// The digest the artifact must have: the one in the parameter's value, else the `{key}.sha256`
+/// object. No digest, no deploy.
+pub async fn expected_digest<S: ArtifactStore>(
+    store: &S,
+    key: &str,
+    from_value: Option<Sha256Digest>,
+) -> Result<Sha256Digest, FetchError> {
+    if let Some(d) = from_value {
+        return Ok(d);
+    }
+    let digest_key = format!("{key}.sha256");
+    let bytes = store::get_small(store, &digest_key, 4096).await?;
+    let text = String::from_utf8(bytes).map_err(|_| FetchError::BadDigestFile {
+        key: digest_key.clone(),
+        reason: "not text".into(),
+    })?;
+    digest::parse_sha256sum(&text).map_err(|e| FetchError::BadDigestFile {
+        key: digest_key,
+        reason: e.to_string(),
+    })
+}
+
+/// Streams `key` into the new file `dest`, at most `max_size` bytes and within `timeout`, and
+/// checks the digest as the last byte arrives. On any error `dest` may hold a partial file: the
+/// caller owns the staging directory and removes it.
+pub async fn download<S: ArtifactStore>(
+    store: &S,
+    key: &str,
+    dest: &Path,
+    expected: Sha256Digest,
+    max_size: u64,
+    timeout: Duration,
+) -> Result<u64, FetchError> {
+    match tokio::time::timeout(timeout, stream_to_file(store, key, dest, max_size)).await {
+        Err(_) => Err(FetchError::Timeout {
+            key: key.to_owned(),
+            seconds: timeout.as_secs(),
+        }),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((actual, len))) if actual == expected => Ok(len),
+        Ok(Ok((actual, _))) => Err(FetchError::Mismatch {
+            key: key.to_owned(),
+            expected,
+            actual,
+        }),
+    }
+}
+
+async fn stream_to_file<S: ArtifactStore>(
+    store: &S,
+    key: &str,
+    dest: &Path,
+    max_size: u64,
+) -> Result<(Sha256Digest, u64), FetchError> {
+    let too_large = || FetchError::TooLarge {
+        key: key.to_owned(),
+        limit: max_size,
+    };
+    let mut body = store.get(key).await?;
+    if body.announced_len().is_some_and(|len| len > max_size) {
+        return Err(too_large());
+    }
+    // Plain blocking writes: they go to the page cache, and this task is the only one with work
+    // to do while a download runs.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .at("create", dest)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = Hasher::default();
+    let mut len = 0u64;
+    while let Some(chunk) = body.next_chunk().await? {
+        len += chunk.len() as u64;
+        if len > max_size {
+            return Err(too_large());
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk).at("write", dest)?;
+    }
+    out.flush().at("write", dest)?;
+    Ok((hasher.finish(), len))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An in-memory store for the pure parts: objects served in fixed-size chunks.
+    pub struct MemStore(pub HashMap<String, Vec<u8>>);
+
+    pub struct MemBody(Vec<bytes::Bytes>, u64);
+
+    impl ObjectBody for MemBody {
+        fn announced_len(&self) -> Option<u64> {
+            Some(self.1)
+        }
+        async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, StoreError> {
+            Ok((!self.0.is_empty()).then(|| self.0.remove(0)))
+        }
+    }
+
+    impl ArtifactStore for MemStore {
+        type Body = MemBody;
+        async fn get(&self, key: &str) -> Result<MemBody, StoreError> {
+            let data = self.0.get(key).ok_or_else(|| StoreError::NotFound {
+                bucket: "mem".into(),
+                key: key.into(),
+            })?;
+            let chunks = data.chunks(7).map(bytes::Bytes::copy_from_slice).collect();
+            Ok(MemBody(chunks, data.len() as u64))
+        }
+    }
+
+    fn store(objects: &[(&str, &[u8])]) -> MemStore {
+        MemStore(
+            objects
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        )
+    }
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    #[tokio::test]
+    async fn digest_from_value_wins_then_digest_file() {
+        let d = Sha256Digest::of(b"x");
+        let s = store(&[(
+            "a.tgz.sha256",
+            format!("{}  a.tgz\n", Sha256Digest::of(b"y")).as_bytes(),
+        )]);
+        assert_eq!(expected_digest(&s, "a.tgz", Some(d)).await.unwrap(), d);
+        assert_eq!(
+            expected_digest(&s, "a.tgz", None).await.unwrap(),
+            Sha256Digest::of(b"y")
+        );
+        let missing = expected_digest(&s, "b.tgz", None).await.unwrap_err();
+        assert!(matches!(
+            missing,
+            FetchError::Store(StoreError::NotFound { .. })
+        ));
+        assert!(
+            !missing.is_artifact_fault(),
+            "a missing digest may still be uploading"
+        );
+        let bad = store(&[("a.tgz.sha256", b"nope")]);
+        let err = expected_digest(&bad, "a.tgz", None).await.unwrap_err();
+        assert!(err.is_artifact_fault());
+        assert!(err.to_string().contains("a.tgz.sha256"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn download_verifies_and_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"the quick brown fox jumps over the lazy dog";
+        let s = store(&[("a", data)]);
+        let len = download(
+            &s,
+            "a",
+            &dir.path().join("1"),
+            Sha256Digest::of(data),
+            1000,
+            DAY,
+        )
+        .await
+        .unwrap();
+        assert_eq!(len, data.len() as u64);
+        assert_eq!(std::fs::read(dir.path().join("1")).unwrap(), data);
+
+        let err = download(
+            &s,
+            "a",
+            &dir.path().join("2"),
+            Sha256Digest::of(b"other"),
+            1000,
+            DAY,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, FetchError::Mismatch { .. }) && err.is_artifact_fault());
+
+        let err = download(
+            &s,
+            "a",
+            &dir.path().join("3"),
+            Sha256Digest::of(data),
+            10,
+            DAY,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, FetchError::TooLarge { limit: 10, .. }));
+    }
+}

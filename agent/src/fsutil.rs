@@ -1,0 +1,132 @@
+//! On-disk changes that survive a crash: write a temporary file, fsync it, rename it into place,
+//! fsync the directory. Also the one unsafe call drover makes, `syncfs(2)`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// An I/O error with the path it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct PathError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+pub trait IoContext<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, PathError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, PathError> {
+        self.map_err(|source| PathError {
+            op,
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Replaces `path` with `bytes` atomically: readers see the old content or the new, never a mix,
+/// also after a crash or power loss.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PathError> {
+    let dir = parent(path);
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .at("create", &tmp)?;
+    file.write_all(bytes).at("write", &tmp)?;
+    file.sync_all().at("fsync", &tmp)?;
+    drop(file);
+    fs::rename(&tmp, path).at("rename into place", path)?;
+    sync_dir(dir)
+}
+
+/// Makes a rename or unlink in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("fsync directory", dir)
+}
+
+pub fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Flushes every dirty page of the filesystem holding `path`: one call instead of an fsync per
+/// file of a release that may have tens of thousands of them.
+pub fn sync_filesystem(path: &Path) -> Result<(), PathError> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(path).at("open", path)?;
+    #[allow(unsafe_code)]
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the whole call.
+    let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error()).at("syncfs", path)
+    }
+}
+
+/// Removes a directory tree if it exists.
+pub fn remove_tree(path: &Path) -> Result<(), PathError> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.at("remove", path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn write_atomic_replaces_content_and_sets_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("state.json")],
+            "no temporary file left"
+        );
+    }
+
+    #[test]
+    fn errors_carry_the_path() {
+        let err = write_atomic(Path::new("/nonexistent-dir/x"), b"", 0o600).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent-dir/"), "{err}");
+    }
+
+    #[test]
+    fn syncfs_works_on_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        sync_filesystem(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,28 @@
+//! drover: a pull-based deployment agent for EC2.
+//!
+//! The library holds everything; `main.rs` only parses the command line and calls [`cli::main`].
+//! Dependencies point one way: [`reconcile`] drives the deployment flow through the small traits
+//! in [`source`], [`store`], [`service`] and [`health`]; only [`aws`], [`systemd`] and [`cli`]
+//! name real clients.
+
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod events;
+pub mod fetch;
+pub mod fsutil;
+pub mod health;
+pub mod logging;
+pub mod notify;
+pub mod operator;
+pub mod plan;
+pub mod reconcile;
+pub mod releases;
+pub mod service;
+pub mod source;
+pub mod state;
+pub mod store;
+pub mod systemd;
+pub mod unpack;
+pub mod version;

@@ -1,0 +1,168 @@
+//! The operator's side: `publish` packs and uploads a release with its digest, `promote` puts a
+//! version into the parameter, `status` reads the instance's state from disk.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use crate::aws::{S3Store, SsmSource};
+use crate::config::Config;
+use crate::digest::Hasher;
+use crate::releases::Layout;
+use crate::state::{State, StateFile};
+use crate::version::Version;
+
+/// Packs `path` (a directory, or a ready `.tar.gz`) and uploads it and its `.sha256` under the
+/// configured key. Refuses to overwrite an existing version: published releases are immutable.
+pub async fn publish(
+    config: &Config,
+    store: &S3Store,
+    version: &str,
+    path: &Path,
+) -> Result<String, String> {
+    let version = Version::parse(version).map_err(|e| e.to_string())?;
+    let key = config.artifact.key_for(&version);
+    let url = format!("s3://{}/{key}", store.bucket());
+    if store.exists(&key).await.map_err(|e| e.to_string())? {
+        return Err(format!(
+            "{url} already exists; published versions are never overwritten"
+        ));
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("drover-publish")
+        .tempdir()
+        .map_err(|e| format!("temporary directory: {e}"))?;
+    let tarball = if path.is_dir() {
+        let out = scratch.path().join("release.tar.gz");
+        pack_dir(path, &out)?;
+        out
+    } else if path.is_file() {
+        path.to_owned()
+    } else {
+        return Err(format!(
+            "{} is neither a directory nor a file",
+            path.display()
+        ));
+    };
+    let digest = hash_file(&tarball)?;
+    let file_name = key.rsplit('/').next().unwrap_or(&key);
+    store
+        .put_file(&key, &tarball)
+        .await
+        .map_err(|e| e.to_string())?;
+    store
+        .put_bytes(
+            &format!("{key}.sha256"),
+            format!("{digest}  {file_name}\n").into_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("published {url} sha256 {digest}"))
+}
+
+fn pack_dir(dir: &Path, out: &Path) -> Result<(), String> {
+    let file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let gz = flate2::write::GzEncoder::new(
+        std::io::BufWriter::new(file),
+        flate2::Compression::default(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.append_dir_all(".", dir)
+        .map_err(|e| format!("packing {}: {e}", dir.display()))?;
+    let gz = tar
+        .into_inner()
+        .map_err(|e| format!("packing {}: {e}", dir.display()))?;
+    let mut w = gz.finish().map_err(|e| format!("{}: {e}", out.display()))?;
+    w.flush().map_err(|e| format!("{}: {e}", out.display()))
+}
+
+fn hash_file(path: &Path) -> Result<crate::digest::Sha256Digest, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(hasher.finish()),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+/// Puts `version` into the parameter; returns the parameter's new version number.
+pub async fn promote(source: &SsmSource, version: &str) -> Result<i64, String> {
+    Version::parse(version).map_err(|e| e.to_string())?;
+    source.put(version).await.map_err(|e| e.to_string())
+}
+
+/// What `drover status` shows, read from disk only.
+#[derive(serde::Serialize)]
+pub struct Status {
+    pub current: Option<String>,
+    pub good: Option<String>,
+    pub previous: Option<String>,
+    pub pending: Option<String>,
+    pub last: Option<crate::state::Outcome>,
+    pub failed: Vec<crate::state::Request>,
+    pub releases: Vec<String>,
+}
+
+pub fn status(config: &Config) -> Result<Status, String> {
+    let layout = Layout::new(&config.release.root);
+    let state: State = StateFile::new(&config.agent.state_dir)
+        .load()
+        .map_err(|e| e.to_string())?;
+    Ok(Status {
+        current: layout.active().map_err(|e| e.to_string())?,
+        good: state.good,
+        previous: state.previous,
+        pending: state.pending.map(|p| p.version),
+        last: state.last,
+        failed: state.failed,
+        releases: layout
+            .list()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect(),
+    })
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let mut out = format!(
+            "current:  {}\ngood:     {}\nprevious: {}\n",
+            or_none(&self.current),
+            or_none(&self.good),
+            or_none(&self.previous)
+        );
+        if let Some(p) = &self.pending {
+            out += &format!("pending:  {p} (a switch was interrupted)\n");
+        }
+        match &self.last {
+            None => out += "last:     -\n",
+            Some(last) => {
+                let result = serde_json::to_value(last.result)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                out += &format!(
+                    "last:     {result} {}{}{}\n",
+                    last.version.as_deref().unwrap_or(""),
+                    last.request
+                        .as_ref()
+                        .map(|r| format!(" (parameter version {})", r.parameter_version))
+                        .unwrap_or_default(),
+                    last.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        out += &format!("releases: {}\n", self.releases.join(" "));
+        out
+    }
+}

@@ -1,0 +1,771 @@
+//! The reconcile loop: one pass of SPEC's numbered flow per call, through the small traits of
+//! [`crate::source`], [`crate::store`], [`crate::service`] and [`crate::health`].
+//!
+//! 1. desired version → 2. fetch + verify → 3. unpack → 4. switch → 5. restart → 6. health →
+//! 7. commit, or switch back to the previous good release.
+//!
+//! What to do is decided by [`crate::plan`]; this module performs it and reports each step as a
+//! journal event. State changes are computed in memory and saved in one atomic write per step, and
+//! a switch in flight is recorded first, so an agent killed at any point finds its way back.
+
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::events::{emit, Event, Fields};
+use crate::fetch::{self, FetchError};
+use crate::fsutil::{IoContext, PathError};
+use crate::health::{self, HealthProbe, Policy};
+use crate::plan::{self, Facts, Step};
+use crate::releases::Layout;
+use crate::service::ServiceManager;
+use crate::source::DesiredSource;
+use crate::state::{self, Outcome as Record, Pending, Request, State, StateFile};
+use crate::store::ArtifactStore;
+use crate::unpack::{self, Limits};
+use crate::version::{self, Desired, Version};
+use crate::{notify, state::Result as Res};
+
+/// How one reconcile ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The desired version was already active and good (and, for `once`, healthy).
+    InSync,
+    Deployed,
+    Reverted,
+    RevertFailed,
+    /// The new version failed and there was no previous release to return to.
+    Failed,
+    Rejected,
+    Invalid,
+    Skipped,
+    /// Active and good, but `once` found it unhealthy now.
+    Unhealthy,
+    /// A transient error (API, network, disk): nothing changed; try again after a backoff.
+    Retry,
+}
+
+impl Outcome {
+    /// `drover once` exits 0 only for these.
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::InSync | Outcome::Deployed)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `drover run`: a request that is skipped or invalid is reported once, not every poll.
+    Daemon,
+    /// `drover once`: everything is reported, and an in-sync version is health-checked.
+    Once,
+}
+
+pub struct Agent<S, A, M, H> {
+    config: Config,
+    source: S,
+    store: A,
+    services: M,
+    probe: Option<H>,
+    layout: Layout,
+    state_file: StateFile,
+    mode: Mode,
+    /// The last request reported as skipped or invalid.
+    reported: Option<Request>,
+}
+
+/// Why a download or unpack did not produce a release.
+enum FetchFailure {
+    /// The artifact is bad: remember the request as failed.
+    Rejected(String),
+    /// The network, the API or the disk: try again later.
+    Transient(String),
+}
+
+impl<S, A, M, H> Agent<S, A, M, H>
+where
+    S: DesiredSource,
+    A: ArtifactStore,
+    M: ServiceManager,
+    H: HealthProbe,
+{
+    pub fn new(
+        config: Config,
+        source: S,
+        store: A,
+        services: M,
+        probe: Option<H>,
+        mode: Mode,
+    ) -> Self {
+        Self {
+            layout: Layout::new(&config.release.root),
+            state_file: StateFile::new(&config.agent.state_dir),
+            config,
+            source,
+            store,
+            services,
+            probe,
+            mode,
+            reported: None,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// One reconcile pass, holding the state lock throughout.
+    pub async fn reconcile(&mut self) -> Outcome {
+        let _lock = match lock_state(&self.config.agent.state_dir) {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::error!(target: "drover", error = %e, "cannot lock the state directory");
+                return Outcome::Retry;
+            }
+        };
+        let mut state = match self.prepare().await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!(target: "drover", error = %e, "cannot prepare the release root or state");
+                return Outcome::Retry;
+            }
+        };
+
+        // 1. Desired version.
+        let parameter = match self.source.read().await {
+            Ok(p) => p,
+            Err(e) => {
+                emit(
+                    Event::PollFailed,
+                    &Fields {
+                        error: Some(&e.to_string()),
+                        ..Fields::default()
+                    },
+                    &format!("Reading the desired version failed: {e}"),
+                );
+                return Outcome::Retry;
+            }
+        };
+        let request = Request {
+            value: parameter.value,
+            parameter_version: parameter.version,
+        };
+        let desired = match version::parse_value(&request.value) {
+            Ok(d) => d,
+            Err(e) => return self.invalid(&mut state, request, &e.to_string()),
+        };
+
+        let active = self.layout.active().ok().flatten();
+        let step = plan::next_step(&Facts {
+            request: &request,
+            desired: &desired.version,
+            state: &state,
+            active: active.as_deref(),
+            on_disk: self.layout.has_release(desired.version.as_str()),
+        });
+        tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
+        match step {
+            Step::SkipFailed => self.skip(&request, &desired.version),
+            Step::InSync => self.in_sync(&mut state, request, &desired.version).await,
+            Step::Switch => self.deploy(&mut state, request, desired, false).await,
+            Step::Fetch => self.deploy(&mut state, request, desired, true).await,
+        }
+    }
+
+    /// Loads the state, cleans the staging area and finishes a switch an earlier run left in
+    /// flight by returning to the last good release.
+    async fn prepare(&mut self) -> Result<State, String> {
+        self.layout.ensure().map_err(|e| e.to_string())?;
+        for path in self.layout.clean_staging().map_err(|e| e.to_string())? {
+            tracing::info!(target: "drover", path = %path.display(), "removed leftover staging");
+        }
+        let mut state = match self.state_file.load() {
+            Ok(s) => s,
+            Err(e) => {
+                let aside = self.state_file.path().with_extension("json.corrupt");
+                tracing::error!(target: "drover", error = %e, aside = %aside.display(),
+                    "state is unreadable; moving it aside and starting afresh");
+                std::fs::rename(self.state_file.path(), &aside).map_err(|e| e.to_string())?;
+                State::default()
+            }
+        };
+        if let Some(pending) = state.pending.take() {
+            self.recover(&mut state, &pending).await;
+            self.save(&state)?;
+        }
+        Ok(state)
+    }
+
+    async fn recover(&mut self, state: &mut State, pending: &Pending) {
+        let active = self.layout.active().ok().flatten();
+        let Some(good) = state.good.clone() else {
+            return;
+        };
+        if active.as_deref() == Some(good.as_str()) || !self.layout.has_release(&good) {
+            return;
+        }
+        let fields = Fields {
+            version: Some(&pending.version),
+            previous_version: Some(&good),
+            parameter_version: pending.request.as_ref().map(|r| r.parameter_version),
+            ..Fields::default()
+        };
+        if let Err(e) = self.layout.switch(&good) {
+            tracing::error!(target: "drover", error = %e, "cannot switch back after an interrupted deploy");
+            return;
+        }
+        emit(
+            Event::Switched,
+            &fields,
+            &format!(
+                "Deploy of {} was interrupted; switched back to {good}",
+                pending.version
+            ),
+        );
+        // Best effort: the next pass checks health and retries the deploy.
+        let _ = self.restart_units(&fields).await;
+    }
+
+    fn invalid(&mut self, state: &mut State, request: Request, error: &str) -> Outcome {
+        if self.should_report(&request) {
+            emit(
+                Event::PollFailed,
+                &Fields {
+                    parameter_version: Some(request.parameter_version),
+                    error: Some(error),
+                    ..Fields::default()
+                },
+                &format!("Ignoring the parameter's value: {error}"),
+            );
+            state.last = Some(Record {
+                result: Res::Invalid,
+                version: None,
+                request: Some(request),
+                error: Some(error.to_owned()),
+                at: state::now(),
+            });
+            let _ = self.save(state);
+        }
+        Outcome::Invalid
+    }
+
+    fn skip(&mut self, request: &Request, version: &Version) -> Outcome {
+        if self.should_report(request) {
+            emit(
+                Event::SkippedFailedVersion,
+                &Fields {
+                    version: Some(version.as_str()),
+                    parameter_version: Some(request.parameter_version),
+                    ..Fields::default()
+                },
+                &format!("Not retrying {version}: this request failed before; put the parameter again to retry"),
+            );
+        }
+        Outcome::Skipped
+    }
+
+    fn should_report(&mut self, request: &Request) -> bool {
+        if self.mode == Mode::Daemon && self.reported.as_ref() == Some(request) {
+            return false;
+        }
+        self.reported = Some(request.clone());
+        true
+    }
+
+    async fn in_sync(&mut self, state: &mut State, request: Request, version: &Version) -> Outcome {
+        if state.applied.as_ref() != Some(&request) {
+            // A re-put of the running version: it is the request `drover rollback` would undo.
+            state.applied = Some(request);
+            let _ = self.save(state);
+        }
+        if self.mode == Mode::Daemon {
+            return Outcome::InSync;
+        }
+        match health::wait_healthy(
+            self.probe.as_ref(),
+            &self.services,
+            &self.config.service.units,
+            self.policy(),
+        )
+        .await
+        {
+            Ok(()) => Outcome::InSync,
+            Err(e) => {
+                emit(
+                    Event::HealthFailed,
+                    &Fields {
+                        version: Some(version.as_str()),
+                        error: Some(&e.to_string()),
+                        ..Fields::default()
+                    },
+                    &format!("{version} is active but not healthy: {e}"),
+                );
+                Outcome::Unhealthy
+            }
+        }
+    }
+
+    async fn deploy(
+        &mut self,
+        state: &mut State,
+        request: Request,
+        desired: Desired,
+        download: bool,
+    ) -> Outcome {
+        let version = desired.version.clone();
+        let previous = state.good.clone().filter(|g| g != version.as_str());
+        let fields = Fields {
+            version: Some(version.as_str()),
+            previous_version: previous.as_deref(),
+            parameter_version: Some(request.parameter_version),
+            ..Fields::default()
+        };
+        emit(
+            Event::DeployStarted,
+            &fields,
+            &match &previous {
+                Some(p) => format!("Deploying {version} (running {p})"),
+                None => format!("Deploying {version}"),
+            },
+        );
+        notify::status(&format!("deploying {version}"));
+
+        // 2 and 3. Fetch, verify and unpack.
+        if download {
+            match self.fetch_release(&desired, &fields).await {
+                Ok(()) => {}
+                Err(FetchFailure::Transient(error)) => {
+                    emit(
+                        Event::PollFailed,
+                        &Fields {
+                            error: Some(&error),
+                            ..fields
+                        },
+                        &format!("Fetching {version} failed, will retry: {error}"),
+                    );
+                    return Outcome::Retry;
+                }
+                Err(FetchFailure::Rejected(error)) => {
+                    emit(
+                        Event::ArtifactRejected,
+                        &Fields {
+                            error: Some(&error),
+                            ..fields
+                        },
+                        &format!("Rejected the artifact of {version}: {error}"),
+                    );
+                    state.remember_failed(request.clone());
+                    self.record(state, Res::Rejected, &version, Some(request), Some(error));
+                    return Outcome::Rejected;
+                }
+            }
+        }
+
+        // 4. Switch, with the switch recorded first so that a crash can be undone.
+        state.pending = Some(Pending {
+            version: version.to_string(),
+            request: Some(request.clone()),
+        });
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
+            state.pending = None;
+            return Outcome::Retry;
+        }
+        if let Err(e) = self.layout.switch(version.as_str()) {
+            tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
+            state.pending = None;
+            let _ = self.save(state);
+            return Outcome::Retry;
+        }
+        emit(
+            Event::Switched,
+            &fields,
+            &format!("Switched current to {version}"),
+        );
+
+        // 5 and 6. Restart and health.
+        match self.activate(version.as_str(), &fields).await {
+            Ok(()) => {
+                // 7. Commit.
+                state.commit(version.as_str(), Some(request.clone()));
+                self.record(state, Res::Deployed, &version, Some(request), None);
+                emit(Event::Deployed, &fields, &format!("Deployed {version}"));
+                notify::status(&format!("running {version}"));
+                self.prune(state);
+                Outcome::Deployed
+            }
+            Err(error) => {
+                self.revert(state, request, &version, previous.as_deref(), error)
+                    .await
+            }
+        }
+    }
+
+    /// 7, the other way: back to the previous good release, restarted and checked again.
+    async fn revert(
+        &mut self,
+        state: &mut State,
+        request: Request,
+        version: &Version,
+        previous: Option<&str>,
+        error: String,
+    ) -> Outcome {
+        state.remember_failed(request.clone());
+        let fields = Fields {
+            version: Some(version.as_str()),
+            previous_version: previous,
+            parameter_version: Some(request.parameter_version),
+            ..Fields::default()
+        };
+        let Some(previous) = previous.filter(|p| self.layout.has_release(p)) else {
+            let why =
+                format!("{error}; no previous release to switch back to, {version} stays current");
+            emit(
+                Event::RevertFailed,
+                &Fields {
+                    error: Some(&why),
+                    ..fields
+                },
+                &format!("Deploy of {version} failed and there is nothing to go back to"),
+            );
+            self.record(state, Res::Failed, version, Some(request), Some(why));
+            return Outcome::Failed;
+        };
+        if let Err(e) = self.layout.switch(previous) {
+            let why = format!("{error}; switching back failed: {e}");
+            emit(
+                Event::RevertFailed,
+                &Fields {
+                    error: Some(&why),
+                    ..fields
+                },
+                &format!("Could not switch back to {previous}"),
+            );
+            self.record(state, Res::RevertFailed, version, Some(request), Some(why));
+            return Outcome::RevertFailed;
+        }
+        emit(
+            Event::Switched,
+            &fields,
+            &format!("Switched current back to {previous}"),
+        );
+        match self.activate(previous, &fields).await {
+            Ok(()) => {
+                emit(
+                    Event::Reverted,
+                    &Fields {
+                        error: Some(&error),
+                        ..fields
+                    },
+                    &format!("Reverted to {previous}: {version} failed: {error}"),
+                );
+                notify::status(&format!("running {previous}; {version} failed"));
+                self.record(state, Res::Reverted, version, Some(request), Some(error));
+                Outcome::Reverted
+            }
+            Err(e) => {
+                let why = format!("{error}; {previous} is not healthy either: {e}");
+                emit(
+                    Event::RevertFailed,
+                    &Fields {
+                        error: Some(&why),
+                        ..fields
+                    },
+                    &format!("Reverted to {previous}, but it is not healthy either"),
+                );
+                self.record(state, Res::RevertFailed, version, Some(request), Some(why));
+                Outcome::RevertFailed
+            }
+        }
+    }
+
+    /// Records how a deploy ended, clearing the switch in flight, in one save.
+    fn record(
+        &self,
+        state: &mut State,
+        result: Res,
+        version: &Version,
+        request: Option<Request>,
+        error: Option<String>,
+    ) {
+        state.pending = None;
+        state.last = Some(Record {
+            result,
+            version: Some(version.to_string()),
+            request,
+            error,
+            at: state::now(),
+        });
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state");
+        }
+    }
+
+    async fn fetch_release(
+        &self,
+        desired: &Desired,
+        fields: &Fields<'_>,
+    ) -> Result<(), FetchFailure> {
+        let staging = self
+            .layout
+            .new_staging("fetch", &desired.version)
+            .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+        let result = self.fetch_into(&staging, desired, fields).await;
+        let _ = crate::fsutil::remove_tree(&staging);
+        result
+    }
+
+    async fn fetch_into(
+        &self,
+        staging: &std::path::Path,
+        desired: &Desired,
+        fields: &Fields<'_>,
+    ) -> Result<(), FetchFailure> {
+        let artifact = &self.config.artifact;
+        let key = artifact.key_for(&desired.version);
+        let classify = |e: FetchError| {
+            if e.is_artifact_fault() {
+                FetchFailure::Rejected(e.to_string())
+            } else {
+                FetchFailure::Transient(e.to_string())
+            }
+        };
+        let expected = fetch::expected_digest(&self.store, &key, desired.sha256)
+            .await
+            .map_err(classify)?;
+        let tarball = staging.join("artifact.tar.gz");
+        let len = fetch::download(
+            &self.store,
+            &key,
+            &tarball,
+            expected,
+            artifact.max_size,
+            artifact.download_timeout,
+        )
+        .await
+        .map_err(classify)?;
+        let digest = expected.to_string();
+        emit(
+            Event::ArtifactVerified,
+            &Fields {
+                sha256: Some(&digest),
+                ..*fields
+            },
+            &format!(
+                "Verified s3://{}/{key}: {len} bytes, sha256 {digest}",
+                artifact.bucket
+            ),
+        );
+
+        // 3. Unpack on a blocking thread, so the watchdog keeps being fed.
+        let unpacked: PathBuf = staging.join("release");
+        std::fs::create_dir(&unpacked)
+            .at("create directory", &unpacked)
+            .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+        let limits = Limits {
+            max_unpacked_size: artifact.max_unpacked_size,
+            max_entries: artifact.max_entries,
+        };
+        let (src, dst) = (tarball.clone(), unpacked.clone());
+        let stats = tokio::task::spawn_blocking(move || unpack::unpack(&src, &dst, &limits))
+            .await
+            .map_err(|e| FetchFailure::Transient(format!("unpack task: {e}")))?
+            .map_err(|e| {
+                if e.is_artifact_fault() {
+                    FetchFailure::Rejected(e.to_string())
+                } else {
+                    FetchFailure::Transient(e.to_string())
+                }
+            })?;
+        tracing::info!(target: "drover", files = stats.files, dirs = stats.dirs, links = stats.links,
+            bytes = stats.bytes, modes_stripped = stats.modes_stripped, "unpacked");
+        let _ = std::fs::remove_file(&tarball);
+        self.layout
+            .install(&unpacked, &desired.version)
+            .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+        Ok(())
+    }
+
+    /// 5 and 6 for one version: restart every unit, then the health gate.
+    async fn activate(&self, version: &str, fields: &Fields<'_>) -> Result<(), String> {
+        self.restart_units(fields).await?;
+        match health::wait_healthy(
+            self.probe.as_ref(),
+            &self.services,
+            &self.config.service.units,
+            self.policy(),
+        )
+        .await
+        {
+            Ok(()) => {
+                emit(
+                    Event::HealthPassed,
+                    fields,
+                    &format!("{version} is healthy"),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let error = e.to_string();
+                emit(
+                    Event::HealthFailed,
+                    &Fields {
+                        error: Some(&error),
+                        ..*fields
+                    },
+                    &format!("{version} is not healthy: {error}"),
+                );
+                Err(error)
+            }
+        }
+    }
+
+    async fn restart_units(&self, fields: &Fields<'_>) -> Result<(), String> {
+        for unit in &self.config.service.units {
+            match self.services.restart(unit).await {
+                Ok(()) => emit(
+                    Event::UnitRestarted,
+                    &Fields {
+                        unit: Some(unit),
+                        ..*fields
+                    },
+                    &format!("Restarted {unit}"),
+                ),
+                Err(e) => {
+                    let error = e.to_string();
+                    emit(
+                        Event::HealthFailed,
+                        &Fields {
+                            unit: Some(unit),
+                            error: Some(&error),
+                            ..*fields
+                        },
+                        &format!("Restarting {unit} failed: {error}"),
+                    );
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn policy(&self) -> Policy {
+        let h = &self.config.health;
+        Policy {
+            timeout: h.timeout,
+            interval: h.interval,
+            successes: h.successes,
+        }
+    }
+
+    /// Old releases beyond `keep`, never the active one or the previous good one.
+    fn prune(&self, state: &State) {
+        let Ok(releases) = self.layout.list() else {
+            return;
+        };
+        let active = self.layout.active().ok().flatten();
+        let protect: Vec<&str> = [
+            active.as_deref(),
+            state.good.as_deref(),
+            state.previous.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for version in plan::prune_plan(&releases, self.config.release.keep, &protect) {
+            match self.layout.discard(&version) {
+                Ok(()) => {
+                    tracing::info!(target: "drover", version = %version, "pruned old release")
+                }
+                Err(e) => tracing::warn!(target: "drover", error = %e, "pruning failed"),
+            }
+        }
+    }
+
+    fn save(&self, state: &State) -> Result<(), String> {
+        self.state_file.save(state).map_err(|e| e.to_string())
+    }
+
+    /// `drover rollback`: back to the previous good release now, remembering the request that
+    /// brought the current one as failed. Returns whether the previous release is healthy.
+    pub async fn rollback(&mut self) -> Result<bool, String> {
+        let _lock = lock_state(&self.config.agent.state_dir).map_err(|e| e.to_string())?;
+        let mut state = self.prepare().await?;
+        let target = state
+            .previous
+            .clone()
+            .ok_or("no previous good release to roll back to")?;
+        if !self.layout.has_release(&target) {
+            return Err(format!("previous release {target} is no longer on disk"));
+        }
+        let current = self.layout.active().ok().flatten();
+        let current_version = current.as_deref().and_then(|c| Version::parse(c).ok());
+        if let Some(applied) = state.applied.clone() {
+            state.remember_failed(applied);
+        }
+        let fields = Fields {
+            version: current.as_deref(),
+            previous_version: Some(&target),
+            ..Fields::default()
+        };
+        state.pending = Some(Pending {
+            version: target.clone(),
+            request: None,
+        });
+        self.save(&state)?;
+        self.layout.switch(&target).map_err(|e| e.to_string())?;
+        emit(
+            Event::Switched,
+            &fields,
+            &format!("Switched current back to {target} (operator rollback)"),
+        );
+        let healthy = self.activate(&target, &fields).await;
+        state.good = Some(target.clone());
+        state.previous = None;
+        state.applied = None;
+        let rolled_back = Version::parse(&target).map_err(|e| e.to_string())?;
+        match healthy {
+            Ok(()) => {
+                let from = current_version.map(|v| v.to_string()).unwrap_or_default();
+                emit(
+                    Event::Reverted,
+                    &fields,
+                    &format!("Rolled back from {from} to {target} by operator"),
+                );
+                self.record(&mut state, Res::RolledBack, &rolled_back, None, None);
+                Ok(true)
+            }
+            Err(e) => {
+                emit(
+                    Event::RevertFailed,
+                    &Fields {
+                        error: Some(&e),
+                        ..fields
+                    },
+                    &format!("Rolled back to {target}, but it is not healthy"),
+                );
+                self.record(&mut state, Res::RevertFailed, &rolled_back, None, Some(e));
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Serialises reconciles of the daemon with `drover rollback` and `drover once`.
+fn lock_state(dir: &std::path::Path) -> Result<std::fs::File, PathError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .at("create directory", dir)?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .at("open", &path)?;
+    file.lock().at("lock", &path)?;
+    Ok(file)
+}

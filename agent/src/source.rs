@@ -1,0 +1,26 @@
+//! Where the desired version comes from: one parameter read per poll.
+
+use std::future::Future;
+
+/// The parameter as read: its value and its `Version` number, which identifies the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parameter {
+    pub value: String,
+    pub version: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("parameter {name} not found")]
+    NotFound { name: String },
+    #[error("reading parameter {name} was throttled: {message}")]
+    Throttled { name: String, message: String },
+    #[error("access to parameter {name} denied: {message}")]
+    Denied { name: String, message: String },
+    #[error("reading parameter {name} failed: {message}")]
+    Failed { name: String, message: String },
+}
+
+pub trait DesiredSource {
+    fn read(&self) -> impl Future<Output = Result<Parameter, SourceError>>;
+}

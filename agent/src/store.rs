@@ -1,0 +1,63 @@
+//! Where artifacts come from: objects read by key, streamed chunk by chunk.
+
+use std::future::Future;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("s3://{bucket}/{key} not found")]
+    NotFound { bucket: String, key: String },
+    #[error("reading s3://{bucket}/{key} was throttled: {message}")]
+    Throttled {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("access to s3://{bucket}/{key} denied: {message}")]
+    Denied {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("reading s3://{bucket}/{key} failed: {message}")]
+    Failed {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// An object body being received.
+pub trait ObjectBody {
+    /// The length the server announced, if it did.
+    fn announced_len(&self) -> Option<u64>;
+    /// The next chunk, or `None` at the end.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<bytes::Bytes>, StoreError>>;
+}
+
+pub trait ArtifactStore {
+    type Body: ObjectBody;
+
+    /// Starts reading the object at `key` in the configured bucket.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Self::Body, StoreError>>;
+}
+
+/// Reads a small object whole, refusing more than `max` bytes.
+pub async fn get_small<S: ArtifactStore>(
+    store: &S,
+    key: &str,
+    max: usize,
+) -> Result<Vec<u8>, StoreError> {
+    let mut body = store.get(key).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next_chunk().await? {
+        out.extend_from_slice(&chunk);
+        if out.len() > max {
+            return Err(StoreError::Failed {
+                bucket: String::new(),
+                key: key.to_owned(),
+                message: format!("object is larger than {max} bytes"),
+            });
+        }
+    }
+    Ok(out)
+}

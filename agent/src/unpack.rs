@@ -1,0 +1,702 @@
+//! Safe unpacking of a verified `.tar.gz` into an empty staging directory.
+//!
+//! The archive is hostile until proven otherwise. The whole artifact is rejected when an entry
+//! would land outside the release (absolute paths, `..`, writing through a symlink, links that
+//! point out, hard links to anything but a regular file unpacked earlier), when it is a device
+//! node or fifo, a duplicate, or when the archive breaks a size or entry-count cap. setuid,
+//! setgid and sticky bits are dropped. Nothing is written outside `dest`: every parent of every
+//! entry is a real directory this unpacker created, and files are created with `O_EXCL`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::{self, IoContext, PathError};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest sum of file sizes.
+    pub max_unpacked_size: u64,
+    pub max_entries: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub bytes: u64,
+    /// Entries whose setuid/setgid/sticky bits were dropped.
+    pub modes_stripped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// An entry that could escape or is not allowed in a release.
+    #[error("unsafe entry {entry:?}: {reason}")]
+    Unsafe { entry: String, reason: String },
+    #[error("archive exceeds the {what} limit of {limit}")]
+    Limit { what: &'static str, limit: u64 },
+    #[error("archive is corrupt: {0}")]
+    Corrupt(String),
+    /// Writing failed (a full disk, say): not the artifact's fault.
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
+
+impl UnpackError {
+    /// Whether the artifact itself is bad (reject it) rather than the machine (retry later).
+    pub fn is_artifact_fault(&self) -> bool {
+        !matches!(self, UnpackError::Io(_))
+    }
+}
+
+fn corrupt(e: io::Error) -> UnpackError {
+    UnpackError::Corrupt(e.to_string())
+}
+
+fn unsafe_entry(entry: &str, reason: impl Into<String>) -> UnpackError {
+    UnpackError::Unsafe {
+        entry: entry.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Header and padding bytes a tar stream may carry beyond its file contents.
+const OVERHEAD_PER_ENTRY: u64 = 3 * 512;
+/// Zero padding after the end-of-archive marker that we are prepared to read through.
+const MAX_TRAILER: u64 = 1 << 20;
+const MAX_NAME: usize = 255;
+const MAX_PATH: usize = 4096;
+
+/// Unpacks `archive` into the empty directory `dest` and syncs the filesystem.
+pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, UnpackError> {
+    let file = File::open(archive).at("open", archive)?;
+    let compressed = BufReader::with_capacity(256 * 1024, file);
+    let decoder = flate2::bufread::GzDecoder::new(compressed);
+    // Bounds everything read from the decompressed stream, GNU long names and PAX headers
+    // included, which the tar crate would otherwise buffer in memory whole.
+    let stream_cap = limits
+        .max_unpacked_size
+        .saturating_add(limits.max_entries.saturating_mul(OVERHEAD_PER_ENTRY))
+        .saturating_add(MAX_TRAILER);
+    let capped = CapReader {
+        inner: decoder,
+        left: stream_cap,
+        limit: limits.max_unpacked_size,
+    };
+    let mut tar = tar::Archive::new(capped);
+    let mut ex = Extractor::new(dest, *limits);
+    for entry in tar.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(map_read_error)?;
+        ex.entry(&mut entry)?;
+    }
+    if ex.stats.files + ex.stats.dirs + ex.stats.links == 0 {
+        return Err(UnpackError::Corrupt("archive has no entries".into()));
+    }
+    // Read to the end of the gzip member so its CRC and length are checked, then make sure
+    // nothing follows it.
+    let mut capped = tar.into_inner();
+    let trailer = io::copy(&mut (&mut capped).take(MAX_TRAILER + 1), &mut io::sink())
+        .map_err(map_read_error)?;
+    if trailer > MAX_TRAILER {
+        return Err(UnpackError::Corrupt(
+            "data after the end of the tar archive".into(),
+        ));
+    }
+    let mut compressed = capped.inner.into_inner();
+    if !compressed.fill_buf().map_err(corrupt)?.is_empty() {
+        return Err(UnpackError::Corrupt(
+            "data after the end of the gzip stream".into(),
+        ));
+    }
+    ex.finish()
+}
+
+fn map_read_error(e: io::Error) -> UnpackError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<CapExceeded>())
+    {
+        Some(c) => UnpackError::Limit {
+            what: "unpacked size",
+            limit: c.0,
+        },
+        None => corrupt(e),
+    }
+}
+
+#[derive(Debug)]
+struct CapExceeded(u64);
+
+impl std::fmt::Display for CapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "decompressed stream exceeds the unpacked size limit of {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for CapExceeded {}
+
+struct CapReader<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for CapReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // One byte more than allowed means the stream is over the cap.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::other(CapExceeded(self.limit))),
+            };
+        }
+        let max = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+struct Extractor<'a> {
+    dest: &'a Path,
+    limits: Limits,
+    seen: HashMap<String, Kind>,
+    /// Directory modes, applied at the end so a read-only directory cannot block its children.
+    dir_modes: Vec<(String, u32)>,
+    symlinks: Vec<String>,
+    stats: Unpacked,
+    buf: Vec<u8>,
+}
+
+impl<'a> Extractor<'a> {
+    fn new(dest: &'a Path, limits: Limits) -> Self {
+        Self {
+            dest,
+            limits,
+            seen: HashMap::new(),
+            dir_modes: Vec::new(),
+            symlinks: Vec::new(),
+            stats: Unpacked::default(),
+            buf: vec![0; 256 * 1024],
+        }
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let name = match normalize(&entry.path_bytes()).map_err(|r| unsafe_entry(&raw_name, r))? {
+            Some(name) => name,
+            None => return Ok(()), // the archive's own root, "./"
+        };
+        let count = self.stats.files + self.stats.dirs + self.stats.links + 1;
+        if count > self.limits.max_entries {
+            return Err(UnpackError::Limit {
+                what: "entry count",
+                limit: self.limits.max_entries,
+            });
+        }
+        let header = entry.header();
+        let full_mode = header.mode().map_err(corrupt)?;
+        let mode = full_mode & 0o777;
+        if full_mode & 0o7000 != 0 {
+            self.stats.modes_stripped += 1;
+        }
+        let kind = header.entry_type();
+        match self.seen.get(&name) {
+            Some(Kind::Dir) if kind.is_dir() => {}
+            Some(_) => return Err(unsafe_entry(&name, "duplicate entry")),
+            None => {}
+        }
+        self.ensure_parents(&name)?;
+        let path = self.dest.join(&name);
+        use tar::EntryType as T;
+        match kind {
+            T::Regular | T::Continuous => {
+                let size = entry.size();
+                if self.stats.bytes.saturating_add(size) > self.limits.max_unpacked_size {
+                    return Err(UnpackError::Limit {
+                        what: "unpacked size",
+                        limit: self.limits.max_unpacked_size,
+                    });
+                }
+                self.write_file(entry, &path, mode)?;
+                self.stats.files += 1;
+                self.seen.insert(name, Kind::File);
+            }
+            T::Directory => {
+                if !self.seen.contains_key(&name) {
+                    fs::create_dir(&path).at("create directory", &path)?;
+                    self.stats.dirs += 1;
+                    self.seen.insert(name.clone(), Kind::Dir);
+                }
+                self.dir_modes.push((name, mode | 0o700));
+            }
+            T::Symlink => {
+                let target = link_target(entry, &name)?;
+                if !lexically_inside(&name, &target) {
+                    return Err(unsafe_entry(
+                        &name,
+                        format!("symlink to {target:?} points outside the release"),
+                    ));
+                }
+                std::os::unix::fs::symlink(&target, &path).at("create symlink", &path)?;
+                self.stats.links += 1;
+                self.symlinks.push(name.clone());
+                self.seen.insert(name, Kind::Symlink);
+            }
+            T::Link => {
+                let target = link_target(entry, &name)?;
+                let target = normalize(target.as_bytes())
+                    .map_err(|r| unsafe_entry(&name, format!("hard link target: {r}")))?
+                    .unwrap_or_default();
+                if self.seen.get(&target) != Some(&Kind::File) {
+                    return Err(unsafe_entry(
+                        &name,
+                        format!("hard link to {target:?}, which is not a regular file earlier in the archive"),
+                    ));
+                }
+                fs::hard_link(self.dest.join(&target), &path).at("create hard link", &path)?;
+                self.stats.links += 1;
+                self.seen.insert(name, Kind::File);
+            }
+            T::Char | T::Block => return Err(unsafe_entry(&name, "device node")),
+            T::Fifo => return Err(unsafe_entry(&name, "fifo")),
+            other => {
+                return Err(unsafe_entry(
+                    &name,
+                    format!("unsupported entry type {other:?}"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates missing parent directories; every existing parent must be a directory that this
+    /// unpacker made, never a symlink or a file.
+    fn ensure_parents(&mut self, name: &str) -> Result<(), UnpackError> {
+        let mut end = 0;
+        while let Some(i) = name[end..].find('/') {
+            let parent = &name[..end + i];
+            match self.seen.get(parent) {
+                Some(Kind::Dir) => {}
+                Some(Kind::Symlink) => {
+                    return Err(unsafe_entry(
+                        name,
+                        format!("parent {parent:?} is a symlink"),
+                    ))
+                }
+                Some(Kind::File) => {
+                    return Err(unsafe_entry(name, format!("parent {parent:?} is a file")))
+                }
+                None => {
+                    let path = self.dest.join(parent);
+                    fs::create_dir(&path).at("create directory", &path)?;
+                    self.stats.dirs += 1;
+                    self.seen.insert(parent.to_owned(), Kind::Dir);
+                }
+            }
+            end += i + 1;
+        }
+        Ok(())
+    }
+
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut R,
+        path: &Path,
+        mode: u32,
+    ) -> Result<(), UnpackError> {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .at("create", path)?;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(map_read_error(e)),
+            };
+            out.write_all(&self.buf[..n]).at("write", path)?;
+            self.stats.bytes += n as u64;
+        }
+        out.set_permissions(fs::Permissions::from_mode(mode))
+            .at("chmod", path)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Unpacked, UnpackError> {
+        for link in &self.symlinks {
+            resolve_inside(self.dest, link).map_err(|r| unsafe_entry(link, r))?;
+        }
+        // Deepest first, so that a directory's own mode never stops us changing its children.
+        self.dir_modes
+            .sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        for (name, mode) in &self.dir_modes {
+            let path = self.dest.join(name);
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).at("chmod", &path)?;
+        }
+        fsutil::sync_filesystem(self.dest)?;
+        Ok(self.stats)
+    }
+}
+
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<String, UnpackError> {
+    let target = entry
+        .link_name_bytes()
+        .ok_or_else(|| unsafe_entry(name, "link without a target"))?;
+    let target = std::str::from_utf8(&target)
+        .map_err(|_| unsafe_entry(name, "link target is not UTF-8"))?
+        .to_owned();
+    if target.is_empty() {
+        return Err(unsafe_entry(name, "link with an empty target"));
+    }
+    if target.starts_with('/') {
+        return Err(unsafe_entry(
+            name,
+            format!("link to absolute path {target:?}"),
+        ));
+    }
+    Ok(target)
+}
+
+/// Turns an entry name into a clean relative path (`a/b/c`), or `None` for the root itself.
+pub fn normalize(raw: &[u8]) -> Result<Option<String>, String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "name is not UTF-8".to_string())?;
+    if text.starts_with('/') {
+        return Err("absolute path".into());
+    }
+    if text.len() > MAX_PATH {
+        return Err(format!("path longer than {MAX_PATH} bytes"));
+    }
+    let mut parts = Vec::new();
+    for part in text.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("path contains \"..\"".into()),
+            p if p.len() > MAX_NAME => return Err(format!("name longer than {MAX_NAME} bytes")),
+            p if p.contains('\0') => return Err("name contains a NUL byte".into()),
+            p => parts.push(p),
+        }
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
+}
+
+/// Whether a symlink at `name` with relative `target` stays inside the release, read as text.
+fn lexically_inside(name: &str, target: &str) -> bool {
+    let mut depth = name.split('/').count() - 1;
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+/// Follows the symlink at `name` through the unpacked tree, symlink by symlink, and fails if the
+/// walk ever leaves `root`. The textual check above misses chains such as `a -> .` plus
+/// `b -> a/..`; this walk, done once every entry is on disk, does not.
+fn resolve_inside(root: &Path, name: &str) -> Result<(), String> {
+    let mut pending: Vec<String> = name.split('/').rev().map(str::to_owned).collect();
+    let mut stack: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                if stack.pop().is_none() {
+                    return Err("symlink resolves to a path outside the release".into());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let path: PathBuf = root.join(stack.join("/")).join(&part);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err("too many levels of symlinks".into());
+                }
+                let target = fs::read_link(&path).map_err(|e| e.to_string())?;
+                let target = target.to_str().ok_or("link target is not UTF-8")?;
+                if target.starts_with('/') {
+                    return Err(format!("symlink chain reaches absolute path {target:?}"));
+                }
+                pending.extend(target.split('/').rev().map(str::to_owned));
+            }
+            _ => stack.push(part),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::os::unix::fs::MetadataExt;
+
+    const LIMITS: Limits = Limits {
+        max_unpacked_size: 1 << 20,
+        max_entries: 100,
+    };
+
+    /// Builds a .tar.gz from raw headers, so tests can write names the tar crate would refuse.
+    struct Tgz {
+        tar: Vec<u8>,
+    }
+
+    impl Tgz {
+        fn new() -> Self {
+            Self { tar: Vec::new() }
+        }
+
+        fn entry(
+            mut self,
+            name: &str,
+            kind: tar::EntryType,
+            mode: u32,
+            link: &str,
+            data: &[u8],
+        ) -> Self {
+            let mut h = tar::Header::new_gnu();
+            {
+                let gnu = h.as_gnu_mut().unwrap();
+                gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+                gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            self.tar.extend_from_slice(h.as_bytes());
+            self.tar.extend_from_slice(data);
+            let pad = (512 - data.len() % 512) % 512;
+            self.tar.extend(std::iter::repeat_n(0, pad));
+            self
+        }
+
+        fn file(self, name: &str, data: &[u8]) -> Self {
+            self.entry(name, tar::EntryType::Regular, 0o644, "", data)
+        }
+
+        fn gz(mut self) -> Vec<u8> {
+            self.tar.extend(std::iter::repeat_n(0, 1024));
+            let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(&self.tar).unwrap();
+            enc.finish().unwrap()
+        }
+    }
+
+    fn run(bytes: &[u8]) -> (tempfile::TempDir, Result<Unpacked, UnpackError>) {
+        run_with(bytes, LIMITS)
+    }
+
+    fn run_with(
+        bytes: &[u8],
+        limits: Limits,
+    ) -> (tempfile::TempDir, Result<Unpacked, UnpackError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.tar.gz");
+        fs::write(&archive, bytes).unwrap();
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let result = unpack(&archive, &dest, &limits);
+        (dir, result)
+    }
+
+    fn unsafe_reason(bytes: &[u8]) -> String {
+        match run(bytes).1 {
+            Err(UnpackError::Unsafe { entry, reason }) => format!("{entry}: {reason}"),
+            other => panic!("expected an unsafe entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unpacks_files_dirs_and_inner_links() {
+        use tar::EntryType as T;
+        let bytes = Tgz::new()
+            .entry("./", T::Directory, 0o755, "", b"")
+            .file("./bin/app", b"#!/bin/sh\n")
+            .entry("bin/run", T::Symlink, 0o777, "app", b"")
+            .entry("lib/x/../../bin/y", T::Symlink, 0o777, "", b"")
+            .gz();
+        // A `..` in the name is refused even when it would stay inside.
+        assert!(unsafe_reason(&bytes).contains("\"..\""));
+
+        let bytes = Tgz::new()
+            .file("bin/app", b"#!/bin/sh\n")
+            .entry("bin/run", T::Symlink, 0o777, "app", b"")
+            .entry("top", T::Symlink, 0o777, "bin/../bin/app", b"")
+            .entry("bin/hard", T::Link, 0o644, "bin/app", b"")
+            .entry("etc", T::Directory, 0o750, "", b"")
+            .gz();
+        let (dir, result) = run(&bytes);
+        let stats = result.unwrap();
+        assert_eq!((stats.files, stats.links, stats.bytes), (1, 3, 10));
+        let out = dir.path().join("out");
+        assert_eq!(fs::read(out.join("bin/run")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(fs::read(out.join("top")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(fs::metadata(out.join("bin/hard")).unwrap().nlink(), 2);
+        assert_eq!(fs::metadata(out.join("etc")).unwrap().mode() & 0o777, 0o750);
+    }
+
+    #[test]
+    fn rejects_escapes() {
+        use tar::EntryType as T;
+        assert!(unsafe_reason(&Tgz::new().file("/etc/passwd", b"x").gz()).contains("absolute"));
+        assert!(unsafe_reason(&Tgz::new().file("../escape", b"x").gz()).contains(".."));
+        assert!(unsafe_reason(&Tgz::new().file("a/../../escape", b"x").gz()).contains(".."));
+        let out = Tgz::new().entry("l", T::Symlink, 0o777, "../..", b"").gz();
+        assert!(unsafe_reason(&out).contains("outside"));
+        let abs = Tgz::new().entry("l", T::Symlink, 0o777, "/etc", b"").gz();
+        assert!(unsafe_reason(&abs).contains("absolute"));
+        // A symlink, then a file written through it.
+        let through = Tgz::new()
+            .entry("d", T::Symlink, 0o777, "sub", b"")
+            .file("d/x", b"x")
+            .gz();
+        assert!(unsafe_reason(&through).contains("parent \"d\" is a symlink"));
+        // A symlink, then a directory of the same name.
+        let same = Tgz::new()
+            .entry("d", T::Symlink, 0o777, ".", b"")
+            .entry("d", T::Directory, 0o777, "", b"")
+            .gz();
+        assert!(unsafe_reason(&same).contains("duplicate"));
+        // A chain that only the walk on disk catches.
+        let chain = Tgz::new()
+            .entry("a", T::Symlink, 0o777, ".", b"")
+            .entry("b", T::Symlink, 0o777, "a/..", b"")
+            .gz();
+        assert!(unsafe_reason(&chain).contains("outside"));
+    }
+
+    #[test]
+    fn rejects_bad_hard_links_and_special_files() {
+        use tar::EntryType as T;
+        let out = Tgz::new()
+            .entry("h", T::Link, 0o644, "../etc/passwd", b"")
+            .gz();
+        assert!(unsafe_reason(&out).contains("hard link"));
+        let later = Tgz::new()
+            .entry("h", T::Link, 0o644, "f", b"")
+            .file("f", b"x")
+            .gz();
+        assert!(unsafe_reason(&later).contains("not a regular file earlier"));
+        assert!(
+            unsafe_reason(&Tgz::new().entry("dev", T::Char, 0o644, "", b"").gz())
+                .contains("device")
+        );
+        assert!(
+            unsafe_reason(&Tgz::new().entry("dev", T::Block, 0o644, "", b"").gz())
+                .contains("device")
+        );
+        assert!(
+            unsafe_reason(&Tgz::new().entry("p", T::Fifo, 0o644, "", b"").gz()).contains("fifo")
+        );
+        assert!(
+            unsafe_reason(&Tgz::new().file("f", b"1").file("f", b"2").gz()).contains("duplicate")
+        );
+    }
+
+    #[test]
+    fn setuid_and_setgid_bits_are_dropped() {
+        let bytes = Tgz::new()
+            .entry("suid", tar::EntryType::Regular, 0o4755, "", b"x")
+            .entry("sgid", tar::EntryType::Regular, 0o2755, "", b"x")
+            .gz();
+        let (dir, result) = run(&bytes);
+        assert_eq!(result.unwrap().modes_stripped, 2);
+        for f in ["suid", "sgid"] {
+            assert_eq!(
+                fs::metadata(dir.path().join("out").join(f)).unwrap().mode() & 0o7777,
+                0o755
+            );
+        }
+    }
+
+    #[test]
+    fn caps_stop_bombs() {
+        let big = vec![0u8; 2 << 20];
+        let (_d, result) = run(&Tgz::new().file("big", &big).gz());
+        assert!(
+            matches!(
+                result,
+                Err(UnpackError::Limit {
+                    what: "unpacked size",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        let many = (0..101).fold(Tgz::new(), |t, i| t.file(&format!("f{i}"), b""));
+        let (_d, result) = run(&many.gz());
+        assert!(
+            matches!(
+                result,
+                Err(UnpackError::Limit {
+                    what: "entry count",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn corrupt_streams_are_rejected() {
+        let good = Tgz::new().file("f", b"hello").gz();
+        let (_d, ok) = run(&good);
+        ok.unwrap();
+        let (_d, r) = run(&good[..good.len() - 6]);
+        assert!(
+            matches!(r, Err(UnpackError::Corrupt(_))),
+            "truncated: {r:?}"
+        );
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(b"garbage");
+        let (_d, r) = run(&trailing);
+        assert!(matches!(r, Err(UnpackError::Corrupt(_))), "trailing: {r:?}");
+        let (_d, r) = run(b"this is not gzip at all");
+        assert!(matches!(r, Err(UnpackError::Corrupt(_))), "not gzip: {r:?}");
+        let (_d, r) = run(&Tgz::new().gz());
+        assert!(matches!(r, Err(UnpackError::Corrupt(_))), "empty: {r:?}");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(normalize(b"./a//b/./c"), Ok(Some("a/b/c".into())));
+        assert_eq!(normalize(b"./"), Ok(None));
+        assert!(normalize(b"a/\xff").is_err());
+        assert!(normalize(&[b'a'; 256]).is_err());
+        assert!(normalize(b"/a").is_err());
+        assert!(lexically_inside("a/b/l", "../c"));
+        assert!(lexically_inside("a/l", ".."));
+        assert!(!lexically_inside("a/l", "../.."));
+        assert!(!lexically_inside("l", ".."));
+    }
+}
