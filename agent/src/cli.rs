@@ -126,9 +126,7 @@ async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
     let sdk = aws::sdk_config(&config.aws).await;
     let source = SsmSource::new(&sdk, &config.source.parameter);
     let store = S3Store::new(aws::s3_client(&sdk, &config.aws), &config.artifact.bucket);
-    let services = Systemd::connect(config.service.restart_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let services = Systemd::new(config.service.restart_timeout);
     let probe = match &config.health.url {
         Some(url) => {
             let per_request = config

@@ -37,24 +37,33 @@ trait Unit {
     fn active_state(&self) -> zbus::Result<String>;
 }
 
+/// Connects to the bus on first use, so an agent with no units never needs one, and a bus that
+/// was down at start is tried again on the next restart.
 pub struct Systemd {
-    connection: zbus::Connection,
+    connection: tokio::sync::OnceCell<zbus::Connection>,
     job_timeout: Duration,
 }
 
 impl Systemd {
-    pub async fn connect(job_timeout: Duration) -> Result<Self, UnitError> {
-        let connection = zbus::Connection::system()
-            .await
-            .map_err(|e| UnitError::Unreachable(e.to_string()))?;
-        Ok(Self {
-            connection,
+    pub fn new(job_timeout: Duration) -> Self {
+        Self {
+            connection: tokio::sync::OnceCell::new(),
             job_timeout,
-        })
+        }
+    }
+
+    async fn connection(&self) -> Result<&zbus::Connection, UnitError> {
+        self.connection
+            .get_or_try_init(|| async {
+                zbus::Connection::system()
+                    .await
+                    .map_err(|e| UnitError::Unreachable(e.to_string()))
+            })
+            .await
     }
 
     async fn manager(&self, unit: &str) -> Result<ManagerProxy<'_>, UnitError> {
-        ManagerProxy::new(&self.connection)
+        ManagerProxy::new(self.connection().await?)
             .await
             .map_err(|e| bus(unit, e))
     }
@@ -112,7 +121,7 @@ impl ServiceManager for Systemd {
     async fn is_failed(&self, unit: &str) -> Result<bool, UnitError> {
         let manager = self.manager(unit).await?;
         let path = manager.load_unit(unit).await.map_err(|e| bus(unit, e))?;
-        let proxy = UnitProxy::builder(&self.connection)
+        let proxy = UnitProxy::builder(self.connection().await?)
             .path(path)
             // The property must be read fresh on every check, not from a cache.
             .cache_properties(zbus::proxy::CacheProperties::No)
