@@ -1,0 +1,46 @@
+# drover's one entry point. `make test` and `make demo` set up everything they need on a fresh
+# Debian machine (as root): host packages, the moto venv and the container root filesystem.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# CI clones afresh each time; keeping its build outside the checkout keeps the AWS SDK warm.
+ifeq ($(CI),true)
+export CARGO_TARGET_DIR ?= /var/cache/drover-build/target
+else
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+endif
+export DROVER_BIN ?= $(CARGO_TARGET_DIR)/debug/drover
+
+.PHONY: all build test test-unit test-integration demo check fmt clippy clean test-setup
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets --locked
+
+test-setup:
+	tests/scripts/setup.sh
+
+## Everything: unit tests, integration tests against moto, container scenarios with real systemd.
+test: test-setup build
+	$(CARGO) fmt --all -- --check
+	$(CARGO) test --workspace --locked --no-fail-fast
+
+test-unit: build
+	$(CARGO) test --workspace --locked --lib
+
+## The main job: an instance deploying, upgrading and rolling back an app, narrated.
+demo: test-setup
+	$(CARGO) build --locked -p drover -p drover-tests --bins
+	$(CARGO_TARGET_DIR)/debug/demo
+
+check: fmt clippy
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+clean:
+	$(CARGO) clean
