@@ -1,0 +1,175 @@
+#!/bin/sh
+# Prepares this machine for drover's integration tests and demo: the host packages, a Python venv
+# with moto (the AWS emulator) and a cached Debian root filesystem that the tests boot with
+# systemd-nspawn (see /work/shared/TESTBED.md). Idempotent and quick when all is in place; run as
+# root. Everything lives under $DROVER_TEST_CACHE (default /var/cache/drover-test), outside the
+# checkout. Set DROVER_TEST_MIRROR to override the Debian mirror read from apt's configuration.
+set -eu
+
+CACHE=${DROVER_TEST_CACHE:-/var/cache/drover-test}
+VENV="$CACHE/venv"
+ROOTFS="$CACHE/rootfs"
+ROOTFS_TMP="$CACHE/rootfs-tmp"
+
+HOST_PACKAGES="systemd-container debootstrap cloud-init python3 python3-venv"
+MOTO_REQUIREMENT='moto[server]==5.2.5'
+
+# The root filesystem recipe. Any change here makes the next run rebuild the rootfs, because the
+# stamp written into it (ROOTFS_STAMP) is this text.
+RECIPE_VERSION=1
+SUITE=bookworm
+INCLUDE=systemd,systemd-sysv,dbus,cloud-init,python3,python3-cffi-backend,locales
+ETC_HOSTS='127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback'
+# The locale line matters: without it the first boot ends "degraded".
+CLOUD_CFG='datasource_list: [ NoCloud, None ]
+network: {config: disabled}
+locale: C.UTF-8'
+ROOTFS_STAMP=.drover-test-recipe
+
+step() { printf 'setup: %-16s %s\n' "$1" "$2"; }
+fail() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+recipe() {
+    printf 'recipe %s\nsuite %s\ninclude %s\n--- /etc/hosts\n%s\n--- 99-test.cfg\n%s\n' \
+        "$RECIPE_VERSION" "$SUITE" "$INCLUDE" "$ETC_HOSTS" "$CLOUD_CFG"
+}
+
+is_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
+host_packages() {
+    missing=
+    for pkg in $HOST_PACKAGES; do
+        is_installed "$pkg" || missing="$missing $pkg"
+    done
+    if [ -z "$missing" ]; then
+        step "host packages" "ok"
+        return
+    fi
+    step "host packages" "installing$missing"
+    apt-get update -qq || fail "apt-get update failed"
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
+        >/dev/null || fail "apt-get install$missing failed"
+}
+
+python_venv() {
+    if [ "$(cat "$VENV/.drover-test-recipe" 2>/dev/null)" = "$MOTO_REQUIREMENT" ] \
+        && [ -x "$VENV/bin/moto_server" ]; then
+        step "moto venv" "ok ($VENV)"
+        return
+    fi
+    step "moto venv" "creating $VENV with $MOTO_REQUIREMENT"
+    started=$(date +%s)
+    rm -rf "$VENV"
+    # The system interpreter, not whatever python3 comes first on PATH (pyenv shims, ...).
+    /usr/bin/python3 -m venv "$VENV" || fail "python3 -m venv $VENV failed"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$MOTO_REQUIREMENT" \
+        || fail "pip install $MOTO_REQUIREMENT failed"
+    [ -x "$VENV/bin/moto_server" ] || fail "$VENV/bin/moto_server missing after pip install"
+    printf '%s\n' "$MOTO_REQUIREMENT" >"$VENV/.drover-test-recipe"
+    step "moto venv" "done in $(($(date +%s) - started))s"
+}
+
+# The URI apt uses for Debian's main suite: a deb822 stanza in sources.list.d whose Suites name
+# $SUITE, else a one-line entry in a .list file or sources.list.
+debian_mirror() {
+    if [ -n "${DROVER_TEST_MIRROR:-}" ]; then
+        printf '%s\n' "$DROVER_TEST_MIRROR"
+        return
+    fi
+    mirror=$(
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [ -f "$f" ] || continue
+            awk -v suite="$SUITE" '
+                function flush() {
+                    if (deb && has_suite && enabled && uri != "") { print uri; found = 1; exit }
+                    deb = 0; has_suite = 0; enabled = 1; uri = ""
+                }
+                BEGIN { enabled = 1 }
+                /^[ \t]*$/ { flush(); next }
+                /^[ \t]*#/ { next }
+                tolower($1) == "types:"   { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
+                tolower($1) == "suites:"  { for (i = 2; i <= NF; i++) if ($i == suite) has_suite = 1 }
+                tolower($1) == "enabled:" { if (tolower($2) == "no") enabled = 0 }
+                tolower($1) == "uris:"    { uri = $2 }
+                END { if (!found) flush() }
+            ' "$f"
+        done | head -n 1
+    )
+    if [ -z "$mirror" ]; then
+        mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | sed -e 's/\[[^]]*\]//' \
+            | awk -v suite="$SUITE" '$1 == "deb" && $3 == suite { print $2; exit }')
+    fi
+    printf '%s\n' "${mirror:-http://deb.debian.org/debian}"
+}
+
+# True when DIR holds a finished debootstrap of $SUITE with every package of $INCLUDE installed.
+# debootstrap removes DIR/debootstrap only when it succeeds, so a half-made tree never passes.
+rootfs_complete() {
+    dir=$1
+    [ -d "$dir/usr" ] && [ ! -e "$dir/debootstrap" ] || return 1
+    case "$(cat "$dir/etc/debian_version" 2>/dev/null)" in 12.*) ;; *) return 1 ;; esac
+    for pkg in $(printf '%s' "$INCLUDE" | tr ',' ' '); do
+        status=$(dpkg-query --admindir="$dir/var/lib/dpkg" -W -f='${Status}' "$pkg" 2>/dev/null) \
+            || return 1
+        [ "$status" = "install ok installed" ] || return 1
+    done
+}
+
+configure_rootfs() {
+    dir=$1
+    printf '%s\n' "$ETC_HOSTS" >"$dir/etc/hosts"
+    mkdir -p "$dir/etc/cloud/cloud.cfg.d"
+    printf '%s\n' "$CLOUD_CFG" >"$dir/etc/cloud/cloud.cfg.d/99-test.cfg"
+    recipe >"$dir/$ROOTFS_STAMP"
+}
+
+root_filesystem() {
+    if [ -f "$ROOTFS/$ROOTFS_STAMP" ] && [ "$(cat "$ROOTFS/$ROOTFS_STAMP")" = "$(recipe)" ]; then
+        step "rootfs" "ok ($ROOTFS)"
+        return
+    fi
+    started=$(date +%s)
+    if rootfs_complete "$ROOTFS_TMP"; then
+        step "rootfs" "adopting the finished debootstrap in $ROOTFS_TMP"
+    else
+        mirror=$(debian_mirror)
+        step "rootfs" "debootstrap $SUITE from $mirror into $ROOTFS_TMP (about 2 minutes)"
+        rm -rf "$ROOTFS_TMP"
+        log="$CACHE/debootstrap.log"
+        if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$ROOTFS_TMP" "$mirror" \
+            >"$log" 2>&1; then
+            tail -n 20 "$log" >&2
+            fail "debootstrap failed, full log in $log"
+        fi
+        rootfs_complete "$ROOTFS_TMP" \
+            || fail "debootstrap finished but $ROOTFS_TMP lacks packages of $INCLUDE"
+    fi
+    configure_rootfs "$ROOTFS_TMP"
+    # Swap it in by renames, so that $ROOTFS is always either the old tree or the complete new one.
+    if [ -e "$ROOTFS" ]; then
+        rm -rf "$ROOTFS.old"
+        mv "$ROOTFS" "$ROOTFS.old"
+    fi
+    mv "$ROOTFS_TMP" "$ROOTFS"
+    rm -rf "$ROOTFS.old"
+    step "rootfs" "done in $(($(date +%s) - started))s ($ROOTFS)"
+}
+
+main() {
+    [ "$(id -u)" = 0 ] || fail "run as root: the tests boot containers with systemd-nspawn"
+    mkdir -p "$CACHE"
+    # One set-up at a time: a second run waits instead of deleting a debootstrap in progress.
+    exec 9>"$CACHE/.setup.lock"
+    flock 9
+    host_packages
+    python_venv
+    root_filesystem
+    step "ready" "DROVER_TEST_CACHE=$CACHE"
+}
+
+main "$@"
