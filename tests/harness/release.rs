@@ -1,0 +1,250 @@
+//! Release artifacts for the tests: the sample app packed as drover expects it (a `.tar.gz` of
+//! `app.py` and `VERSION` at its top level), and hostile tarballs written header by header, with
+//! entry names and types that well-behaved tools refuse to produce.
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The sample app's source (`tests/app/app.py`).
+pub const APP_PY: &str = include_str!("../app/app.py");
+
+/// Writes the sample app's release tree for `version` into `out/app-VERSION/` and returns that
+/// directory: `app.py`, `VERSION`, and `UNHEALTHY` when the release must fail its health check.
+pub fn app_dir(out: &Path, version: &str, healthy: bool) -> PathBuf {
+    let dir = out.join(format!("app-{version}"));
+    write(&dir.join("app.py"), APP_PY.as_bytes());
+    write(&dir.join("VERSION"), format!("{version}\n").as_bytes());
+    if !healthy {
+        write(
+            &dir.join("UNHEALTHY"),
+            b"this release answers 500 on /health\n",
+        );
+    }
+    dir
+}
+
+/// Packs [`app_dir`] as `out/VERSION.tar.gz` (entries relative to the release root) and returns
+/// the tarball's path.
+pub fn app_tarball(out: &Path, version: &str, healthy: bool) -> PathBuf {
+    let dir = app_dir(out, version, healthy);
+    let path = out.join(format!("{version}.tar.gz"));
+    let mut builder = tar::Builder::new(gzip_file(&path));
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())))
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        builder
+            .append_path_with_name(dir.join(&name), &name)
+            .unwrap_or_else(|e| panic!("cannot add {name:?} to {}: {e}", path.display()));
+    }
+    finish(builder, &path);
+    path
+}
+
+/// One entry of a hand-made tarball. The name and link target go into the header verbatim, so
+/// they may be absolute or contain `..`.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub name: String,
+    pub kind: tar::EntryType,
+    pub mode: u32,
+    pub link: Option<String>,
+    pub data: Vec<u8>,
+}
+
+impl RawEntry {
+    /// A regular file, mode 0644.
+    pub fn file(name: &str, data: &[u8]) -> RawEntry {
+        RawEntry::new(name, tar::EntryType::Regular, 0o644, None, data)
+    }
+
+    /// A directory, mode 0755.
+    pub fn dir(name: &str) -> RawEntry {
+        RawEntry::new(name, tar::EntryType::Directory, 0o755, None, b"")
+    }
+
+    /// A symbolic link to `target`.
+    pub fn symlink(name: &str, target: &str) -> RawEntry {
+        RawEntry::new(name, tar::EntryType::Symlink, 0o777, Some(target), b"")
+    }
+
+    /// A hard link to `target` (a path as named in the archive).
+    pub fn hardlink(name: &str, target: &str) -> RawEntry {
+        RawEntry::new(name, tar::EntryType::Link, 0o644, Some(target), b"")
+    }
+
+    /// A named pipe.
+    pub fn fifo(name: &str) -> RawEntry {
+        RawEntry::new(name, tar::EntryType::Fifo, 0o644, None, b"")
+    }
+
+    /// A character device (1,3: /dev/null's numbers).
+    pub fn char_device(name: &str) -> RawEntry {
+        RawEntry::new(name, tar::EntryType::Char, 0o644, None, b"")
+    }
+
+    /// The same entry with another mode (e.g. `0o4755` for setuid).
+    pub fn with_mode(mut self, mode: u32) -> RawEntry {
+        self.mode = mode;
+        self
+    }
+
+    fn new(
+        name: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        link: Option<&str>,
+        data: &[u8],
+    ) -> RawEntry {
+        RawEntry {
+            name: name.to_string(),
+            kind,
+            mode,
+            link: link.map(str::to_string),
+            data: data.to_vec(),
+        }
+    }
+
+    fn header(&self) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(self.kind);
+        header.set_mode(self.mode);
+        header.set_size(self.data.len() as u64);
+        header.set_mtime(1_700_000_000);
+        header.set_uid(0);
+        header.set_gid(0);
+        if self.kind == tar::EntryType::Char {
+            let _ = header.set_device_major(1);
+            let _ = header.set_device_minor(3);
+        }
+        // `set_path` and `set_link_name` refuse `..` and absolute paths: write the bytes directly.
+        let old = header.as_old_mut();
+        put_field(&mut old.name, &self.name, "entry name");
+        if let Some(link) = &self.link {
+            put_field(&mut old.linkname, link, "link target");
+        }
+        header.set_cksum();
+        header
+    }
+}
+
+/// Packs `entries` in order into `out/FILE_NAME` (gzip-compressed) and returns its path.
+pub fn raw_tarball(out: &Path, file_name: &str, entries: &[RawEntry]) -> PathBuf {
+    let path = out.join(file_name);
+    let mut builder = tar::Builder::new(gzip_file(&path));
+    for entry in entries {
+        builder
+            .append(&entry.header(), entry.data.as_slice())
+            .unwrap_or_else(|e| panic!("cannot add {:?} to {}: {e}", entry.name, path.display()));
+    }
+    finish(builder, &path);
+    path
+}
+
+/// The classic escape: a healthy-looking app release plus `../escape.txt`.
+pub fn escaping_tarball(out: &Path, version: &str) -> PathBuf {
+    raw_tarball(
+        out,
+        &format!("{version}.tar.gz"),
+        &[
+            RawEntry::file("app.py", APP_PY.as_bytes()),
+            RawEntry::file("VERSION", format!("{version}\n").as_bytes()),
+            RawEntry::file("../escape.txt", b"written outside the release\n"),
+        ],
+    )
+}
+
+fn put_field(field: &mut [u8], value: &str, what: &str) {
+    let bytes = value.as_bytes();
+    assert!(
+        bytes.len() < field.len(),
+        "{what} {value:?} is longer than a tar header allows ({} bytes)",
+        field.len() - 1
+    );
+    field.fill(0);
+    field[..bytes.len()].copy_from_slice(bytes);
+}
+
+fn gzip_file(path: &Path) -> GzEncoder<fs::File> {
+    let file =
+        fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    GzEncoder::new(file, Compression::default())
+}
+
+fn finish(builder: tar::Builder<GzEncoder<fs::File>>, path: &Path) {
+    builder
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .and_then(|file| file.sync_all())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+    }
+    fs::write(path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::read::GzDecoder;
+
+    fn entries(path: &Path) -> Vec<(String, tar::EntryType, Option<String>, u32)> {
+        let mut archive = tar::Archive::new(GzDecoder::new(fs::File::open(path).unwrap()));
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                let name = String::from_utf8(h.path_bytes().to_vec()).unwrap();
+                let link = h
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8(l.to_vec()).unwrap());
+                (name, h.entry_type(), link, h.mode().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn app_tarball_holds_the_release_at_its_top_level() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sick = app_tarball(tmp.path(), "2.0.0", false);
+        let names: Vec<String> = entries(&sick).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, ["UNHEALTHY", "VERSION", "app.py"]);
+        let well = app_tarball(tmp.path(), "2.0.1", true);
+        let names: Vec<String> = entries(&well).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, ["VERSION", "app.py"]);
+    }
+
+    #[test]
+    fn raw_tarball_keeps_hostile_names_and_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = raw_tarball(
+            tmp.path(),
+            "bad.tar.gz",
+            &[
+                RawEntry::file("../escape.txt", b"x"),
+                RawEntry::file("/etc/evil", b"x").with_mode(0o4755),
+                RawEntry::symlink("out", "../../etc"),
+                RawEntry::hardlink("hard", "/etc/shadow"),
+                RawEntry::fifo("pipe"),
+            ],
+        );
+        let got = entries(&path);
+        assert_eq!(got[0].0, "../escape.txt");
+        assert_eq!((got[1].0.as_str(), got[1].3), ("/etc/evil", 0o4755));
+        assert_eq!(got[2].2.as_deref(), Some("../../etc"));
+        assert_eq!(got[3].1, tar::EntryType::Link);
+        assert_eq!(got[3].2.as_deref(), Some("/etc/shadow"));
+        assert_eq!(got[4].1, tar::EntryType::Fifo);
+    }
+}

@@ -1,0 +1,378 @@
+//! One test's world: its own temp dir, S3 bucket, SSM parameter and app port on the shared moto,
+//! the operator's side (`drover publish` / `drover promote` run on the host), and instances:
+//! containers that install drover from rendered user-data, exactly as an EC2 instance would.
+
+use crate::container::{Bind, Container, Readiness};
+use crate::http::{self, Response};
+use crate::moto::Moto;
+use crate::release;
+use crate::userdata::{UserData, WriteFile};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// Where the tests' user-data takes the binary from: a read-only bind of a host directory.
+pub const DIST_INSIDE: &str = "/mnt/drover-dist";
+/// The AWS settings the operator commands and the agent use against moto.
+pub const AWS_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+];
+
+/// A test's own corner of moto and the host. Names are unique within the test process.
+pub struct World {
+    /// The unique label everything here is named after.
+    pub name: String,
+    pub bucket: String,
+    pub parameter: String,
+    /// The port the sample app listens on (inside a container, which shares the host's network).
+    pub app_port: u16,
+    pub moto: &'static Moto,
+    config_path: PathBuf,
+    dir: TempDir,
+}
+
+/// How to boot one instance. [`World::boot_spec`] gives the normal one; tests change fields.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// The file offered to cloud-init as the drover binary.
+    pub binary: PathBuf,
+    /// The digest the user-data pins.
+    pub pinned_sha256: String,
+    /// `/etc/drover/config.toml`.
+    pub config_toml: String,
+    /// Written by cloud-init besides the config: credentials, the app's unit.
+    pub extra_files: Vec<WriteFile>,
+    pub readiness: Readiness,
+}
+
+impl World {
+    /// Sets up a world for the test called `label`: requires the machine set-up, starts (or
+    /// reuses) moto, creates the bucket and writes the host-side config.
+    pub fn new(label: &str) -> World {
+        crate::require_setup();
+        let name = crate::unique_name(label);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("drover-{name}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot make a temp dir for {name}: {e}"));
+        let moto = Moto::shared();
+        let world = World {
+            bucket: format!("drover-{}-{name}", std::process::id()),
+            parameter: format!("/drover-test/{name}/version"),
+            app_port: crate::free_port(),
+            config_path: dir.path().join("drover.toml"),
+            name,
+            moto,
+            dir,
+        };
+        moto.create_bucket(&world.bucket);
+        write(&world.config_path, world.config_toml().as_bytes());
+        world
+    }
+
+    /// The test's temp dir (removed at the end of the test).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file the host-side operator commands use.
+    pub fn host_config(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The agent config the instances get (SPEC format), pointing at this world's bucket,
+    /// parameter, app port and moto.
+    pub fn config_toml(&self) -> String {
+        format!(
+            r#"[source]
+parameter = "{parameter}"
+poll_interval = "1s"
+
+[artifact]
+bucket = "{bucket}"
+key = "releases/{{version}}.tar.gz"
+
+[release]
+root = "/opt/app"
+keep = 3
+
+[service]
+units = ["app.service"]
+
+[health]
+url = "http://127.0.0.1:{port}/health"
+timeout = "10s"
+interval = "200ms"
+successes = 2
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+"#,
+            parameter = self.parameter,
+            bucket = self.bucket,
+            port = self.app_port,
+            endpoint = self.moto.endpoint(),
+        )
+    }
+
+    /// The sample app's unit. Not enabled: `/opt/app/current` does not exist until drover's
+    /// first deploy, and drover's restart starts a stopped unit.
+    pub fn app_service(&self) -> String {
+        format!(
+            "[Unit]\n\
+             Description=drover's sample app\n\
+             \n\
+             [Service]\n\
+             ExecStart=/usr/bin/python3 /opt/app/current/app.py\n\
+             Environment=APP_PORT={}\n\
+             WorkingDirectory=/opt/app/current\n\
+             Restart=no\n",
+            self.app_port
+        )
+    }
+
+    /// Runs `drover --config HOST_CONFIG ARGS...` on the host with the test credentials.
+    pub fn drover(&self, args: &[&str]) -> Output {
+        let bin = crate::drover_bin();
+        Command::new(&bin)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .envs(AWS_ENV)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+    }
+
+    /// `drover publish --version VERSION PATH`; panics when it fails.
+    pub fn publish(&self, version: &str, path: &Path) {
+        let path_text = path.to_string_lossy();
+        check(
+            &["publish", "--version", version, &path_text],
+            &self.drover(&["publish", "--version", version, &path_text]),
+        );
+    }
+
+    /// `drover promote VERSION`; panics when it fails.
+    pub fn promote(&self, version: &str) {
+        check(&["promote", version], &self.drover(&["promote", version]));
+    }
+
+    /// The sample app's release tarball for `version`, made in this world's temp dir.
+    pub fn app_tarball(&self, version: &str, healthy: bool) -> PathBuf {
+        release::app_tarball(&self.artifacts_dir(), version, healthy)
+    }
+
+    /// Builds the app release for `version`, publishes it and promotes it.
+    pub fn release(&self, version: &str, healthy: bool) {
+        let tarball = self.app_tarball(version, healthy);
+        self.publish(version, &tarball);
+        self.promote(version);
+    }
+
+    /// A directory for artifacts the test makes itself.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        let dir = self.dir().join("artifacts");
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        dir
+    }
+
+    /// The normal boot: the drover binary under test, its digest pinned, this world's config,
+    /// the credentials in `/etc/default/drover` and the app's unit.
+    pub fn boot_spec(&self) -> Boot {
+        let binary = crate::drover_bin();
+        let pinned_sha256 = crate::sha256_file(&binary);
+        let credentials: String = AWS_ENV.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        Boot {
+            binary,
+            pinned_sha256,
+            config_toml: self.config_toml(),
+            extra_files: vec![
+                WriteFile {
+                    path: "/etc/default/drover".into(),
+                    mode: 0o600,
+                    content: credentials,
+                },
+                WriteFile {
+                    path: "/etc/systemd/system/app.service".into(),
+                    mode: 0o644,
+                    content: self.app_service(),
+                },
+            ],
+            readiness: Readiness::Running,
+        }
+    }
+
+    /// Boots an instance the normal way (see [`World::boot_spec`]).
+    pub fn boot_instance(&self) -> Instance {
+        self.boot(self.boot_spec())
+    }
+
+    /// Boots an instance as `spec` says: renders the user-data into a NoCloud seed, offers the
+    /// binary in a read-only dist directory, and waits for the boot to finish.
+    pub fn boot(&self, spec: Boot) -> Instance {
+        let rootfs = crate::require_setup();
+        let files = tempfile::Builder::new()
+            .prefix(&format!("drover-{}-instance-", self.name))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot make an instance temp dir: {e}"));
+        let seed = files.path().join("seed");
+        let dist = files.path().join("dist");
+        let user_data = UserData {
+            drover_source: format!("{DIST_INSIDE}/drover"),
+            drover_sha256: spec.pinned_sha256.clone(),
+            config_toml: spec.config_toml.clone(),
+            extra_files: spec.extra_files.clone(),
+        };
+        write(&seed.join("user-data"), user_data.render().as_bytes());
+        offer_binary(&spec.binary, &dist.join("drover"));
+        let binds = [
+            bind_ro(&seed, "/var/lib/cloud/seed/nocloud"),
+            bind_ro(&dist, DIST_INSIDE),
+        ];
+        let name = crate::container::next_name();
+        write(
+            &seed.join("meta-data"),
+            format!("instance-id: {name}\nlocal-hostname: {name}\n").as_bytes(),
+        );
+        let started = std::time::Instant::now();
+        let container = Container::boot(name, &rootfs, &binds, spec.readiness);
+        // Shown with --nocapture or on failure: how long the boot and cloud-init took.
+        eprintln!("{}: booted in {:.1?}", container.name(), started.elapsed());
+        Instance {
+            container,
+            app_port: self.app_port,
+            spec,
+            _files: files,
+        }
+    }
+}
+
+/// A booted instance: the container, plus what drover and the app look like inside it.
+pub struct Instance {
+    // Dropped first: the container halts before its seed and dist directories go away.
+    pub container: Container,
+    pub app_port: u16,
+    /// How it was booted.
+    pub spec: Boot,
+    _files: TempDir,
+}
+
+impl Instance {
+    /// Runs a command inside; see [`Container::exec`].
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.container.exec(args)
+    }
+
+    /// Runs a command inside and returns its stdout, panicking when it fails.
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        self.container.exec_ok(args)
+    }
+
+    /// drover's journal entries with `EVENT=event`, oldest first.
+    pub fn journal_events(&self, event: &str) -> Vec<serde_json::Value> {
+        self.container.journal_events("drover.service", event)
+    }
+
+    /// Waits until drover has logged at least `count` entries with `EVENT=event`, and returns
+    /// them all; panics with drover's journal when they do not come.
+    pub fn wait_for_events(
+        &self,
+        event: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let events = self.journal_events(event);
+            if events.len() >= count {
+                return events;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!(
+                    "{}: waited {timeout:?} for {count} EVENT={event} entries, got {}. drover's journal:\n{}",
+                    self.container.name(),
+                    events.len(),
+                    self.container.journal_text("drover.service")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `drover status --json` inside the instance, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let text = self.exec_ok(&["drover", "status", "--json"]);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("drover status --json is not JSON ({e}): {text}"))
+    }
+
+    /// `GET http://127.0.0.1:APP_PORT/path` from the host (the container shares its network).
+    pub fn http_get(&self, path: &str) -> std::io::Result<Response> {
+        http::get(self.app_port, path)
+    }
+
+    /// A path inside the instance, as the host can read it.
+    pub fn path(&self, inside: &str) -> PathBuf {
+        self.container.path(inside)
+    }
+
+    /// Where `/opt/app/current` points (relative, e.g. `releases/1.0.0`), if it exists.
+    pub fn current_release(&self) -> Option<PathBuf> {
+        fs::read_link(self.path("/opt/app/current")).ok()
+    }
+
+    /// `systemctl show -p PROPERTY --value UNIT` inside.
+    pub fn unit_property(&self, unit: &str, property: &str) -> String {
+        self.container.unit_property(unit, property)
+    }
+}
+
+fn check(args: &[&str], out: &Output) {
+    assert!(
+        out.status.success(),
+        "drover {} failed ({}):\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn bind_ro(host: &Path, inside: &str) -> Bind {
+    Bind {
+        host: host.to_path_buf(),
+        inside: inside.to_string(),
+        read_only: true,
+    }
+}
+
+/// Puts the binary in the dist directory: a hard link when it can (a debug build is hundreds of
+/// megabytes), else a copy.
+fn offer_binary(binary: &Path, dest: &Path) {
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+    }
+    if fs::hard_link(binary, dest).is_err() {
+        fs::copy(binary, dest).unwrap_or_else(|e| {
+            panic!(
+                "cannot copy {} to {}: {e}",
+                binary.display(),
+                dest.display()
+            )
+        });
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+    }
+    fs::write(path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
