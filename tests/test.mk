@@ -1,0 +1,18 @@
+# Make targets for drover's integration tests; the top-level Makefile includes this file.
+#   make test-setup   prepare this machine (as root): host packages, the moto venv and the
+#                     cached Debian root filesystem, under $(DROVER_TEST_CACHE)
+#   make test-boot-stats   boot a few instances and print boot time and memory per container
+
+TESTS_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+DROVER_TEST_CACHE ?= /var/cache/drover-test
+export DROVER_TEST_CACHE
+
+.PHONY: test-setup test-boot-stats
+
+test-setup:
+	sh $(TESTS_DIR)/scripts/setup.sh
+
+# The containers install target/debug/drover, which `cargo test` does not build by itself.
+test-boot-stats: test-setup
+	cargo build -p drover
+	cargo run -q -p drover-tests --example boot_stats
