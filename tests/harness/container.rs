@@ -50,6 +50,8 @@ impl Container {
     /// ready. Panics with the system state, failed units and the console's last lines when it
     /// does not get there.
     pub fn boot(name: String, rootfs: &Path, binds: &[Bind], readiness: Readiness) -> Container {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(remove_stale_cgroups);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir()
@@ -407,6 +409,24 @@ fn remove_cgroup(dir: &Path) {
             "cannot remove cgroup {} (processes left in it?)",
             dir.display()
         );
+    }
+}
+
+/// Removes the cgroups of containers whose test process died without cleaning up (their
+/// watchdog halted them, but the empty cgroups stay behind).
+fn remove_stale_cgroups() {
+    for tree in CGROUP_TREES {
+        for dir in subdirs(Path::new(tree)) {
+            let owner = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("drover-t-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                remove_cgroup(&dir);
+            }
+        }
     }
 }
 
