@@ -15,7 +15,10 @@ fn an_instance_deploys_the_promoted_release() {
     let version = wait_for(Duration::from_secs(10), "the app to answer", || {
         instance.http_get("/version").ok()
     });
-    assert_eq!((version.status, version.text()), (200, "1.0.0\n".to_string()));
+    assert_eq!(
+        (version.status, version.text()),
+        (200, "1.0.0\n".to_string())
+    );
     assert_eq!(
         instance.current_release().as_deref(),
         Some(std::path::Path::new("releases/1.0.0"))
