@@ -55,9 +55,19 @@ impl Systemd {
     async fn connection(&self) -> Result<&zbus::Connection, UnitError> {
         self.connection
             .get_or_try_init(|| async {
-                zbus::Connection::system()
+                let connection = zbus::Connection::system()
                     .await
-                    .map_err(|e| UnitError::Unreachable(e.to_string()))
+                    .map_err(|e| UnitError::Unreachable(e.to_string()))?;
+                // Without a subscription systemd does not send JobRemoved. It is per client and
+                // a second Subscribe fails with AlreadySubscribed, so it happens once, here.
+                let manager = ManagerProxy::new(&connection)
+                    .await
+                    .map_err(|e| UnitError::Unreachable(e.to_string()))?;
+                manager
+                    .subscribe()
+                    .await
+                    .map_err(|e| UnitError::Unreachable(e.to_string()))?;
+                Ok(connection)
             })
             .await
     }
@@ -87,7 +97,6 @@ impl ServiceManager for Systemd {
             .receive_job_removed()
             .await
             .map_err(|e| bus(unit, e))?;
-        manager.subscribe().await.map_err(|e| bus(unit, e))?;
         let job = manager
             .restart_unit(unit, "replace")
             .await
