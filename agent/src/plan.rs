@@ -70,15 +70,15 @@ pub fn prune_plan(releases: &[(String, SystemTime)], keep: usize, protect: &[&st
 }
 
 /// The pause before the next poll: `poll_interval` plus up to 10 % jitter when all is well;
-/// after `failures` consecutive transient errors, an exponential backoff (capped at 32 polls or
-/// 15 minutes, whichever is longer) with equal jitter, so a fleet does not retry in lockstep.
+/// after `failures` consecutive transient errors, an exponential backoff (capped at 32 polls)
+/// with equal jitter, so a fleet does not retry in lockstep.
 /// `random` is uniform in [0, 1).
 pub fn next_delay(poll_interval: Duration, failures: u32, random: f64) -> Duration {
     let random = random.clamp(0.0, 1.0);
     if failures == 0 {
         return poll_interval + poll_interval.mul_f64(0.1 * random);
     }
-    let cap = std::cmp::max(poll_interval * 32, Duration::from_secs(15 * 60));
+    let cap = poll_interval.saturating_mul(32);
     let base = std::cmp::min(poll_interval.saturating_mul(1 << failures.min(16)), cap);
     base / 2 + (base / 2).mul_f64(random)
 }
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(next_delay(p, 3, 0.0), Duration::from_secs(120));
         assert_eq!(next_delay(p, 30, 0.0), Duration::from_secs(30 * 32 / 2));
         let short = Duration::from_secs(1);
-        assert_eq!(next_delay(short, 30, 0.0), Duration::from_secs(15 * 60 / 2));
+        assert_eq!(next_delay(short, 30, 0.0), Duration::from_secs(16));
     }
 
     #[test]

@@ -18,9 +18,9 @@ use crate::health::{self, HealthProbe, Policy};
 use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
 use crate::service::ServiceManager;
-use crate::source::DesiredSource;
+use crate::source::{DesiredSource, SourceError};
 use crate::state::{self, Outcome as Record, Pending, Request, State, StateFile};
-use crate::store::ArtifactStore;
+use crate::store::{ArtifactStore, StoreError};
 use crate::unpack::{self, Limits};
 use crate::version::{self, Desired, Version};
 use crate::{notify, state::Result as Res};
@@ -40,6 +40,8 @@ pub enum Outcome {
     Skipped,
     /// Active and good, but `once` found it unhealthy now.
     Unhealthy,
+    /// The parameter or the artifact does not exist (yet): poll again at the normal pace.
+    Waiting,
     /// A transient error (API, network, disk): nothing changed; try again after a backoff.
     Retry,
 }
@@ -76,6 +78,8 @@ pub struct Agent<S, A, M, H> {
 enum FetchFailure {
     /// The artifact is bad: remember the request as failed.
     Rejected(String),
+    /// The object is not there (yet): an upload may still be on its way.
+    Missing(String),
     /// The network, the API or the disk: try again later.
     Transient(String),
 }
@@ -141,7 +145,10 @@ where
                     },
                     &format!("Reading the desired version failed: {e}"),
                 );
-                return Outcome::Retry;
+                return match e {
+                    SourceError::NotFound { .. } => Outcome::Waiting,
+                    _ => Outcome::Retry,
+                };
             }
         };
         let request = Request {
@@ -343,6 +350,17 @@ where
                     );
                     return Outcome::Retry;
                 }
+                Err(FetchFailure::Missing(error)) => {
+                    emit(
+                        Event::PollFailed,
+                        &Fields {
+                            error: Some(&error),
+                            ..fields
+                        },
+                        &format!("The artifact of {version} is not there yet: {error}"),
+                    );
+                    return Outcome::Waiting;
+                }
                 Err(FetchFailure::Rejected(error)) => {
                     emit(
                         Event::ArtifactRejected,
@@ -521,12 +539,10 @@ where
     ) -> Result<(), FetchFailure> {
         let artifact = &self.config.artifact;
         let key = artifact.key_for(&desired.version);
-        let classify = |e: FetchError| {
-            if e.is_artifact_fault() {
-                FetchFailure::Rejected(e.to_string())
-            } else {
-                FetchFailure::Transient(e.to_string())
-            }
+        let classify = |e: FetchError| match e {
+            FetchError::Store(StoreError::NotFound { .. }) => FetchFailure::Missing(e.to_string()),
+            e if e.is_artifact_fault() => FetchFailure::Rejected(e.to_string()),
+            e => FetchFailure::Transient(e.to_string()),
         };
         let expected = fetch::expected_digest(&self.store, &key, desired.sha256)
             .await
@@ -575,8 +591,26 @@ where
                     FetchFailure::Transient(e.to_string())
                 }
             })?;
-        tracing::info!(target: "drover", files = stats.files, dirs = stats.dirs, links = stats.links,
-            bytes = stats.bytes, modes_stripped = stats.modes_stripped, "unpacked");
+        tracing::info!(
+            target: "drover",
+            version = desired.version.as_str(),
+            files = stats.files,
+            dirs = stats.dirs,
+            links = stats.links,
+            bytes = stats.bytes,
+            modes_stripped = stats.modes_stripped,
+            "Unpacked {}: {} files, {} directories, {} links, {} bytes{}",
+            desired.version,
+            stats.files,
+            stats.dirs,
+            stats.links,
+            stats.bytes,
+            if stats.modes_stripped > 0 {
+                format!("; dropped setuid/setgid/sticky bits of {}", stats.modes_stripped)
+            } else {
+                String::new()
+            }
+        );
         let _ = std::fs::remove_file(&tarball);
         self.layout
             .install(&unpacked, &desired.version)
@@ -1018,7 +1052,7 @@ mod tests {
         w.put("9");
         assert_eq!(
             w.agent.reconcile().await,
-            Outcome::Retry,
+            Outcome::Waiting,
             "not found yet: maybe still uploading"
         );
         assert_eq!(w.active().as_deref(), Some("1"));
