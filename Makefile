@@ -11,15 +11,14 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 endif
 export DROVER_BIN ?= $(CARGO_TARGET_DIR)/debug/drover
 
-.PHONY: all build test test-unit test-integration demo check fmt clippy clean test-setup
+.PHONY: all build test test-unit demo check fmt clippy clean
+
+include tests/test.mk
 
 all: build
 
 build:
 	$(CARGO) build --workspace --all-targets --locked
-
-test-setup:
-	tests/scripts/setup.sh
 
 ## Everything: unit tests, integration tests against moto, container scenarios with real systemd.
 test: test-setup build

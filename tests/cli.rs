@@ -1,0 +1,233 @@
+//! The command line against the real AWS SDK and moto, on the host: the operator commands, and
+//! `drover once` / `status` / `rollback` with the SPEC's exit statuses. No units are configured
+//! here (systemd is exercised in `e2e.rs`), so these run in seconds.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use drover_tests::world::AWS_ENV;
+use drover_tests::{sha256_hex, World};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A host-side "instance": its own release root and state directory, no units, no health URL.
+struct Host {
+    world: World,
+    config: PathBuf,
+}
+
+impl Host {
+    fn new(label: &str) -> Host {
+        let world = World::new(label);
+        let config = world.dir().join("host.toml");
+        let text = format!(
+            "[source]\nparameter = \"{}\"\npoll_interval = \"1s\"\n\
+             [artifact]\nbucket = \"{}\"\n\
+             [release]\nroot = \"{}\"\nkeep = 2\n\
+             [service]\nunits = []\n\
+             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+             [agent]\nstate_dir = \"{}\"\n",
+            world.parameter,
+            world.bucket,
+            world.dir().join("app").display(),
+            world.moto.endpoint(),
+            world.dir().join("state").display(),
+        );
+        std::fs::write(&config, text).expect("write host config");
+        Host { world, config }
+    }
+
+    fn drover(&self, args: &[&str]) -> Output {
+        drover_with(&self.config, args)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.world.dir().join("app")
+    }
+
+    fn status(&self) -> Value {
+        let out = self.drover(&["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+}
+
+fn drover_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(drover_tests::drover_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(AWS_ENV)
+        .output()
+        .expect("run drover")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn publish_never_overwrites_and_writes_a_sha256sum_file() {
+    let host = Host::new("publish");
+    let tarball = host.world.app_tarball("1.0.0", true);
+    let out = host.drover(&["publish", "--version", "1.0.0", &tarball.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let digest = drover_tests::sha256_file(&tarball);
+    assert!(stdout(&out).contains(&digest), "{}", stdout(&out));
+    let sums = host
+        .world
+        .moto
+        .get_object(&host.world.bucket, "releases/1.0.0.tar.gz.sha256")
+        .expect("the .sha256 object");
+    assert_eq!(
+        String::from_utf8_lossy(&sums),
+        format!("{digest}  1.0.0.tar.gz\n")
+    );
+
+    let again = host.drover(&["publish", "--version", "1.0.0", &tarball.to_string_lossy()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    let bad = host.drover(&["publish", "--version", "../1", &tarball.to_string_lossy()]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("../1"), "{}", stderr(&bad));
+}
+
+#[test]
+fn publish_packs_a_directory() {
+    let host = Host::new("publish_dir");
+    let dir = drover_tests::release::app_dir(&host.world.artifacts_dir(), "4.2", true);
+    let out = host.drover(&["publish", "--version", "4.2", &dir.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    host.drover(&["promote", "4.2"]);
+    let once = host.drover(&["once"]);
+    assert_eq!(once.status.code(), Some(0), "{}", stderr(&once));
+    let served = std::fs::read_to_string(host.root().join("current/VERSION")).expect("VERSION");
+    assert_eq!(served.trim(), "4.2");
+    assert!(host.root().join("current/app.py").is_file());
+}
+
+#[test]
+fn once_exit_status_follows_the_outcome() {
+    let host = Host::new("once");
+    // No parameter yet: not running the desired version.
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+
+    host.world.release("1.0.0", true);
+    let out = host.drover(&["promote", "1.0.0"]);
+    assert!(
+        stdout(&out).contains("parameter version"),
+        "{}",
+        stdout(&out)
+    );
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("event=\"deployed\""),
+        "{}",
+        stderr(&out)
+    );
+    // In sync: still 0.
+    assert_eq!(host.drover(&["once"]).status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_link(host.root().join("current")).expect("current"),
+        Path::new("releases/1.0.0")
+    );
+
+    // An invalid value is reported and changes nothing.
+    host.world
+        .moto
+        .put_parameter(&host.world.parameter, "not a version!");
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a version!"), "{}", stderr(&out));
+    assert_eq!(host.status()["current"], "1.0.0");
+    assert_eq!(host.status()["last"]["result"], "invalid");
+
+    // A digest in the JSON value that does not match: rejected, then skipped.
+    let tarball = host.world.app_tarball("2.0.0", true);
+    host.world.publish("2.0.0", &tarball);
+    let wrong = sha256_hex(b"x");
+    host.world.moto.put_parameter(
+        &host.world.parameter,
+        &format!(r#"{{"version":"2.0.0","sha256":"{wrong}"}}"#),
+    );
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("artifact_rejected"),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("skipped_failed_version"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.status()["current"], "1.0.0");
+
+    // The right digest in the value: deployed.
+    let right = drover_tests::sha256_file(&tarball);
+    host.world.moto.put_parameter(
+        &host.world.parameter,
+        &format!(r#"{{"version":"2.0.0","sha256":"{right}"}}"#),
+    );
+    assert_eq!(host.drover(&["once"]).status.code(), Some(0));
+    assert_eq!(host.status()["current"], "2.0.0");
+    assert_eq!(host.status()["previous"], "1.0.0");
+
+    // Rollback: back to 1.0.0, and the 2.0.0 request is not taken up again.
+    let out = host.drover(&["rollback"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(host.status()["current"], "1.0.0");
+    assert_eq!(host.status()["last"]["result"], "rolled_back");
+    assert_eq!(host.drover(&["once"]).status.code(), Some(1));
+    assert_eq!(host.status()["current"], "1.0.0");
+    let out = host.drover(&["rollback"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no previous"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_config_and_usage_exit_2_naming_the_key() {
+    let host = Host::new("badconfig");
+    let broken = host.world.dir().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[artifact]\nbucket = \"b\"\n[health]\nsuccesses = 0\n",
+    )
+    .unwrap();
+    let out = drover_with(&broken, &["once"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("health.successes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("broken.toml"), "{}", stderr(&out));
+
+    let unknown = host.world.dir().join("unknown.toml");
+    std::fs::write(&unknown, "[artifact]\nbucket = \"b\"\nbuckett = \"c\"\n").unwrap();
+    let out = drover_with(&unknown, &["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("buckett"), "{}", stderr(&out));
+
+    let missing = drover_with(Path::new("/nonexistent/drover.toml"), &["once"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("/nonexistent/drover.toml"));
+
+    assert_eq!(host.drover(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(host.drover(&["publish"]).status.code(), Some(2));
+}

@@ -1,0 +1,256 @@
+//! The deployment flow end to end, through the real parts: releases published and promoted from
+//! the host with `drover publish` / `drover promote` against moto; an instance booted with real
+//! systemd and journald, where cloud-init installed drover from user-data; the real sample app.
+//! Every assertion is about what an operator would see: the bytes the app serves, where `current`
+//! points, `drover status --json`, and `journalctl -u drover EVENT=…`.
+
+use drover_tests::{sha256_hex, wait_for, Instance, World};
+use serde_json::Value;
+use std::time::Duration;
+
+const DEPLOY: Duration = Duration::from_secs(60);
+
+/// What the app answers on `/version`, once it answers at all.
+fn served(instance: &Instance) -> String {
+    let response = wait_for(Duration::from_secs(10), "the app to answer", || {
+        instance.http_get("/version").ok()
+    });
+    assert_eq!(response.status, 200, "GET /version");
+    response.text().trim().to_owned()
+}
+
+fn current(instance: &Instance) -> String {
+    instance
+        .current_release()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// The parameter's current `Version` number: the id of the latest deploy request.
+fn parameter_version(world: &World) -> i64 {
+    world
+        .moto
+        .get_parameter(&world.parameter)
+        .map(|(_, version)| version)
+        .unwrap_or_else(|| panic!("parameter {} is not set", world.parameter))
+}
+
+fn field<'a>(event: &'a Value, name: &str) -> &'a str {
+    event[name].as_str().unwrap_or("")
+}
+
+fn events_for(instance: &Instance, event: &str, version: &str) -> usize {
+    instance
+        .journal_events(event)
+        .iter()
+        .filter(|e| field(e, "VERSION") == version)
+        .count()
+}
+
+/// Nothing of an unfinished download or unpack may be left in the staging area.
+fn assert_staging_empty(instance: &Instance) {
+    let listing = instance.exec_ok(&["ls", "-A", "/opt/app/.staging"]);
+    assert_eq!(listing.trim(), "", "leftovers in /opt/app/.staging");
+}
+
+#[test]
+fn first_deploy_upgrade_automatic_revert_and_switch_back_without_download() {
+    let world = World::new("lifecycle");
+    let instance = world.boot_instance();
+
+    // An empty instance, before anything is promoted: the agent says why it has nothing to do.
+    let polls = instance.wait_for_events("poll_failed", 1, DEPLOY);
+    assert!(
+        field(&polls[0], "ERROR").contains("not found"),
+        "{:?}",
+        polls[0]
+    );
+    assert_eq!(field(&polls[0], "PRIORITY"), "3");
+    assert_eq!(current(&instance), "");
+
+    // First deploy.
+    world.release("1.0.0", true);
+    let deployed = instance.wait_for_events("deployed", 1, DEPLOY);
+    assert_eq!(field(&deployed[0], "VERSION"), "1.0.0");
+    assert_eq!(field(&deployed[0], "PRIORITY"), "6");
+    assert_eq!(field(&deployed[0], "SYSLOG_IDENTIFIER"), "drover");
+    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(current(&instance), "releases/1.0.0");
+    let verified = instance.journal_events("artifact_verified");
+    assert_eq!(field(&verified[0], "SHA256").len(), 64);
+    let restarted = instance.journal_events("unit_restarted");
+    assert_eq!(field(&restarted[0], "UNIT"), "app.service");
+
+    // Upgrade.
+    world.release("2.0.0", true);
+    let deployed = instance.wait_for_events("deployed", 2, DEPLOY);
+    assert_eq!(field(&deployed[1], "VERSION"), "2.0.0");
+    assert_eq!(field(&deployed[1], "PREVIOUS_VERSION"), "1.0.0");
+    assert_eq!(
+        field(&deployed[1], "PARAMETER_VERSION"),
+        parameter_version(&world).to_string()
+    );
+    assert_eq!(served(&instance), "2.0.0");
+    let status = instance.status_json();
+    assert_eq!(
+        (&status["current"], &status["good"], &status["previous"]),
+        (
+            &Value::from("2.0.0"),
+            &Value::from("2.0.0"),
+            &Value::from("1.0.0")
+        )
+    );
+    assert_eq!(status["last"]["result"], "deployed");
+
+    // An unhealthy version is reverted automatically.
+    world.release("3.0.0", false);
+    let first_try = parameter_version(&world);
+    let reverted = instance.wait_for_events("reverted", 1, DEPLOY);
+    assert_eq!(field(&reverted[0], "VERSION"), "3.0.0");
+    assert_eq!(field(&reverted[0], "PREVIOUS_VERSION"), "2.0.0");
+    assert_eq!(field(&reverted[0], "PRIORITY"), "4");
+    assert!(
+        field(&reverted[0], "ERROR").contains("HTTP 500"),
+        "{:?}",
+        reverted[0]
+    );
+    let unhealthy = instance.journal_events("health_failed");
+    assert_eq!(field(&unhealthy[0], "PRIORITY"), "3");
+    assert_eq!(served(&instance), "2.0.0");
+    assert_eq!(current(&instance), "releases/2.0.0");
+    let status = instance.status_json();
+    assert_eq!(status["last"]["result"], "reverted");
+    assert_eq!(status["last"]["version"], "3.0.0");
+    assert_eq!(status["good"], "2.0.0");
+
+    // ...and not retried while the parameter stays as it is: reported once, then left alone.
+    instance.wait_for_events("skipped_failed_version", 1, DEPLOY);
+    std::thread::sleep(Duration::from_secs(4)); // several polls at poll_interval = 1s
+    assert_eq!(events_for(&instance, "deploy_started", "3.0.0"), 1);
+    assert_eq!(instance.journal_events("skipped_failed_version").len(), 1);
+
+    // Putting the same value again is a new request: it is tried (and reverted) again.
+    world.promote("3.0.0");
+    let reverted = instance.wait_for_events("reverted", 2, DEPLOY);
+    assert_eq!(field(&reverted[1], "VERSION"), "3.0.0");
+    let second_try: i64 = field(&reverted[1], "PARAMETER_VERSION")
+        .parse()
+        .unwrap_or(0);
+    assert!(second_try > first_try, "{second_try} > {first_try}");
+    assert_eq!(served(&instance), "2.0.0");
+
+    // Back to 1.0.0, still on disk: switched to without a download. The tarball in S3 is now
+    // junk, so a download would have been rejected.
+    world
+        .moto
+        .put_object(&world.bucket, "releases/1.0.0.tar.gz", b"not a release");
+    world.promote("1.0.0");
+    let back = parameter_version(&world).to_string();
+    let deployed = instance.wait_for_events("deployed", 3, DEPLOY);
+    assert_eq!(field(&deployed[2], "VERSION"), "1.0.0");
+    assert_eq!(field(&deployed[2], "PARAMETER_VERSION"), back);
+    let downloads = instance.journal_events("artifact_verified");
+    assert!(
+        downloads
+            .iter()
+            .all(|e| field(e, "PARAMETER_VERSION") != back),
+        "1.0.0 was downloaded again: {downloads:?}"
+    );
+    assert!(instance.journal_events("artifact_rejected").is_empty());
+    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(current(&instance), "releases/1.0.0");
+    assert_staging_empty(&instance);
+}
+
+#[test]
+fn checksum_mismatch_is_rejected_and_the_old_release_keeps_serving() {
+    let world = World::new("checksum");
+    let instance = world.boot_instance();
+    world.release("1.0.0", true);
+    instance.wait_for_events("deployed", 1, DEPLOY);
+
+    // 2.0.0's digest file names another digest: as if the tarball had been swapped.
+    let tarball = world.app_tarball("2.0.0", true);
+    world.publish("2.0.0", &tarball);
+    let wrong = sha256_hex(b"some other tarball");
+    world.moto.put_object(
+        &world.bucket,
+        "releases/2.0.0.tar.gz.sha256",
+        format!("{wrong}  2.0.0.tar.gz\n").as_bytes(),
+    );
+    world.promote("2.0.0");
+
+    let rejected = instance.wait_for_events("artifact_rejected", 1, DEPLOY);
+    let error = field(&rejected[0], "ERROR");
+    assert!(error.contains("sha256 mismatch"), "{error}");
+    assert!(error.contains("releases/2.0.0.tar.gz"), "{error}");
+    assert!(error.contains(&wrong), "{error}");
+    assert_eq!(field(&rejected[0], "VERSION"), "2.0.0");
+    assert_eq!(field(&rejected[0], "PRIORITY"), "3");
+    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(current(&instance), "releases/1.0.0");
+    assert!(!instance.path("/opt/app/releases/2.0.0").exists());
+    assert_staging_empty(&instance);
+    assert_eq!(instance.status_json()["last"]["result"], "rejected");
+    assert_eq!(events_for(&instance, "switched", "2.0.0"), 0);
+}
+
+#[test]
+fn traversal_entry_rejects_the_artifact_and_nothing_is_written_outside() {
+    let world = World::new("traversal");
+    let instance = world.boot_instance();
+    world.release("1.0.0", true);
+    instance.wait_for_events("deployed", 1, DEPLOY);
+
+    let evil = drover_tests::release::escaping_tarball(&world.artifacts_dir(), "2.0.0");
+    world.publish("2.0.0", &evil);
+    world.promote("2.0.0");
+
+    let rejected = instance.wait_for_events("artifact_rejected", 1, DEPLOY);
+    let error = field(&rejected[0], "ERROR");
+    assert!(error.contains("../escape.txt"), "{error}");
+    assert!(error.contains(".."), "{error}");
+    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(current(&instance), "releases/1.0.0");
+    assert!(!instance.path("/opt/app/releases/2.0.0").exists());
+    let found = instance.exec_ok(&["find", "/", "-xdev", "-name", "escape.txt"]);
+    assert_eq!(found.trim(), "", "escape.txt was written");
+    assert_staging_empty(&instance);
+}
+
+#[test]
+fn agent_restarted_while_idle_resumes_without_redeploying() {
+    let world = World::new("restart_idle");
+    let instance = world.boot_instance();
+    world.release("1.0.0", true);
+    instance.wait_for_events("deployed", 1, DEPLOY);
+    let app_pid = instance.unit_property("app.service", "MainPID");
+    let agent_pid = instance.unit_property("drover.service", "MainPID");
+
+    instance.exec_ok(&["systemctl", "restart", "drover.service"]);
+    let new_pid = wait_for(Duration::from_secs(10), "drover to come back", || {
+        let pid = instance.unit_property("drover.service", "MainPID");
+        let active = instance.unit_property("drover.service", "ActiveState") == "active";
+        (active && pid != agent_pid && pid != "0").then_some(pid)
+    });
+    assert_ne!(new_pid, agent_pid);
+    std::thread::sleep(Duration::from_secs(4)); // several polls
+    assert_eq!(
+        instance.journal_events("deploy_started").len(),
+        1,
+        "nothing redeployed"
+    );
+    assert_eq!(
+        instance.unit_property("app.service", "MainPID"),
+        app_pid,
+        "the app was not restarted"
+    );
+    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(instance.status_json()["good"], "1.0.0");
+
+    // And it still deploys.
+    world.release("2.0.0", true);
+    let deployed = instance.wait_for_events("deployed", 2, DEPLOY);
+    assert_eq!(field(&deployed[1], "VERSION"), "2.0.0");
+    assert_eq!(served(&instance), "2.0.0");
+}
