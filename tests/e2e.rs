@@ -247,6 +247,11 @@ fn agent_restarted_while_idle_resumes_without_redeploying() {
     );
     assert_eq!(served(&instance), "1.0.0");
     assert_eq!(instance.status_json()["good"], "1.0.0");
+    // READY=1 made the unit active; STATUS= says what runs (`systemctl status drover`).
+    assert_eq!(
+        instance.unit_property("drover.service", "StatusText"),
+        "running 1.0.0; last pass: in sync"
+    );
 
     // And it still deploys.
     world.release("2.0.0", true);

@@ -184,6 +184,7 @@ async fn run(config: Config) -> Result<ExitCode, String> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
+        notify::status(&agent.status_line(outcome));
         failures = if outcome == Outcome::Retry {
             failures.saturating_add(1)
         } else {

@@ -69,6 +69,15 @@ pub struct Fields<'a> {
     pub error: Option<&'a str>,
 }
 
+impl<'a> Fields<'a> {
+    pub fn with_error(self, error: &'a str) -> Self {
+        Fields {
+            error: Some(error),
+            ..self
+        }
+    }
+}
+
 macro_rules! event_at {
     ($level:expr, $event:expr, $f:expr, $message:expr) => {
         tracing::event!(

@@ -47,6 +47,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::InSync => "in sync",
+            Outcome::Deployed => "deployed",
+            Outcome::Reverted => "reverted",
+            Outcome::RevertFailed => "revert failed",
+            Outcome::Failed => "failed",
+            Outcome::Rejected => "artifact rejected",
+            Outcome::Invalid => "invalid parameter value",
+            Outcome::Skipped => "skipping a failed request",
+            Outcome::Unhealthy => "unhealthy",
+            Outcome::Waiting => "waiting for the parameter or artifact",
+            Outcome::Retry => "retrying after an error",
+        }
+    }
+
     /// `drover once` exits 0 only for these.
     pub fn is_success(self) -> bool {
         matches!(self, Outcome::InSync | Outcome::Deployed)
@@ -114,6 +130,14 @@ where
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// One line for `systemctl status drover`: what runs, and how the last pass ended.
+    pub fn status_line(&self, outcome: Outcome) -> String {
+        match self.layout.active().ok().flatten() {
+            Some(active) => format!("running {active}; last pass: {}", outcome.as_str()),
+            None => format!("no release yet; last pass: {}", outcome.as_str()),
+        }
     }
 
     /// One reconcile pass, holding the state lock throughout.
@@ -337,43 +361,8 @@ where
 
         // 2 and 3. Fetch, verify and unpack.
         if download {
-            match self.fetch_release(&desired, &fields).await {
-                Ok(()) => {}
-                Err(FetchFailure::Transient(error)) => {
-                    emit(
-                        Event::PollFailed,
-                        &Fields {
-                            error: Some(&error),
-                            ..fields
-                        },
-                        &format!("Fetching {version} failed, will retry: {error}"),
-                    );
-                    return Outcome::Retry;
-                }
-                Err(FetchFailure::Missing(error)) => {
-                    emit(
-                        Event::PollFailed,
-                        &Fields {
-                            error: Some(&error),
-                            ..fields
-                        },
-                        &format!("The artifact of {version} is not there yet: {error}"),
-                    );
-                    return Outcome::Waiting;
-                }
-                Err(FetchFailure::Rejected(error)) => {
-                    emit(
-                        Event::ArtifactRejected,
-                        &Fields {
-                            error: Some(&error),
-                            ..fields
-                        },
-                        &format!("Rejected the artifact of {version}: {error}"),
-                    );
-                    state.remember_failed(request.clone());
-                    self.record(state, Res::Rejected, &version, Some(request), Some(error));
-                    return Outcome::Rejected;
-                }
+            if let Err(failure) = self.fetch_release(&desired, &fields).await {
+                return self.fetch_failed(state, request, &version, &fields, failure);
             }
         }
 
@@ -406,13 +395,46 @@ where
                 state.commit(version.as_str(), Some(request.clone()));
                 self.record(state, Res::Deployed, &version, Some(request), None);
                 emit(Event::Deployed, &fields, &format!("Deployed {version}"));
-                notify::status(&format!("running {version}"));
                 self.prune(state);
                 Outcome::Deployed
             }
             Err(error) => {
                 self.revert(state, request, &version, previous.as_deref(), error)
                     .await
+            }
+        }
+    }
+
+    /// A fetch that produced no release: wait, retry later, or reject the request for good.
+    fn fetch_failed(
+        &self,
+        state: &mut State,
+        request: Request,
+        version: &Version,
+        fields: &Fields<'_>,
+        failure: FetchFailure,
+    ) -> Outcome {
+        match failure {
+            FetchFailure::Missing(error) => {
+                let message = format!("The artifact of {version} is not there yet: {error}");
+                emit(Event::PollFailed, &fields.with_error(&error), &message);
+                Outcome::Waiting
+            }
+            FetchFailure::Transient(error) => {
+                let message = format!("Fetching {version} failed, will retry: {error}");
+                emit(Event::PollFailed, &fields.with_error(&error), &message);
+                Outcome::Retry
+            }
+            FetchFailure::Rejected(error) => {
+                let message = format!("Rejected the artifact of {version}: {error}");
+                emit(
+                    Event::ArtifactRejected,
+                    &fields.with_error(&error),
+                    &message,
+                );
+                state.remember_failed(request.clone());
+                self.record(state, Res::Rejected, version, Some(request), Some(error));
+                Outcome::Rejected
             }
         }
     }
@@ -427,6 +449,11 @@ where
         error: String,
     ) -> Outcome {
         state.remember_failed(request.clone());
+        // Saved before switching back, so that an agent killed during the revert does not try
+        // the failed version once more after it restarts.
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state");
+        }
         let fields = Fields {
             version: Some(version.as_str()),
             previous_version: previous,
@@ -438,10 +465,7 @@ where
                 format!("{error}; no previous release to switch back to, {version} stays current");
             emit(
                 Event::RevertFailed,
-                &Fields {
-                    error: Some(&why),
-                    ..fields
-                },
+                &fields.with_error(&why),
                 &format!("Deploy of {version} failed and there is nothing to go back to"),
             );
             self.record(state, Res::Failed, version, Some(request), Some(why));
@@ -451,10 +475,7 @@ where
             let why = format!("{error}; switching back failed: {e}");
             emit(
                 Event::RevertFailed,
-                &Fields {
-                    error: Some(&why),
-                    ..fields
-                },
+                &fields.with_error(&why),
                 &format!("Could not switch back to {previous}"),
             );
             self.record(state, Res::RevertFailed, version, Some(request), Some(why));
@@ -469,13 +490,9 @@ where
             Ok(()) => {
                 emit(
                     Event::Reverted,
-                    &Fields {
-                        error: Some(&error),
-                        ..fields
-                    },
+                    &fields.with_error(&error),
                     &format!("Reverted to {previous}: {version} failed: {error}"),
                 );
-                notify::status(&format!("running {previous}; {version} failed"));
                 self.record(state, Res::Reverted, version, Some(request), Some(error));
                 Outcome::Reverted
             }
@@ -483,10 +500,7 @@ where
                 let why = format!("{error}; {previous} is not healthy either: {e}");
                 emit(
                     Event::RevertFailed,
-                    &Fields {
-                        error: Some(&why),
-                        ..fields
-                    },
+                    &fields.with_error(&why),
                     &format!("Reverted to {previous}, but it is not healthy either"),
                 );
                 self.record(state, Res::RevertFailed, version, Some(request), Some(why));
@@ -641,10 +655,7 @@ where
                 let error = e.to_string();
                 emit(
                     Event::HealthFailed,
-                    &Fields {
-                        error: Some(&error),
-                        ..*fields
-                    },
+                    &fields.with_error(&error),
                     &format!("{version} is not healthy: {error}"),
                 );
                 Err(error)
@@ -770,10 +781,7 @@ where
             Err(e) => {
                 emit(
                     Event::RevertFailed,
-                    &Fields {
-                        error: Some(&e),
-                        ..fields
-                    },
+                    &fields.with_error(&e),
                     &format!("Rolled back to {target}, but it is not healthy"),
                 );
                 self.record(&mut state, Res::RevertFailed, &rolled_back, None, Some(e));
