@@ -13,9 +13,13 @@ export DROVER_BIN ?= $(CARGO_TARGET_DIR)/debug/drover
 
 .PHONY: all build test test-unit demo check fmt clippy clean
 
-include tests/test.mk
-
 all: build
+
+# Fragments add their own targets, and their checks to CHECKS (run by `make check`).
+CHECKS :=
+include tests/test.mk
+-include packaging/packaging.mk
+-include systemd/systemd.mk
 
 build:
 	$(CARGO) build --workspace --all-targets --locked
@@ -33,7 +37,7 @@ demo: test-setup
 	$(CARGO) build --locked -p drover -p drover-tests --bins
 	$(CARGO_TARGET_DIR)/debug/demo
 
-check: fmt clippy
+check: fmt clippy $(CHECKS)
 
 fmt:
 	$(CARGO) fmt --all -- --check
