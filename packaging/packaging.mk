@@ -1,0 +1,29 @@
+# Make targets for packaging; the top-level Makefile includes this file.
+#   make check-cfn   cfn-lint on the example CloudFormation template; the IAM policies parse,
+#                    use only documented placeholders, and match the template's role
+
+PACKAGING_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+DROVER_TEST_CACHE ?= /var/cache/drover-test
+# Outside the checkout, so that CI's fresh clones reuse it. /usr/bin/python3, not whatever
+# python3 is first on PATH (a pyenv shim on some machines).
+CFN_VENV ?= $(DROVER_TEST_CACHE)/cfn-venv
+CFN_LINT_VERSION := 1.58.0
+CFN_LINT_STAMP := $(CFN_VENV)/.cfn-lint-$(CFN_LINT_VERSION)
+
+CHECKS += check-cfn
+
+.PHONY: check-cfn
+
+check-cfn: $(CFN_LINT_STAMP)
+	$(CFN_VENV)/bin/cfn-lint --version
+	$(CFN_VENV)/bin/cfn-lint -- $(PACKAGING_DIR)/cloudformation/*.yaml
+	for f in $(PACKAGING_DIR)/iam/*.json; do \
+	  $(CFN_VENV)/bin/python3 -m json.tool "$$f" >/dev/null || { echo "$$f: not JSON" >&2; exit 1; }; \
+	done
+	$(CFN_VENV)/bin/python3 $(PACKAGING_DIR)/iam/check-policies.py \
+	  $(PACKAGING_DIR)/iam $(PACKAGING_DIR)/cloudformation/drover-example.yaml
+
+$(CFN_LINT_STAMP):
+	test -x $(CFN_VENV)/bin/python3 || /usr/bin/python3 -m venv $(CFN_VENV)
+	$(CFN_VENV)/bin/pip install --quiet --disable-pip-version-check 'cfn-lint==$(CFN_LINT_VERSION)'
+	touch $@
