@@ -231,3 +231,47 @@ fn bad_config_and_usage_exit_2_naming_the_key() {
     assert_eq!(host.drover(&["no-such-command"]).status.code(), Some(2));
     assert_eq!(host.drover(&["publish"]).status.code(), Some(2));
 }
+
+#[test]
+fn doctor_says_what_is_wrong_and_what_to_do() {
+    let host = Host::new("doctor");
+    // Nothing promoted yet: notes, not failures.
+    let out = host.drover(&["doctor"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.contains("ok    credentials"), "{text}");
+    assert!(text.contains("note  parameter"), "{text}");
+    assert!(text.contains("does not exist yet"), "{text}");
+    assert!(text.contains("ok    state directory"), "{text}");
+    assert!(text.contains("all "), "{text}");
+
+    // Promoted but never published: the artifact check fails and says how to fix it.
+    host.drover(&["promote", "7.0"]);
+    let out = host.drover(&["doctor"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("ok    parameter"), "{text}");
+    assert!(
+        text.contains("FAIL  s3://") && text.contains("releases/7.0.tar.gz: not found"),
+        "{text}"
+    );
+    assert!(text.contains("fix: publish it"), "{text}");
+
+    // Published: passes again.
+    let tarball = host.world.app_tarball("7.0", true);
+    host.world.publish("7.0", &tarball);
+    let out = host.drover(&["doctor"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    // A unit on a host without a system bus: named, with the fix.
+    let with_unit = host.world.dir().join("unit.toml");
+    let text = std::fs::read_to_string(&host.config)
+        .unwrap()
+        .replace("units = []", "units = [\"app.service\"]");
+    std::fs::write(&with_unit, text).unwrap();
+    let out = drover_with(&with_unit, &["doctor"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  unit app.service"), "{text}");
+    assert!(text.contains("system bus"), "{text}");
+}

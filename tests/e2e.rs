@@ -253,6 +253,25 @@ fn agent_restarted_while_idle_resumes_without_redeploying() {
         "running 1.0.0; last pass: in sync"
     );
 
+    // `drover doctor` on the instance: the bus, the unit and the artifact are all reachable.
+    // As an operator would on an instance whose credentials come from the unit's environment
+    // file (on EC2 they come from the instance profile).
+    let doctor = instance.exec(&[
+        "sh",
+        "-c",
+        "set -a; . /etc/default/drover; exec drover doctor",
+    ]);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}");
+    assert!(
+        report.contains("ok    unit app.service: loaded"),
+        "{report}"
+    );
+    assert!(
+        report.contains("releases/1.0.0.tar.gz: readable"),
+        "{report}"
+    );
+
     // And it still deploys.
     world.release("2.0.0", true);
     let deployed = instance.wait_for_events("deployed", 2, DEPLOY);

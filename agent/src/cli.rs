@@ -50,6 +50,8 @@ enum Command {
     },
     /// Put VERSION into the parameter.
     Promote { version: String },
+    /// Check config, credentials, parameter, artifact, units, disk space; say what to fix.
+    Doctor,
 }
 
 /// Exit statuses (SPEC: Command line).
@@ -76,11 +78,20 @@ pub fn main() -> ExitCode {
             return ExitCode::from(FAILED);
         }
     };
-    runtime.block_on(dispatch(cli.command, config))
+    runtime.block_on(dispatch(cli.command, config, &cli.config))
 }
 
-async fn dispatch(command: Command, config: Config) -> ExitCode {
+async fn dispatch(command: Command, config: Config, config_path: &std::path::Path) -> ExitCode {
     let result = match command {
+        Command::Doctor => {
+            let report = crate::doctor::run(&config, config_path).await;
+            print!("{}", report.render());
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(FAILED)
+            })
+        }
         Command::Run => run(config).await,
         Command::Once => once(config).await,
         Command::Status { json } => operator::status(&config).map(|s| {

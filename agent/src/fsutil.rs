@@ -83,6 +83,26 @@ pub fn sync_filesystem(path: &Path) -> Result<(), PathError> {
     }
 }
 
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> Result<u64, PathError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        .at("statvfs", path)?;
+    #[allow(unsafe_code)]
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a properly sized out-value,
+    // both alive for the whole call; statvfs writes only into `stat`.
+    let (rc, stat) = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        let rc = libc::statvfs(c_path.as_ptr(), &mut stat);
+        (rc, stat)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).at("statvfs", path);
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
 /// Removes a directory tree if it exists.
 pub fn remove_tree(path: &Path) -> Result<(), PathError> {
     match fs::remove_dir_all(path) {
@@ -122,6 +142,13 @@ mod tests {
     fn errors_carry_the_path() {
         let err = write_atomic(Path::new("/nonexistent-dir/x"), b"", 0o600).unwrap_err();
         assert!(err.to_string().contains("/nonexistent-dir/"), "{err}");
+    }
+
+    #[test]
+    fn free_space_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_space(dir.path()).unwrap() > 0);
+        assert!(free_space(Path::new("/nonexistent-dir")).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod doctor;
 pub mod events;
 pub mod fetch;
 pub mod fsutil;

@@ -35,6 +35,8 @@ trait Manager {
 trait Unit {
     #[zbus(property)]
     fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn load_state(&self) -> zbus::Result<String>;
 }
 
 /// Connects to the bus on first use, so an agent with no units never needs one, and a bus that
@@ -128,16 +130,28 @@ impl ServiceManager for Systemd {
     }
 
     async fn is_failed(&self, unit: &str) -> Result<bool, UnitError> {
+        let proxy = self.unit(unit).await?;
+        let state = proxy.active_state().await.map_err(|e| bus(unit, e))?;
+        Ok(state == "failed")
+    }
+}
+
+impl Systemd {
+    /// `loaded`, `not-found`, `bad-setting`, …: whether systemd knows the unit (`drover doctor`).
+    pub async fn load_state(&self, unit: &str) -> Result<String, UnitError> {
+        let proxy = self.unit(unit).await?;
+        proxy.load_state().await.map_err(|e| bus(unit, e))
+    }
+
+    async fn unit(&self, unit: &str) -> Result<UnitProxy<'_>, UnitError> {
         let manager = self.manager(unit).await?;
         let path = manager.load_unit(unit).await.map_err(|e| bus(unit, e))?;
-        let proxy = UnitProxy::builder(self.connection().await?)
+        UnitProxy::builder(self.connection().await?)
             .path(path)
-            // The property must be read fresh on every check, not from a cache.
+            // Properties must be read fresh on every check, not from a cache.
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
-            .map_err(|e| bus(unit, e))?;
-        let state = proxy.active_state().await.map_err(|e| bus(unit, e))?;
-        Ok(state == "failed")
+            .map_err(|e| bus(unit, e))
     }
 }

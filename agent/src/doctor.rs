@@ -1,0 +1,350 @@
+//! `drover doctor`: checks everything the agent needs, one line per check, each failure with what
+//! to do about it. The checks are effects; turning their results into lines and an exit status
+//! is pure ([`Report`]).
+
+use std::time::Duration;
+
+use crate::aws::{S3Store, SsmSource};
+use crate::config::Config;
+use crate::health::{HealthProbe, HttpProbe};
+use crate::source::{DesiredSource, SourceError};
+use crate::store::StoreError;
+use crate::systemd::Systemd;
+use crate::version;
+
+/// The result of one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok(String),
+    /// Not a failure, but worth knowing (nothing deployed yet, a check that was skipped).
+    Note(String),
+    /// `what` went wrong; `fix` says what to do.
+    Fail {
+        what: String,
+        fix: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, name: impl Into<String>, verdict: Verdict) {
+        self.checks.push(Check {
+            name: name.into(),
+            verdict,
+        });
+    }
+
+    pub fn passed(&self) -> bool {
+        !self
+            .checks
+            .iter()
+            .any(|c| matches!(c.verdict, Verdict::Fail { .. }))
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            match &c.verdict {
+                Verdict::Ok(detail) => out += &format!("ok    {}: {detail}\n", c.name),
+                Verdict::Note(detail) => out += &format!("note  {}: {detail}\n", c.name),
+                Verdict::Fail { what, fix } => {
+                    out += &format!("FAIL  {}: {what}\n      fix: {fix}\n", c.name)
+                }
+            }
+        }
+        let failed = self
+            .checks
+            .iter()
+            .filter(|c| matches!(c.verdict, Verdict::Fail { .. }))
+            .count();
+        out += &match failed {
+            0 => format!("all {} checks passed\n", self.checks.len()),
+            n => format!("{n} of {} checks failed\n", self.checks.len()),
+        };
+        out
+    }
+}
+
+fn fail(what: impl ToString, fix: impl Into<String>) -> Verdict {
+    Verdict::Fail {
+        what: what.to_string(),
+        fix: fix.into(),
+    }
+}
+
+/// Runs every check. `config_path` only names the file in the first line.
+pub async fn run(config: &Config, config_path: &std::path::Path) -> Report {
+    let mut report = Report::default();
+    report.add(
+        "config",
+        Verdict::Ok(format!("{} is valid", config_path.display())),
+    );
+
+    let sdk = crate::aws::sdk_config(&config.aws).await;
+    check_credentials(&mut report, &sdk).await;
+    let source = SsmSource::new(&sdk, &config.source.parameter);
+    let desired = check_parameter(&mut report, config, &source).await;
+    let store = S3Store::new(
+        crate::aws::s3_client(&sdk, &config.aws),
+        &config.artifact.bucket,
+    );
+    check_artifact(&mut report, config, &store, desired.as_ref()).await;
+    check_units(&mut report, config).await;
+    check_disk(&mut report, config);
+    check_state_dir(&mut report, config);
+    check_health(&mut report, config).await;
+    report
+}
+
+async fn check_credentials(report: &mut Report, sdk: &aws_config::SdkConfig) {
+    use aws_sdk_s3::config::ProvideCredentials;
+    let verdict = match sdk.credentials_provider() {
+        None => fail(
+            "no credentials provider",
+            "attach an instance profile, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+        ),
+        Some(provider) => match provider.provide_credentials().await {
+            Ok(creds) => Verdict::Ok(format!(
+                "found (access key {}…)",
+                creds.access_key_id().chars().take(4).collect::<String>()
+            )),
+            Err(e) => fail(
+                aws_sdk_s3::error::DisplayErrorContext(&e),
+                "attach an instance profile to the instance (see docs/IAM.md), or set the \
+                 AWS_* variables in /etc/default/drover",
+            ),
+        },
+    };
+    report.add("credentials", verdict);
+    let region = sdk
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "-".into());
+    report.add(
+        "region",
+        match sdk.region() {
+            Some(_) => Verdict::Ok(region),
+            None => fail(
+                "no region",
+                "set [aws] region in the config, or AWS_REGION; on EC2 it comes from the metadata service",
+            ),
+        },
+    );
+}
+
+async fn check_parameter(
+    report: &mut Report,
+    config: &Config,
+    source: &SsmSource,
+) -> Option<version::Desired> {
+    let name = format!("parameter {}", config.source.parameter);
+    match source.read().await {
+        Ok(p) => match version::parse_value(&p.value) {
+            Ok(d) => {
+                report.add(
+                    name,
+                    Verdict::Ok(format!("{} (parameter version {})", d.version, p.version)),
+                );
+                Some(d)
+            }
+            Err(e) => {
+                report.add(
+                    name,
+                    fail(
+                        format!("value {:?}: {e}", p.value),
+                        "put a valid version: drover promote VERSION",
+                    ),
+                );
+                None
+            }
+        },
+        Err(SourceError::NotFound { .. }) => {
+            report.add(
+                name,
+                Verdict::Note(
+                    "does not exist yet: nothing to deploy until `drover promote VERSION`".into(),
+                ),
+            );
+            None
+        }
+        Err(e @ SourceError::Denied { .. }) => {
+            report.add(
+                name,
+                fail(
+                    e,
+                    "allow ssm:GetParameter on this parameter in the instance role (docs/IAM.md)",
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            report.add(
+                name,
+                fail(
+                    e,
+                    "check the region, the endpoint and network access to SSM",
+                ),
+            );
+            None
+        }
+    }
+}
+
+async fn check_artifact(
+    report: &mut Report,
+    config: &Config,
+    store: &S3Store,
+    desired: Option<&version::Desired>,
+) {
+    let Some(desired) = desired else {
+        report.add(
+            "artifact",
+            Verdict::Note("skipped: no desired version to look for".into()),
+        );
+        return;
+    };
+    let key = config.artifact.key_for(&desired.version);
+    let mut keys = vec![key.clone()];
+    if desired.sha256.is_none() {
+        keys.push(format!("{key}.sha256"));
+    }
+    for key in keys {
+        let name = format!("s3://{}/{key}", config.artifact.bucket);
+        let verdict = match store.exists(&key).await {
+            Ok(true) => Verdict::Ok("readable".into()),
+            Ok(false) => fail(
+                "not found",
+                "publish it: drover publish --version VERSION PATH",
+            ),
+            Err(e @ StoreError::Denied { .. }) => fail(
+                e,
+                "allow s3:GetObject on the release prefix in the instance role (docs/IAM.md)",
+            ),
+            Err(e) => fail(
+                e,
+                "check the bucket name, the region and network access to S3",
+            ),
+        };
+        report.add(name, verdict);
+    }
+}
+
+async fn check_units(report: &mut Report, config: &Config) {
+    if config.service.units.is_empty() {
+        report.add(
+            "units",
+            Verdict::Note("none configured: nothing is restarted".into()),
+        );
+        return;
+    }
+    let systemd = Systemd::new(Duration::from_secs(10));
+    for unit in &config.service.units {
+        let verdict = match systemd.load_state(unit).await {
+            Ok(state) if state == "loaded" => Verdict::Ok("loaded".into()),
+            Ok(state) => fail(
+                format!("load state is {state}"),
+                format!("install /etc/systemd/system/{unit} and run systemctl daemon-reload"),
+            ),
+            Err(e) => fail(
+                e,
+                "drover needs the system bus (/run/dbus/system_bus_socket) and must run as root",
+            ),
+        };
+        report.add(format!("unit {unit}"), verdict);
+    }
+}
+
+fn check_disk(report: &mut Report, config: &Config) {
+    // Where the release root will be: its closest existing ancestor.
+    let mut dir = config.release.root.as_path();
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(std::path::Path::new("/"));
+    }
+    let need = config.artifact.max_size.saturating_mul(2);
+    let name = format!("free space at {}", config.release.root.display());
+    let verdict = match crate::fsutil::free_space(dir) {
+        Ok(free) if free >= need => Verdict::Ok(format!("{} MiB free", free >> 20)),
+        Ok(free) => fail(
+            format!(
+                "{} MiB free; a download and unpack at [artifact] max_size may need {} MiB",
+                free >> 20,
+                need >> 20
+            ),
+            "free space, grow the volume, or lower [artifact] max_size",
+        ),
+        Err(e) => fail(e, "check that the release root's filesystem is mounted"),
+    };
+    report.add(name, verdict);
+}
+
+fn check_state_dir(report: &mut Report, config: &Config) {
+    let dir = &config.agent.state_dir;
+    let probe = dir.join(".doctor");
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b""))
+        .and_then(|_| std::fs::remove_file(&probe));
+    report.add(
+        format!("state directory {}", dir.display()),
+        match result {
+            Ok(()) => Verdict::Ok("writable".into()),
+            Err(e) => fail(
+                e,
+                "run drover as root, or set [agent] state_dir to a writable directory",
+            ),
+        },
+    );
+}
+
+async fn check_health(report: &mut Report, config: &Config) {
+    let Some(url) = &config.health.url else {
+        report.add(
+            "health",
+            Verdict::Note("no [health] url: only unit states gate a deploy".into()),
+        );
+        return;
+    };
+    let verdict = match HttpProbe::new(url, Duration::from_secs(5)) {
+        Err(e) => fail(e, "check [health] url"),
+        Ok(probe) => match probe.probe().await {
+            Ok(()) => Verdict::Ok(format!("{url} answers 2xx")),
+            // The app may simply not be deployed yet: worth saying, not a failure.
+            Err(e) => Verdict::Note(format!("{e} (fine before the first deploy)")),
+        },
+    };
+    report.add("health", verdict);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_renders_one_line_per_check_and_fails_on_any_failure() {
+        let mut r = Report::default();
+        r.add("config", Verdict::Ok("valid".into()));
+        r.add("health", Verdict::Note("not yet".into()));
+        assert!(r.passed());
+        assert_eq!(
+            r.render(),
+            "ok    config: valid\nnote  health: not yet\nall 2 checks passed\n"
+        );
+        r.add(
+            "unit app.service",
+            fail("load state is not-found", "install it"),
+        );
+        assert!(!r.passed());
+        assert!(r
+            .render()
+            .ends_with("FAIL  unit app.service: load state is not-found\n      fix: install it\n1 of 3 checks failed\n"));
+    }
+}
