@@ -100,7 +100,7 @@ pub fn free_space(path: &Path) -> Result<u64, PathError> {
     if rc != 0 {
         return Err(io::Error::last_os_error()).at("statvfs", path);
     }
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Removes a directory tree if it exists.
