@@ -402,7 +402,7 @@ impl Config {
     }
 }
 
-fn is_unit_name(name: &str) -> bool {
+pub(crate) fn is_unit_name(name: &str) -> bool {
     const SUFFIXES: &[&str] = &[
         ".service", ".socket", ".target", ".timer", ".path", ".mount", ".slice", ".scope",
     ];

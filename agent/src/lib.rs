@@ -26,4 +26,5 @@ pub mod state;
 pub mod store;
 pub mod systemd;
 pub mod unpack;
+pub mod userdata;
 pub mod version;

@@ -1,0 +1,588 @@
+//! Renders the cloud-init user-data that installs drover on an instance
+//! (`cloud-init/user-data.yaml.in`, embedded): where the binary comes from and its pinned digest,
+//! the agent's config, the repository's `systemd/drover.service`, and any extra files (credentials,
+//! the app's unit, a CA for the download). `drover user-data` prints it.
+//!
+//! Template conventions: lines starting with `##` are notes for template readers and are dropped;
+//! a marker alone on its line (`@DROVER_CONFIG@`) is a block, replaced by a text indented to the
+//! marker's column; other markers are replaced inline by values checked to be safe in a quoted
+//! YAML string.
+
+use std::path::Path;
+
+use crate::config::{self, Config};
+
+/// The user-data template, as shipped.
+pub const TEMPLATE: &str = include_str!("../../cloud-init/user-data.yaml.in");
+
+/// The agent's unit, as shipped.
+pub const DROVER_SERVICE: &str = include_str!("../../systemd/drover.service");
+
+/// Where the install script looks for the CAs of a private download server.
+pub const DOWNLOAD_CA_PATH: &str = "/etc/drover/download-ca.pem";
+
+/// Where unit files given to the renderer are written.
+const UNIT_DIR: &str = "/etc/systemd/system";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UserDataError {
+    #[error("source {given:?}: {reason}")]
+    Source { given: String, reason: String },
+    #[error("sha256 {0:?} is not 64 lowercase hex digits")]
+    Sha256(String),
+    #[error("{what} {value:?} cannot go into a quoted YAML string (empty, quote, backslash or control character)")]
+    Unquotable { what: String, value: String },
+    #[error("write_files path {0:?} is not absolute")]
+    RelativePath(String),
+    #[error("{0}: a YAML literal block cannot start with an indented line")]
+    IndentedBlock(String),
+    #[error("{0:?} is not a systemd unit name")]
+    UnitName(String),
+    #[error("download CA: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")]
+    NotPem,
+    #[error("user-data template: no value for {marker} in line {line:?}")]
+    UnknownMarker { marker: String, line: String },
+    #[error("generated config: {0}")]
+    Config(String),
+}
+
+/// A file for cloud-init's `write_files`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFile {
+    /// Absolute path on the instance.
+    pub path: String,
+    /// Octal mode, e.g. `0o600`.
+    pub mode: u32,
+    pub content: String,
+}
+
+/// What one instance's user-data says.
+#[derive(Debug, Clone, Default)]
+pub struct UserData {
+    /// Where the binary comes from: an absolute path on the image or an `https://` URL.
+    pub drover_source: String,
+    /// The binary's SHA-256, lowercase hex; the install refuses anything else.
+    pub drover_sha256: String,
+    /// The text of `/etc/drover/config.toml`.
+    pub config_toml: String,
+    /// More files to write before drover is installed.
+    pub extra_files: Vec<WriteFile>,
+    /// Units to enable (not start) once drover is installed: the app's, so that they come back
+    /// after a reboot. Their files come with the image or in `extra_files`.
+    pub enable_units: Vec<String>,
+    /// PEM CAs that the https download trusts instead of the system's (a private server).
+    pub download_ca: Option<String>,
+}
+
+impl UserData {
+    /// The filled-in template: a `#cloud-config` document.
+    pub fn render(&self) -> Result<String, UserDataError> {
+        check_source(&self.drover_source)?;
+        check_sha256(&self.drover_sha256)?;
+        let mut files = self.extra_files.clone();
+        if let Some(pem) = &self.download_ca {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(UserDataError::NotPem);
+            }
+            files.push(WriteFile {
+                path: DOWNLOAD_CA_PATH.into(),
+                mode: 0o644,
+                content: pem.clone(),
+            });
+        }
+        let extra = files
+            .iter()
+            .map(write_file_entry)
+            .collect::<Result<String, _>>()?;
+        let mut units = String::new();
+        for unit in &self.enable_units {
+            if !config::is_unit_name(unit) {
+                return Err(UserDataError::UnitName(unit.clone()));
+            }
+            units.push_str(&format!("- \"{unit}\"\n"));
+        }
+        let blocks = [
+            ("DROVER_CONFIG", self.config_toml.as_str()),
+            ("DROVER_SERVICE", DROVER_SERVICE),
+            ("EXTRA_WRITE_FILES", extra.as_str()),
+            ("APP_UNITS", units.as_str()),
+        ];
+        let inline = [
+            ("DROVER_SOURCE", self.drover_source.as_str()),
+            ("DROVER_SHA256", self.drover_sha256.as_str()),
+        ];
+        fill(TEMPLATE, &blocks, &inline)
+    }
+}
+
+/// A unit file to install with the user-data: written to `/etc/systemd/system/NAME` and enabled.
+pub fn unit_file(name: &str, content: String) -> Result<WriteFile, UserDataError> {
+    if !config::is_unit_name(name) {
+        return Err(UserDataError::UnitName(name.into()));
+    }
+    Ok(WriteFile {
+        path: format!("{UNIT_DIR}/{name}"),
+        mode: 0o644,
+        content,
+    })
+}
+
+/// What `drover user-data` asks for when it writes the config itself; `None` takes the SPEC's
+/// default.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFlags {
+    pub bucket: String,
+    pub parameter: Option<String>,
+    pub key: Option<String>,
+    pub units: Option<Vec<String>>,
+    pub health_url: Option<String>,
+}
+
+impl ConfigFlags {
+    /// A `config.toml` that says every flag's value (the defaults written out, so that the
+    /// instance's file shows what it does), checked by the agent's own parser.
+    pub fn to_toml(&self) -> Result<String, UserDataError> {
+        let quote = |s: &str| toml::Value::from(s).to_string();
+        let units = self
+            .units
+            .clone()
+            .unwrap_or_else(|| vec!["app.service".into()]);
+        let units: Vec<String> = units.iter().map(|u| quote(u)).collect();
+        let mut text = format!(
+            "[source]\nparameter = {}\n\n[artifact]\nbucket = {}\nkey = {}\n\n[service]\nunits = [{}]\n",
+            quote(self.parameter.as_deref().unwrap_or("/app/current-version")),
+            quote(&self.bucket),
+            quote(self.key.as_deref().unwrap_or("releases/{version}.tar.gz")),
+            units.join(", "),
+        );
+        if let Some(url) = &self.health_url {
+            text.push_str(&format!("\n[health]\nurl = {}\n", quote(url)));
+        }
+        Config::parse(&text, Path::new("(generated from the flags)"))
+            .map_err(|e| UserDataError::Config(e.to_string()))?;
+        Ok(text)
+    }
+}
+
+/// Fills `template`: see the module comment. Every marker in it must have a value.
+pub fn fill(
+    template: &str,
+    blocks: &[(&str, &str)],
+    inline: &[(&str, &str)],
+) -> Result<String, UserDataError> {
+    for (name, value) in inline {
+        check_inline(name, value)?;
+    }
+    let mut out = String::new();
+    for line in template.lines() {
+        if line.starts_with("##") {
+            continue;
+        }
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let block = blocks
+            .iter()
+            .find(|(name, _)| line.trim() == format!("@{name}@"));
+        match block {
+            Some((name, text)) => out.push_str(&indent_block(name, text, indent)?),
+            None => {
+                out.push_str(&fill_line(line, inline)?);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One line with its inline markers replaced, in one pass (a value is never searched for
+/// markers itself).
+fn fill_line(line: &str, inline: &[(&str, &str)]) -> Result<String, UserDataError> {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some((before, marker, after)) = next_marker(rest) {
+        let name = &marker[1..marker.len() - 1];
+        let value = inline
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| UserDataError::UnknownMarker {
+                marker: marker.into(),
+                line: line.into(),
+            })?;
+        out.push_str(before);
+        out.push_str(value);
+        rest = after;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The first `@NAME@` marker in `text` (NAME: uppercase letters, digits, `_`), as
+/// (text before, marker, text after).
+fn next_marker(text: &str) -> Option<(&str, &str, &str)> {
+    let mut from = 0;
+    while let Some(start) = text[from..].find('@').map(|i| from + i) {
+        let rest = &text[start + 1..];
+        let end = rest.find('@')?;
+        let name = &rest[..end];
+        let is_marker = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if is_marker {
+            let close = start + 1 + end + 1;
+            return Some((&text[..start], &text[start..close], &text[close..]));
+        }
+        from = start + 1;
+    }
+    None
+}
+
+/// `text` with every non-empty line prefixed by `indent`, ending in exactly one newline (what a
+/// YAML literal block `|` gives back); empty text gives nothing.
+fn indent_block(name: &str, text: &str, indent: &str) -> Result<String, UserDataError> {
+    let text = text.trim_end_matches('\n');
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    if first.starts_with([' ', '\t']) {
+        return Err(UserDataError::IndentedBlock(name.into()));
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        if !line.is_empty() {
+            out.push_str(indent);
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn write_file_entry(file: &WriteFile) -> Result<String, UserDataError> {
+    check_inline("write_files path", &file.path)?;
+    if !file.path.starts_with('/') {
+        return Err(UserDataError::RelativePath(file.path.clone()));
+    }
+    let mut entry = format!(
+        "- path: \"{}\"\n  owner: root:root\n  permissions: '{:04o}'\n",
+        file.path, file.mode
+    );
+    let content = indent_block(&file.path, &file.content, "    ")?;
+    if content.is_empty() {
+        entry.push_str("  content: \"\"\n");
+    } else {
+        entry.push_str("  content: |\n");
+        entry.push_str(&content);
+    }
+    Ok(entry)
+}
+
+/// An absolute path on the image or an https URL; nothing that a YAML string or the install
+/// script's argument could misread.
+fn check_source(source: &str) -> Result<(), UserDataError> {
+    let bad = |reason: &str| UserDataError::Source {
+        given: source.into(),
+        reason: reason.into(),
+    };
+    check_inline("source", source)?;
+    if source.chars().any(char::is_whitespace) {
+        return Err(bad("contains whitespace"));
+    }
+    if source.starts_with('/') {
+        return Ok(());
+    }
+    if let Some(rest) = source.strip_prefix("https://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if host.is_empty() {
+            return Err(bad("no host in the URL"));
+        }
+        return Ok(());
+    }
+    if source.to_ascii_lowercase().starts_with("http://") {
+        return Err(bad(
+            "plain http is refused: the binary must come over https",
+        ));
+    }
+    Err(bad(
+        "expected an https:// URL or an absolute path on the image",
+    ))
+}
+
+fn check_sha256(digest: &str) -> Result<(), UserDataError> {
+    let ok = digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(UserDataError::Sha256(digest.into()))
+    }
+}
+
+fn check_inline(what: &str, value: &str) -> Result<(), UserDataError> {
+    let unsafe_char = |c: char| c.is_control() || c == '"' || c == '\\';
+    if value.is_empty() || value.chars().any(unsafe_char) {
+        return Err(UserDataError::Unquotable {
+            what: what.into(),
+            value: value.into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> UserData {
+        UserData {
+            drover_source: "/mnt/drover-dist/drover".into(),
+            drover_sha256: "ab".repeat(32),
+            config_toml: "[source]\nparameter = \"/x\"\n\n[aws]\nregion = \"us-east-1\"\n".into(),
+            extra_files: vec![WriteFile {
+                path: "/etc/default/drover".into(),
+                mode: 0o600,
+                content: "AWS_ACCESS_KEY_ID=testing\n".into(),
+            }],
+            ..UserData::default()
+        }
+    }
+
+    fn render(data: &UserData) -> String {
+        match data.render() {
+            Ok(text) => text,
+            Err(e) => panic!("render: {e}"),
+        }
+    }
+
+    #[test]
+    fn fills_every_marker_and_drops_template_notes() {
+        let text = render(&sample());
+        assert!(text.starts_with("#cloud-config\n"), "{text}");
+        assert_eq!(next_marker(&text), None, "{text}");
+        assert!(!text.contains("\n##"), "{text}");
+        assert!(
+            text.ends_with(&format!(
+                "runcmd:\n  - - /usr/local/lib/drover/install-drover\n    - \"/mnt/drover-dist/drover\"\n    - \"{}\"\n",
+                "ab".repeat(32)
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn indents_blocks_to_the_marker_column() {
+        let text = render(&sample());
+        assert!(
+            text.contains(
+                "    content: |\n      [source]\n      parameter = \"/x\"\n\n      [aws]\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("      ExecStart=/usr/local/bin/drover run\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  - path: \"/etc/default/drover\"\n    owner: root:root\n    permissions: '0600'\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn enables_units_as_arguments_of_the_install_script() {
+        let data = UserData {
+            enable_units: vec!["app.service".into(), "worker@1.service".into()],
+            ..sample()
+        };
+        let text = render(&data);
+        assert!(
+            text.ends_with("\"\n    - \"app.service\"\n    - \"worker@1.service\"\n"),
+            "{text}"
+        );
+        let bad = UserData {
+            enable_units: vec!["app; reboot".into()],
+            ..sample()
+        };
+        assert_eq!(
+            bad.render(),
+            Err(UserDataError::UnitName("app; reboot".into()))
+        );
+    }
+
+    #[test]
+    fn writes_the_download_ca_where_the_script_looks() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let data = UserData {
+            drover_source: "https://example.com/drover".into(),
+            download_ca: Some(pem.into()),
+            ..sample()
+        };
+        let text = render(&data);
+        assert!(
+            text.contains(&format!(
+                "  - path: \"{DOWNLOAD_CA_PATH}\"\n    owner: root:root\n    permissions: '0644'\n    content: |\n      -----BEGIN CERTIFICATE-----\n"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("ca=/etc/drover/download-ca.pem\n"), "{text}");
+        let not_pem = UserData {
+            download_ca: Some("hello".into()),
+            ..data
+        };
+        assert_eq!(not_pem.render(), Err(UserDataError::NotPem));
+    }
+
+    #[test]
+    fn accepts_https_urls_and_absolute_paths_only() {
+        for good in [
+            "https://example.com/drover",
+            "https://example.com:8443/a/b/drover-1.0?x-id=GetObject&sig=abc%2F",
+            "/mnt/dist/drover",
+        ] {
+            assert_eq!(check_source(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://example.com/drover",
+            "HTTP://example.com/drover",
+            "ftp://example.com/drover",
+            "s3://bucket/drover",
+            "drover",
+            "https://",
+            "https:///drover",
+            "https://example.com/a b",
+            "https://example.com/\"",
+            "",
+        ] {
+            assert!(check_source(bad).is_err(), "{bad} accepted");
+        }
+        let http = UserData {
+            drover_source: "http://example.com/drover".into(),
+            ..sample()
+        };
+        let err = http
+            .render()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("plain http is refused"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_digest_that_is_not_lowercase_hex() {
+        for digest in ["not-a-digest".to_string(), "AB".repeat(32), "ab".repeat(31)] {
+            let data = UserData {
+                drover_sha256: digest.clone(),
+                ..sample()
+            };
+            assert_eq!(data.render(), Err(UserDataError::Sha256(digest)));
+        }
+    }
+
+    #[test]
+    fn refuses_an_unknown_marker() {
+        let err = fill("a: @NOPE@\n", &[], &[]);
+        assert!(
+            matches!(&err, Err(UserDataError::UnknownMarker { marker, .. }) if marker == "@NOPE@"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn values_are_not_searched_for_markers() {
+        let filled = fill("x: \"@A@ @B@\"\n", &[], &[("A", "@B@"), ("B", "b@c")]);
+        assert_eq!(filled, Ok("x: \"@B@ b@c\"\n".into()));
+    }
+
+    #[test]
+    fn finds_markers_but_not_other_at_signs() {
+        assert_eq!(
+            next_marker("user@host and @X_1@!"),
+            Some(("user@host and ", "@X_1@", "!"))
+        );
+        assert_eq!(next_marker("getty@tty1.service"), None);
+        assert_eq!(next_marker("a@b@"), None);
+    }
+
+    #[test]
+    fn a_block_that_starts_indented_is_refused() {
+        assert_eq!(
+            indent_block("X", "  indented\n", "    "),
+            Err(UserDataError::IndentedBlock("X".into()))
+        );
+        assert_eq!(indent_block("X", "\n\n", "    "), Ok(String::new()));
+    }
+
+    #[test]
+    fn generated_config_has_the_spec_defaults_and_parses() {
+        let flags = ConfigFlags {
+            bucket: "my-releases".into(),
+            ..ConfigFlags::default()
+        };
+        let text = flags.to_toml().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            text,
+            "[source]\nparameter = \"/app/current-version\"\n\n[artifact]\nbucket = \"my-releases\"\n\
+             key = \"releases/{version}.tar.gz\"\n\n[service]\nunits = [\"app.service\"]\n"
+        );
+        let config = Config::parse(&text, Path::new("t")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.health.url, None);
+    }
+
+    #[test]
+    fn generated_config_says_every_flag_quoted() {
+        let flags = ConfigFlags {
+            bucket: "b".into(),
+            parameter: Some("/team \"x\"/version".into()),
+            key: Some("apps/{version}/app.tgz".into()),
+            units: Some(vec!["a.service".into(), "b.service".into()]),
+            health_url: Some("http://127.0.0.1:9000/ready".into()),
+        };
+        let text = flags.to_toml().unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::parse(&text, Path::new("t")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.source.parameter, "/team \"x\"/version");
+        assert_eq!(config.artifact.bucket, "b");
+        assert_eq!(config.artifact.key, "apps/{version}/app.tgz");
+        assert_eq!(config.service.units, ["a.service", "b.service"]);
+        assert_eq!(
+            config.health.url.as_deref(),
+            Some("http://127.0.0.1:9000/ready")
+        );
+        let empty = ConfigFlags {
+            units: Some(vec![]),
+            ..flags
+        };
+        let text = empty.to_toml().unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.contains("units = []\n"), "{text}");
+    }
+
+    #[test]
+    fn generated_config_refuses_what_the_agent_would() {
+        let flags = ConfigFlags {
+            bucket: "b".into(),
+            key: Some("releases/latest.tar.gz".into()),
+            ..ConfigFlags::default()
+        };
+        let err = flags
+            .to_toml()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("artifact.key"), "{err}");
+    }
+
+    #[test]
+    fn unit_files_go_to_etc_systemd_system() {
+        assert_eq!(
+            unit_file("app.service", "[Service]\n".into()),
+            Ok(WriteFile {
+                path: "/etc/systemd/system/app.service".into(),
+                mode: 0o644,
+                content: "[Service]\n".into(),
+            })
+        );
+        assert!(unit_file("../app.service", String::new()).is_err());
+    }
+}
