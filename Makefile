@@ -20,6 +20,7 @@ CHECKS :=
 include tests/test.mk
 -include packaging/packaging.mk
 -include systemd/systemd.mk
+-include cloud-init/cloud-init.mk
 
 build:
 	$(CARGO) build --workspace --all-targets --locked

@@ -3,13 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::aws::{self, S3Store, SsmSource};
 use crate::config::{self, Config};
 use crate::health::HttpProbe;
 use crate::reconcile::{Agent, Mode, Outcome};
 use crate::systemd::Systemd;
+use crate::userdata::{self, ConfigFlags, UserData};
 use crate::{logging, notify, operator, plan};
 
 #[derive(Parser)]
@@ -52,6 +53,46 @@ enum Command {
     Promote { version: String },
     /// Check config, credentials, parameter, artifact, units, disk space; say what to fix.
     Doctor,
+    /// Print cloud-init user-data that installs drover on a new instance (reads no --config).
+    UserData(UserDataArgs),
+}
+
+#[derive(Args)]
+struct UserDataArgs {
+    /// Where the instance gets the drover binary: an https:// URL or an absolute path on the image.
+    #[arg(long, value_name = "URL_OR_PATH")]
+    source: String,
+    /// The binary's SHA-256 (64 lowercase hex digits); the instance installs nothing else.
+    #[arg(long, value_name = "HEX")]
+    sha256: String,
+    /// The instance's config.toml, checked and embedded as it is.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["bucket", "parameter", "key", "units", "health_url"]
+    )]
+    config_file: Option<PathBuf>,
+    /// Without --config-file: the bucket of the releases (a config is written from these flags).
+    #[arg(long, required_unless_present = "config_file")]
+    bucket: Option<String>,
+    /// The SSM parameter holding the desired version [default: /app/current-version].
+    #[arg(long)]
+    parameter: Option<String>,
+    /// Object key of a release, with {version} [default: releases/{version}.tar.gz].
+    #[arg(long)]
+    key: Option<String>,
+    /// Units restarted after a switch, comma-separated; "" for none [default: app.service].
+    #[arg(long, value_name = "UNIT,...", value_delimiter = ',')]
+    units: Option<Vec<String>>,
+    /// URL that must answer 2xx after a switch [default: none: units must only not fail].
+    #[arg(long, value_name = "URL")]
+    health_url: Option<String>,
+    /// A unit file of the app, installed in /etc/systemd/system and enabled (repeatable).
+    #[arg(long, value_name = "FILE")]
+    app_unit: Vec<PathBuf>,
+    /// PEM CAs of a private download server, trusted for the download instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    download_ca: Option<PathBuf>,
 }
 
 /// Exit statuses (SPEC: Command line).
@@ -61,6 +102,10 @@ const BAD_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose);
+    // Renders text for another machine, so this one's config does not matter.
+    if let Command::UserData(args) = &cli.command {
+        return user_data(args);
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -113,6 +158,7 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
                     ExitCode::SUCCESS
                 })
         }
+        Command::UserData(args) => Ok(user_data(&args)),
         Command::Promote { version } => {
             let sdk = aws::sdk_config(&config.aws).await;
             let source = SsmSource::new(&sdk, &config.source.parameter);
@@ -129,6 +175,77 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
         eprintln!("drover: {e}");
         ExitCode::from(FAILED)
     })
+}
+
+/// `drover user-data`: bad input (flags, files, a config the agent would refuse) is a usage error.
+fn user_data(args: &UserDataArgs) -> ExitCode {
+    use std::io::Write;
+    let text = match render_user_data(args) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("drover user-data: {e}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover user-data: cannot write to stdout: {e}");
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+fn render_user_data(args: &UserDataArgs) -> Result<String, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let config_toml = match &args.config_file {
+        Some(path) => {
+            let text = read(path)?;
+            Config::parse(&text, path).map_err(|e| e.to_string())?;
+            text
+        }
+        None => ConfigFlags {
+            bucket: args.bucket.clone().unwrap_or_default(),
+            parameter: args.parameter.clone(),
+            key: args.key.clone(),
+            units: args
+                .units
+                .as_ref()
+                .map(|units| units.iter().filter(|u| !u.is_empty()).cloned().collect()),
+            health_url: args.health_url.clone(),
+        }
+        .to_toml()
+        .map_err(|e| e.to_string())?,
+    };
+    let mut extra_files = Vec::new();
+    let mut enable_units = Vec::new();
+    for path in &args.app_unit {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| format!("{}: not a unit file name", path.display()))?;
+        let file = userdata::unit_file(name, read(path)?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        extra_files.push(file);
+        enable_units.push(name.to_string());
+    }
+    let download_ca = match &args.download_ca {
+        Some(path) => Some(read(path)?),
+        None => None,
+    };
+    UserData {
+        drover_source: args.source.clone(),
+        drover_sha256: args.sha256.clone(),
+        config_toml,
+        extra_files,
+        enable_units,
+        download_ca,
+    }
+    .render()
+    .map_err(|e| e.to_string())
 }
 
 type RealAgent = Agent<SsmSource, S3Store, Systemd, HttpProbe>;

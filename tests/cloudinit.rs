@@ -1,0 +1,252 @@
+//! Installing drover with cloud-init, as on a new EC2 instance: `drover user-data` renders valid
+//! cloud-config, and refuses what it cannot render safely.
+
+use drover_tests::sha256_hex;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn drover(args: &[&str]) -> Output {
+    let bin = drover_tests::drover_bin();
+    Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
+}
+
+fn cloud_init_schema(path: &Path) -> Output {
+    Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `cloud-init schema` (run tests/scripts/setup.sh to install it): {e}")
+        })
+}
+
+/// `drover user-data ARGS`, which must succeed and pass `cloud-init schema`; returns the
+/// document's path (in `dir`) and text.
+fn render_valid(dir: &Path, args: &[&str]) -> (PathBuf, String) {
+    let mut all = vec!["user-data"];
+    all.extend_from_slice(args);
+    // Proves that the command reads no config of its own.
+    all.extend_from_slice(&["--config", "/nonexistent/drover.toml"]);
+    let out = drover(&all);
+    assert!(
+        out.status.success(),
+        "drover {} failed ({}): {}",
+        all.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.join("user-data");
+    fs::write(&path, &out.stdout).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let schema = cloud_init_schema(&path);
+    assert!(
+        schema.status.success(),
+        "cloud-init schema rejects `drover {}`:\n{}{}",
+        all.join(" "),
+        String::from_utf8_lossy(&schema.stdout),
+        String::from_utf8_lossy(&schema.stderr)
+    );
+    (path, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A part of the rendered document as a YAML parser reads it, as JSON: `write_files` entry
+/// `path`'s content, or `runcmd`.
+fn yaml_query(user_data: &Path, query: &str, arg: &str) -> serde_json::Value {
+    let script = "import json, sys, yaml\n\
+                  doc = yaml.safe_load(open(sys.argv[1]))\n\
+                  files = {f['path']: f for f in doc['write_files']}\n\
+                  q, arg = sys.argv[2], sys.argv[3]\n\
+                  out = files[arg]['content'] if q == 'file' else \
+                        files[arg]['permissions'] if q == 'mode' else doc['runcmd']\n\
+                  print(json.dumps(out))\n";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(user_data)
+        .args([query, arg])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run /usr/bin/python3: {e}"));
+    assert!(
+        out.status.success(),
+        "reading {query} {arg} back from {}: {}",
+        user_data.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}"))
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"))
+}
+
+#[test]
+fn drover_user_data_from_flags_passes_cloud_init_schema() {
+    let tmp = temp_dir();
+    let digest = sha256_hex(b"a drover binary");
+    let (path, _) = render_valid(
+        tmp.path(),
+        &[
+            "--source",
+            "https://downloads.example.com/drover/0.1.0/drover",
+            "--sha256",
+            &digest,
+            "--bucket",
+            "my-releases",
+            "--units",
+            "app.service,worker.service",
+            "--health-url",
+            "http://127.0.0.1:8080/health",
+        ],
+    );
+    let config = yaml_query(&path, "file", "/etc/drover/config.toml");
+    let config = config.as_str().unwrap_or_default();
+    let parsed = drover::config::Config::parse(config, Path::new("rendered"))
+        .unwrap_or_else(|e| panic!("{e}\n{config}"));
+    assert_eq!(parsed.artifact.bucket, "my-releases");
+    assert_eq!(parsed.artifact.key, "releases/{version}.tar.gz");
+    assert_eq!(parsed.source.parameter, "/app/current-version");
+    assert_eq!(parsed.service.units, ["app.service", "worker.service"]);
+    assert_eq!(
+        parsed.health.url.as_deref(),
+        Some("http://127.0.0.1:8080/health")
+    );
+    assert_eq!(yaml_query(&path, "mode", "/etc/drover/config.toml"), "0600");
+    assert_eq!(
+        yaml_query(&path, "runcmd", ""),
+        serde_json::json!([[
+            "/usr/local/lib/drover/install-drover",
+            "https://downloads.example.com/drover/0.1.0/drover",
+            digest
+        ]])
+    );
+}
+
+#[test]
+fn drover_user_data_embeds_a_config_file_an_app_unit_and_a_ca() {
+    let tmp = temp_dir();
+    let config = "# ours\n[artifact]\nbucket = \"b\"\n\n[service]\nunits = [\"web.service\"]\n";
+    let unit = "[Unit]\nConditionPathExists=/opt/app/current\n\n[Service]\nExecStart=/opt/app/current/web\n\n[Install]\nWantedBy=multi-user.target\n";
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
+    let files = [
+        ("config.toml", config),
+        ("web.service", unit),
+        ("ca.pem", ca),
+    ];
+    for (name, text) in files {
+        fs::write(tmp.path().join(name), text).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    }
+    let digest = sha256_hex(b"a drover binary");
+    let arg = |name: &str| tmp.path().join(name).to_string_lossy().into_owned();
+    let out_dir = tmp.path().join("out");
+    fs::create_dir(&out_dir).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let (path, _) = render_valid(
+        &out_dir,
+        &[
+            "--source",
+            "/usr/lib/drover/drover",
+            "--sha256",
+            &digest,
+            "--config-file",
+            &arg("config.toml"),
+            "--app-unit",
+            &arg("web.service"),
+            "--download-ca",
+            &arg("ca.pem"),
+        ],
+    );
+    assert_eq!(yaml_query(&path, "file", "/etc/drover/config.toml"), config);
+    assert_eq!(
+        yaml_query(&path, "file", "/etc/systemd/system/web.service"),
+        unit
+    );
+    assert_eq!(
+        yaml_query(&path, "file", "/etc/systemd/system/drover.service"),
+        drover::userdata::DROVER_SERVICE
+    );
+    assert_eq!(
+        yaml_query(&path, "file", drover::userdata::DOWNLOAD_CA_PATH),
+        ca
+    );
+    assert_eq!(
+        yaml_query(&path, "runcmd", ""),
+        serde_json::json!([[
+            "/usr/local/lib/drover/install-drover",
+            "/usr/lib/drover/drover",
+            digest,
+            "web.service"
+        ]])
+    );
+}
+
+#[test]
+fn drover_user_data_refuses_bad_input_with_status_2() {
+    let tmp = temp_dir();
+    let bad_config = tmp.path().join("bad.toml");
+    fs::write(
+        &bad_config,
+        "[artifact]\nbucket = \"b\"\nkey = \"latest.tar.gz\"\n",
+    )
+    .unwrap_or_else(|e| panic!("write: {e}"));
+    let bad_config = bad_config.to_string_lossy().into_owned();
+    let digest = sha256_hex(b"x");
+    let https = "https://example.com/drover";
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &[
+                "--source",
+                "http://example.com/drover",
+                "--sha256",
+                &digest,
+                "--bucket",
+                "b",
+            ],
+            "plain http is refused",
+        ),
+        (
+            &["--source", https, "--sha256", "ABC", "--bucket", "b"],
+            "sha256",
+        ),
+        (
+            &[
+                "--source",
+                https,
+                "--sha256",
+                &digest,
+                "--config-file",
+                &bad_config,
+            ],
+            "artifact.key",
+        ),
+        (
+            &[
+                "--source", https, "--sha256", &digest, "--bucket", "b", "--key", "x.tgz",
+            ],
+            "artifact.key",
+        ),
+        (
+            &[
+                "--source",
+                https,
+                "--sha256",
+                &digest,
+                "--config-file",
+                &bad_config,
+                "--bucket",
+                "b",
+            ],
+            "cannot be used with",
+        ),
+        (&["--source", https, "--sha256", &digest], "--bucket"),
+    ];
+    for (args, says) in cases {
+        let mut all = vec!["user-data"];
+        all.extend_from_slice(args);
+        let out = drover(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed something");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
