@@ -1,10 +1,13 @@
 //! Installing drover with cloud-init, as on a new EC2 instance: `drover user-data` renders valid
-//! cloud-config, and refuses what it cannot render safely.
+//! cloud-config, the install script downloads the pinned binary over https with whichever of
+//! curl, wget and python3 the image has, and refuses a wrong digest and plain http.
 
-use drover_tests::sha256_hex;
+use drover_tests::https::{HostTool, HttpsServer};
+use drover_tests::{sha256_file, sha256_hex, wait_until, Instance, Readiness, World};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn drover(args: &[&str]) -> Output {
     let bin = drover_tests::drover_bin();
@@ -249,4 +252,143 @@ fn drover_user_data_refuses_bad_input_with_status_2() {
         assert!(out.stdout.is_empty(), "{args:?} printed something");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// An https server for `world` that offers the drover binary under test as `/drover`.
+fn serve_binary(world: &World) -> HttpsServer {
+    let root = world.dir().join("www");
+    fs::create_dir_all(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+    let binary = drover_tests::drover_bin();
+    if fs::hard_link(&binary, root.join("drover")).is_err() {
+        fs::copy(&binary, root.join("drover")).unwrap_or_else(|e| panic!("copy: {e}"));
+    }
+    HttpsServer::serve(&root)
+}
+
+/// What cloud-init's final stage (where install-drover runs) said in boot `boot`.
+fn cloud_final_log(instance: &Instance, boot: i32) -> String {
+    instance.exec_ok(&[
+        "journalctl",
+        "--no-pager",
+        &format!("--boot={boot}"),
+        "-u",
+        "cloud-final.service",
+    ])
+}
+
+/// Boots with an https source and the server's CA, lending the container `tool` from the host
+/// (`None`: the image's own python3), and checks that drover got installed with that tool and runs.
+fn installs_over_https(label: &str, tool: Option<&str>, expect: &str) {
+    let world = World::new(label);
+    let server = serve_binary(&world);
+    let mut spec = world.boot_spec();
+    spec.source = Some(server.url("/drover"));
+    spec.download_ca = Some(server.ca_pem().to_string());
+    if let Some(tool) = tool {
+        let lent = HostTool::lend(tool, &world.dir().join("tools"));
+        spec.binds.push(lent.bind);
+        spec.extra_files.push(lent.wrapper);
+    }
+    let instance = world.boot(spec);
+
+    let status = instance.exec_ok(&["cloud-init", "status", "--wait"]);
+    assert!(status.contains("status: done"), "cloud-init: {status}");
+    let log = cloud_final_log(&instance, 0);
+    assert!(
+        log.contains(&format!(
+            "downloading {} with {expect}",
+            server.url("/drover")
+        )),
+        "cloud-final's journal:\n{log}"
+    );
+    assert_eq!(
+        server.requests(),
+        ["GET /drover HTTP/1.1\" 200 -"],
+        "requests served"
+    );
+    let binary = instance.path("/usr/local/bin/drover");
+    assert_eq!(sha256_file(&binary), instance.spec.pinned_sha256);
+    wait_until(
+        Duration::from_secs(30),
+        "drover.service to be active",
+        || instance.unit_property("drover.service", "ActiveState") == "active",
+    );
+    assert_eq!(
+        instance.unit_property("drover.service", "UnitFileState"),
+        "enabled"
+    );
+}
+
+#[test]
+fn installs_drover_over_https_with_curl() {
+    installs_over_https("https_curl", Some("curl"), "curl");
+}
+
+#[test]
+fn installs_drover_over_https_with_wget_when_there_is_no_curl() {
+    installs_over_https("https_wget", Some("wget"), "wget");
+}
+
+#[test]
+fn installs_drover_over_https_with_python3_when_there_is_no_curl_or_wget() {
+    // The test image is Debian's minimal one: neither curl nor wget.
+    installs_over_https("https_python3", None, "python3");
+}
+
+#[test]
+fn a_download_that_does_not_match_its_digest_or_is_plain_http_is_not_installed() {
+    let world = World::new("https_wrong_digest");
+    let server = serve_binary(&world);
+    let mut spec = world.boot_spec();
+    spec.source = Some(server.url("/drover"));
+    spec.download_ca = Some(server.ca_pem().to_string());
+    spec.pinned_sha256 = sha256_hex(b"some other binary");
+    // The failed install fails cloud-init's final stage, so the boot ends degraded.
+    spec.readiness = Readiness::Settled;
+    let instance = world.boot(spec);
+
+    let status = instance.exec(&["cloud-init", "status", "--wait"]);
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status_text.contains("status: error"),
+        "cloud-init: {status_text}"
+    );
+    // It was downloaded, then refused.
+    assert_eq!(server.requests(), ["GET /drover HTTP/1.1\" 200 -"]);
+    let log = cloud_final_log(&instance, 0);
+    assert!(
+        log.contains("install-drover: refusing https://"),
+        "cloud-final's journal:\n{log}"
+    );
+    assert_nothing_installed(&instance);
+
+    // The same binary, with its real digest, over plain http: refused before any request.
+    let http = server.url("/drover").replacen("https://", "http://", 1);
+    let real = sha256_file(&drover_tests::drover_bin());
+    let out = instance.exec(&["/usr/local/lib/drover/install-drover", &http, &real]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("plain http"), "{stderr}");
+    assert_eq!(server.requests().len(), 1, "plain http was requested");
+    assert_nothing_installed(&instance);
+}
+
+fn assert_nothing_installed(instance: &Instance) {
+    assert!(!instance.path("/usr/local/bin/drover").exists());
+    let leftovers: Vec<_> = fs::read_dir(instance.path("/usr/local/bin"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "left in /usr/local/bin: {leftovers:?}"
+    );
+    assert_ne!(
+        instance.unit_property("drover.service", "UnitFileState"),
+        "enabled"
+    );
+    assert_eq!(
+        instance.unit_property("drover.service", "InactiveExitTimestampMonotonic"),
+        "0",
+        "drover.service was started"
+    );
 }

@@ -8,12 +8,13 @@
 
 pub mod container;
 pub mod http;
+pub mod https;
 pub mod moto;
 pub mod release;
 pub mod userdata;
 pub mod world;
 
-pub use container::{Container, Readiness};
+pub use container::{Bind, Container, Readiness};
 pub use moto::Moto;
 pub use world::{Boot, Instance, World};
 

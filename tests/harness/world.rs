@@ -6,7 +6,7 @@ use crate::container::{Bind, Container, Readiness};
 use crate::http::{self, Response};
 use crate::moto::Moto;
 use crate::release;
-use crate::userdata::{UserData, WriteFile};
+use crate::userdata::WriteFile;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -46,6 +46,13 @@ pub struct Boot {
     pub config_toml: String,
     /// Written by cloud-init besides the config: credentials, the app's unit.
     pub extra_files: Vec<WriteFile>,
+    /// What the user-data names as the binary's source; `None`: the file in the read-only dist
+    /// directory ([`DIST_INSIDE`]), which always offers `binary`.
+    pub source: Option<String>,
+    /// The CAs an https source is checked against (`drover::userdata::DOWNLOAD_CA_PATH`).
+    pub download_ca: Option<String>,
+    /// More host directories to mount.
+    pub binds: Vec<Bind>,
     pub readiness: Readiness,
 }
 
@@ -203,6 +210,9 @@ endpoint_url = "{endpoint}"
                     content: self.app_service(),
                 },
             ],
+            source: None,
+            download_ca: None,
+            binds: Vec::new(),
             readiness: Readiness::Running,
         }
     }
@@ -222,18 +232,27 @@ endpoint_url = "{endpoint}"
             .unwrap_or_else(|e| panic!("cannot make an instance temp dir: {e}"));
         let seed = files.path().join("seed");
         let dist = files.path().join("dist");
-        let user_data = UserData {
-            drover_source: format!("{DIST_INSIDE}/drover"),
+        let user_data = drover::userdata::UserData {
+            drover_source: spec
+                .source
+                .clone()
+                .unwrap_or_else(|| format!("{DIST_INSIDE}/drover")),
             drover_sha256: spec.pinned_sha256.clone(),
             config_toml: spec.config_toml.clone(),
             extra_files: spec.extra_files.clone(),
+            enable_units: Vec::new(),
+            download_ca: spec.download_ca.clone(),
         };
-        write(&seed.join("user-data"), user_data.render().as_bytes());
+        write(
+            &seed.join("user-data"),
+            crate::userdata::render(&user_data).as_bytes(),
+        );
         offer_binary(&spec.binary, &dist.join("drover"));
-        let binds = [
+        let mut binds = vec![
             bind_ro(&seed, "/var/lib/cloud/seed/nocloud"),
             bind_ro(&dist, DIST_INSIDE),
         ];
+        binds.extend(spec.binds.iter().cloned());
         let name = crate::container::next_name();
         write(
             &seed.join("meta-data"),

@@ -11,7 +11,9 @@ VENV="$CACHE/venv"
 ROOTFS="$CACHE/rootfs"
 ROOTFS_TMP="$CACHE/rootfs-tmp"
 
-HOST_PACKAGES="systemd-container debootstrap cloud-init python3 python3-venv"
+# openssl, curl and wget: the tests of install-drover serve its download over https and lend the
+# container the host's curl and wget (the test image has neither, as Debian's minimal images).
+HOST_PACKAGES="systemd-container debootstrap cloud-init python3 python3-venv openssl curl wget"
 MOTO_REQUIREMENT='moto[server]==5.2.5'
 
 # The root filesystem recipe. Any change here makes the next run rebuild the rootfs, because the
