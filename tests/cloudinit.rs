@@ -1,9 +1,10 @@
 //! Installing drover with cloud-init, as on a new EC2 instance: `drover user-data` renders valid
 //! cloud-config, the install script downloads the pinned binary over https with whichever of
-//! curl, wget and python3 the image has, and refuses a wrong digest and plain http.
+//! curl, wget and python3 the image has (and refuses a wrong digest and plain http), and after a
+//! reboot the agent and the app come back at the version they ran, with no new deploy.
 
 use drover_tests::https::{HostTool, HttpsServer};
-use drover_tests::{sha256_file, sha256_hex, wait_until, Instance, Readiness, World};
+use drover_tests::{sha256_file, sha256_hex, wait_for, wait_until, Instance, Readiness, World};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -390,5 +391,100 @@ fn assert_nothing_installed(instance: &Instance) {
         instance.unit_property("drover.service", "InactiveExitTimestampMonotonic"),
         "0",
         "drover.service was started"
+    );
+    // Nor is the app's unit enabled: that happens only after drover is installed.
+    assert_eq!(
+        instance.unit_property("app.service", "UnitFileState"),
+        "disabled"
+    );
+}
+
+fn app_version(instance: &Instance) -> String {
+    wait_for(
+        Duration::from_secs(30),
+        "the app to answer /version",
+        || {
+            instance
+                .http_get("/version")
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
+    .text()
+}
+
+#[test]
+fn after_a_reboot_the_agent_and_the_app_come_back_at_the_same_version() {
+    let world = World::new("reboot");
+    world.release("1.0.0", true);
+    let mut spec = world.boot_spec();
+    spec.persistent = true;
+    let mut instance = world.boot(spec);
+    // Before the first deploy the app's unit is enabled but skipped, which is not a failure.
+    assert_eq!(
+        instance.unit_property("app.service", "UnitFileState"),
+        "enabled"
+    );
+    instance.wait_for_events("deployed", 1, Duration::from_secs(60));
+    world.release("2.0.0", true);
+    let deployed = instance.wait_for_events("deployed", 2, Duration::from_secs(60));
+    assert_eq!(deployed[1]["VERSION"], "2.0.0");
+    assert_eq!(app_version(&instance), "2.0.0\n");
+    let binary_before = sha256_file(&instance.path("/usr/local/bin/drover"));
+
+    instance.reboot();
+
+    // The agent is back, and has made a whole pass that found nothing to do.
+    wait_until(
+        Duration::from_secs(30),
+        "drover.service to be active",
+        || instance.unit_property("drover.service", "ActiveState") == "active",
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "drover to report a pass in sync",
+        || {
+            instance.unit_property("drover.service", "StatusText")
+                == "running 2.0.0; last pass: in sync"
+        },
+    );
+    // The app was started by the boot (its unit is enabled), not by a deploy.
+    assert_eq!(
+        instance.unit_property("app.service", "ActiveState"),
+        "active"
+    );
+    assert_eq!(app_version(&instance), "2.0.0\n");
+    let status = instance.status_json();
+    assert_eq!(
+        (&status["current"], &status["good"], &status["previous"]),
+        (
+            &serde_json::json!("2.0.0"),
+            &serde_json::json!("2.0.0"),
+            &serde_json::json!("1.0.0")
+        ),
+        "{status:#}"
+    );
+    // The journal is persistent: the first boot's deploys are there, the new boot has none.
+    assert_eq!(
+        instance.journal_events_of_boot("deploy_started", -1).len(),
+        2
+    );
+    for event in ["deploy_started", "switched", "unit_restarted", "deployed"] {
+        let events = instance.journal_events_of_boot(event, 0);
+        assert!(events.is_empty(), "{event} after the reboot: {events:?}");
+    }
+    // cloud-init did not install again (same instance-id): same binary, no install-drover run.
+    assert_eq!(
+        sha256_file(&instance.path("/usr/local/bin/drover")),
+        binary_before
+    );
+    let log = cloud_final_log(&instance, 0);
+    assert!(
+        !log.contains("install-drover"),
+        "cloud-final ran the install again:\n{log}"
+    );
+    assert!(
+        cloud_final_log(&instance, -1).contains("install-drover: installed"),
+        "the first boot's install is not in the journal"
     );
 }

@@ -1,7 +1,9 @@
 //! A Debian container booted with systemd-nspawn, standing in for an EC2 instance: systemd as
 //! PID 1, real journald and cloud-init, the host's network. Boots from the cached root filesystem
-//! with `--volatile=overlay` (every boot is a first boot; the cache is never written), runs
-//! commands inside with `nsenter`, and halts on drop. See TESTBED.md for why each flag is there.
+//! under an overlay (the cache is never written): `--volatile=overlay` makes every boot a first
+//! boot; a persistent upper directory on the host lets the container [`reboot`](Container::reboot)
+//! into what it left, like an instance's disk. Runs commands inside with `nsenter`, and halts on
+//! drop. See TESTBED.md for why each flag is there.
 //!
 //! The host has no systemd, so `machinectl` and `systemd-run -M` are out; each container gets
 //! its own host cgroups (`name=systemd` and the v2 `unified` tree), or two containers' services
@@ -36,6 +38,17 @@ pub enum Readiness {
     Settled,
 }
 
+/// Where the container's writes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlay {
+    /// A tmpfs, gone at halt: every boot is a first boot.
+    Volatile,
+    /// This host directory (the overlay's upper layer), kept across [`Container::reboot`]; its
+    /// owner removes it. overlayfs puts its work directory beside it, so give it a parent of its
+    /// own.
+    Persistent(PathBuf),
+}
+
 /// A booted container. Dropping it halts the container and cleans up after it.
 pub struct Container {
     name: String,
@@ -43,6 +56,10 @@ pub struct Container {
     pid1: u32,
     watchdog: Option<(Child, ChildStdin)>,
     dir: TempDir,
+    rootfs: PathBuf,
+    binds: Vec<Bind>,
+    overlay: Overlay,
+    readiness: Readiness,
 }
 
 impl Container {
@@ -50,13 +67,24 @@ impl Container {
     /// ready. Panics with the system state, failed units and the console's last lines when it
     /// does not get there.
     pub fn boot(name: String, rootfs: &Path, binds: &[Bind], readiness: Readiness) -> Container {
+        Container::boot_with_overlay(name, rootfs, Overlay::Volatile, binds, readiness)
+    }
+
+    /// Boots like [`Container::boot`], with the container's writes going where `overlay` says.
+    pub fn boot_with_overlay(
+        name: String,
+        rootfs: &Path,
+        overlay: Overlay,
+        binds: &[Bind],
+        readiness: Readiness,
+    ) -> Container {
         static SWEPT: std::sync::Once = std::sync::Once::new();
         SWEPT.call_once(remove_stale_cgroups);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot make a temp dir for container {name}: {e}"));
-        let nspawn = spawn_nspawn(&name, rootfs, binds, dir.path());
+        let nspawn = spawn_nspawn(&name, rootfs, &overlay, binds, dir.path());
         let watchdog = spawn_watchdog(nspawn.id());
         let mut container = Container {
             name,
@@ -64,10 +92,41 @@ impl Container {
             pid1: 0,
             watchdog: Some(watchdog),
             dir,
+            rootfs: rootfs.to_path_buf(),
+            binds: binds.to_vec(),
+            overlay,
+            readiness,
         };
         container.pid1 = container.wait_pid1();
-        container.wait_ready(readiness);
+        container.wait_ready(container.readiness);
         container
+    }
+
+    /// Halts the container (SIGTERM to nspawn: a clean shutdown) and boots it again with the
+    /// same name, binds and upper directory, waiting as the first boot did. Panics on a volatile
+    /// container, whose reboot would be a first boot.
+    pub fn reboot(&mut self) {
+        let Overlay::Persistent(_) = &self.overlay else {
+            panic!(
+                "{}: reboot needs a persistent overlay (a volatile one would boot afresh)",
+                self.name
+            );
+        };
+        let started = std::time::Instant::now();
+        self.halt();
+        // Shown with --nocapture or on failure, as the boot time is.
+        eprintln!("{}: halted in {:.1?}", self.name, started.elapsed());
+        self.append_console("\n--- drover test harness: reboot ---\n");
+        self.nspawn = spawn_nspawn(
+            &self.name,
+            &self.rootfs,
+            &self.overlay,
+            &self.binds,
+            self.dir.path(),
+        );
+        self.watchdog = Some(spawn_watchdog(self.nspawn.id()));
+        self.pid1 = self.wait_pid1();
+        self.wait_ready(self.readiness);
     }
 
     /// The machine name (also the container's hostname).
@@ -134,16 +193,26 @@ impl Container {
     /// The journal entries of `unit` whose `EVENT` field is `event`, oldest first, as journald's
     /// JSON objects (so `entry["VERSION"]` etc. are strings).
     pub fn journal_events(&self, unit: &str, event: &str) -> Vec<serde_json::Value> {
+        self.journal_events_of(unit, event, &[])
+    }
+
+    /// Like [`Container::journal_events`], of one boot only: `0` the current one, `-1` the one
+    /// before (journalctl's `-b`; the journal is persistent on a persistent overlay).
+    pub fn journal_events_of_boot(
+        &self,
+        unit: &str,
+        event: &str,
+        boot: i32,
+    ) -> Vec<serde_json::Value> {
+        self.journal_events_of(unit, event, &[&format!("--boot={boot}")])
+    }
+
+    fn journal_events_of(&self, unit: &str, event: &str, more: &[&str]) -> Vec<serde_json::Value> {
         let filter = format!("EVENT={event}");
-        let text = self.exec_ok(&[
-            "journalctl",
-            "--no-pager",
-            "-u",
-            unit,
-            "-o",
-            "json",
-            &filter,
-        ]);
+        let mut args = vec!["journalctl", "--no-pager", "-u", unit, "-o", "json"];
+        args.extend_from_slice(more);
+        args.push(&filter);
+        let text = self.exec_ok(&args);
         text.lines()
             .filter(|line| !line.trim().is_empty())
             .map(|line| {
@@ -183,6 +252,52 @@ impl Container {
                 .unwrap_or(0);
         }
         total
+    }
+
+    /// Stops the container and removes its host cgroups.
+    fn halt(&mut self) {
+        // The watchdog goes first, so that it can never signal the nspawn PID after it is reused.
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            drop(stdin);
+        }
+        // Already halted (a reboot that failed to start again): its PID may belong to another
+        // process by now.
+        if matches!(self.nspawn.try_wait(), Ok(Some(_))) {
+            for tree in CGROUP_TREES {
+                remove_cgroup(&Path::new(tree).join(&self.name));
+            }
+            return;
+        }
+        signal(self.nspawn.id(), "TERM");
+        let halted = (0..150).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            matches!(self.nspawn.try_wait(), Ok(Some(_)))
+        });
+        if !halted {
+            eprintln!(
+                "{}: did not halt within 15 s of SIGTERM; killing nspawn",
+                self.name
+            );
+            let _ = self.nspawn.kill();
+            let _ = self.nspawn.wait();
+        }
+        for tree in CGROUP_TREES {
+            remove_cgroup(&Path::new(tree).join(&self.name));
+        }
+    }
+
+    fn append_console(&self, text: &str) {
+        use std::io::Write;
+        let path = self.dir.path().join("console.log");
+        let appended = fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("{}: cannot append to {}: {e}", self.name, path.display());
+        }
     }
 
     fn wait_pid1(&mut self) -> u32 {
@@ -244,28 +359,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        // The watchdog goes first, so that it can never signal the nspawn PID after it is reused.
-        if let Some((mut child, stdin)) = self.watchdog.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            drop(stdin);
-        }
-        signal(self.nspawn.id(), "TERM");
-        let halted = (0..150).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            matches!(self.nspawn.try_wait(), Ok(Some(_)))
-        });
-        if !halted {
-            eprintln!(
-                "{}: did not halt within 15 s of SIGTERM; killing nspawn",
-                self.name
-            );
-            let _ = self.nspawn.kill();
-            let _ = self.nspawn.wait();
-        }
-        for tree in CGROUP_TREES {
-            remove_cgroup(&Path::new(tree).join(&self.name));
-        }
+        self.halt();
     }
 }
 
@@ -277,12 +371,16 @@ pub fn next_name() -> String {
 }
 
 /// Starts nspawn from a shell that first moves itself into the container's own host cgroups.
-fn spawn_nspawn(name: &str, rootfs: &Path, binds: &[Bind], dir: &Path) -> Child {
+fn spawn_nspawn(name: &str, rootfs: &Path, overlay: &Overlay, binds: &[Bind], dir: &Path) -> Child {
     let dbus = dir.join("dbus");
     fs::create_dir_all(&dbus).unwrap_or_else(|e| panic!("cannot create {}: {e}", dbus.display()));
     // A stale socket would make readiness checks over the bus lie.
     let _ = fs::remove_file(dbus.join("system_bus_socket"));
-    let console = fs::File::create(dir.join("console.log"))
+    // Appended to: after a reboot it holds both boots.
+    let console = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("console.log"))
         .unwrap_or_else(|e| panic!("cannot create {}/console.log: {e}", dir.display()));
     let console_err = console
         .try_clone()
@@ -295,9 +393,28 @@ fn spawn_nspawn(name: &str, rootfs: &Path, binds: &[Bind], dir: &Path) -> Child 
         "--keep-unit".to_string(),
         "--console=read-only".to_string(),
         format!("--machine={name}"),
-        "--volatile=overlay".to_string(),
         format!("--bind={}:/run/dbus", dbus.display()),
     ];
+    match overlay {
+        Overlay::Volatile => args.push("--volatile=overlay".to_string()),
+        Overlay::Persistent(upper) => {
+            fs::create_dir_all(upper)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", upper.display()));
+            // nspawn reads ':' as a separator; the harness's temp paths have none.
+            for path in [rootfs, upper.as_path()] {
+                assert!(
+                    !path.to_string_lossy().contains(':'),
+                    "{}: a ':' in an overlay path",
+                    path.display()
+                );
+            }
+            args.push(format!(
+                "--overlay={}:{}:/",
+                rootfs.display(),
+                upper.display()
+            ));
+        }
+    }
     for bind in binds {
         let flag = if bind.read_only {
             "--bind-ro"

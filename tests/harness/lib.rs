@@ -14,7 +14,7 @@ pub mod release;
 pub mod userdata;
 pub mod world;
 
-pub use container::{Bind, Container, Readiness};
+pub use container::{Bind, Container, Overlay, Readiness};
 pub use moto::Moto;
 pub use world::{Boot, Instance, World};
 

@@ -2,7 +2,7 @@
 //! the operator's side (`drover publish` / `drover promote` run on the host), and instances:
 //! containers that install drover from rendered user-data, exactly as an EC2 instance would.
 
-use crate::container::{Bind, Container, Readiness};
+use crate::container::{Bind, Container, Overlay, Readiness};
 use crate::http::{self, Response};
 use crate::moto::Moto;
 use crate::release;
@@ -46,6 +46,8 @@ pub struct Boot {
     pub config_toml: String,
     /// Written by cloud-init besides the config: credentials, the app's unit.
     pub extra_files: Vec<WriteFile>,
+    /// Enabled once drover is installed: the app's unit, so that it comes back after a reboot.
+    pub enable_units: Vec<String>,
     /// What the user-data names as the binary's source; `None`: the file in the read-only dist
     /// directory ([`DIST_INSIDE`]), which always offers `binary`.
     pub source: Option<String>,
@@ -53,6 +55,9 @@ pub struct Boot {
     pub download_ca: Option<String>,
     /// More host directories to mount.
     pub binds: Vec<Bind>,
+    /// Keep what the instance writes in a host directory, so that [`Instance::reboot`] comes back
+    /// to it; otherwise every boot is a first boot.
+    pub persistent: bool,
     pub readiness: Readiness,
 }
 
@@ -127,18 +132,23 @@ endpoint_url = "{endpoint}"
         )
     }
 
-    /// The sample app's unit. Not enabled: `/opt/app/current` does not exist until drover's
-    /// first deploy, and drover's restart starts a stopped unit.
+    /// The sample app's unit, written as README's "The app's unit" recommends: enabled, so that
+    /// it comes back after a reboot, and skipped (not failed) until drover's first deploy has made
+    /// `/opt/app/current`; drover's restart starts it then.
     pub fn app_service(&self) -> String {
         format!(
             "[Unit]\n\
              Description=drover's sample app\n\
+             ConditionPathExists=/opt/app/current\n\
              \n\
              [Service]\n\
              ExecStart=/usr/bin/python3 /opt/app/current/app.py\n\
              Environment=APP_PORT={}\n\
              WorkingDirectory=/opt/app/current\n\
-             Restart=no\n",
+             Restart=no\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n",
             self.app_port
         )
     }
@@ -210,9 +220,11 @@ endpoint_url = "{endpoint}"
                     content: self.app_service(),
                 },
             ],
+            enable_units: vec!["app.service".into()],
             source: None,
             download_ca: None,
             binds: Vec::new(),
+            persistent: false,
             readiness: Readiness::Running,
         }
     }
@@ -240,7 +252,7 @@ endpoint_url = "{endpoint}"
             drover_sha256: spec.pinned_sha256.clone(),
             config_toml: spec.config_toml.clone(),
             extra_files: spec.extra_files.clone(),
-            enable_units: Vec::new(),
+            enable_units: spec.enable_units.clone(),
             download_ca: spec.download_ca.clone(),
         };
         write(
@@ -253,13 +265,20 @@ endpoint_url = "{endpoint}"
             bind_ro(&dist, DIST_INSIDE),
         ];
         binds.extend(spec.binds.iter().cloned());
+        // Its own parent: overlayfs puts a work directory beside the upper one.
+        let overlay = if spec.persistent {
+            Overlay::Persistent(files.path().join("root/upper"))
+        } else {
+            Overlay::Volatile
+        };
         let name = crate::container::next_name();
         write(
             &seed.join("meta-data"),
             format!("instance-id: {name}\nlocal-hostname: {name}\n").as_bytes(),
         );
         let started = std::time::Instant::now();
-        let container = Container::boot(name, &rootfs, &binds, spec.readiness);
+        let container =
+            Container::boot_with_overlay(name, &rootfs, overlay, &binds, spec.readiness);
         // Shown with --nocapture or on failure: how long the boot and cloud-init took.
         eprintln!("{}: booted in {:.1?}", container.name(), started.elapsed());
         Instance {
@@ -295,6 +314,26 @@ impl Instance {
     /// drover's journal entries with `EVENT=event`, oldest first.
     pub fn journal_events(&self, event: &str) -> Vec<serde_json::Value> {
         self.container.journal_events("drover.service", event)
+    }
+
+    /// drover's journal entries with `EVENT=event` of one boot: `0` this one, `-1` the one before.
+    pub fn journal_events_of_boot(&self, event: &str, boot: i32) -> Vec<serde_json::Value> {
+        self.container
+            .journal_events_of_boot("drover.service", event, boot)
+    }
+
+    /// Halts the instance cleanly and boots it again on the same disk (the boot must have been
+    /// [`Boot::persistent`]), with the same seed and instance-id: cloud-init does not install
+    /// again, and what systemd has enabled starts.
+    pub fn reboot(&mut self) {
+        let started = std::time::Instant::now();
+        self.container.reboot();
+        // Shown with --nocapture or on failure, as the first boot's time is.
+        eprintln!(
+            "{}: rebooted in {:.1?} (halt and boot)",
+            self.container.name(),
+            started.elapsed()
+        );
     }
 
     /// Waits until drover has logged at least `count` entries with `EVENT=event`, and returns
