@@ -1,6 +1,10 @@
 # Make targets for packaging; the top-level Makefile includes this file.
 #   make check-cfn   cfn-lint on the example CloudFormation template; the IAM policies parse,
 #                    use only documented placeholders, and match the template's role
+#   make dist        the release artefacts in $(DIST_DIR), from the static binary (`make static`):
+#                    the bare binary, a .tar.gz, a .deb, an .rpm and SHA256SUMS (dist.sh)
+#   make check-dist  reads them back with dpkg-deb, rpm and tar (check-dist.sh); lintian, when
+#                    installed, is reported but not enforced
 
 PACKAGING_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 DROVER_TEST_CACHE ?= /var/cache/drover-test
@@ -27,3 +31,18 @@ $(CFN_LINT_STAMP):
 	test -x $(CFN_VENV)/bin/python3 || /usr/bin/python3 -m venv $(CFN_VENV)
 	$(CFN_VENV)/bin/pip install --quiet --disable-pip-version-check 'cfn-lint==$(CFN_LINT_VERSION)'
 	touch $@
+
+# Artefacts go beside the build, outside the checkout in CI.
+DIST_DIR ?= $(CARGO_TARGET_DIR)/dist
+# The version of the drover package in agent/Cargo.toml; the packages write a Cargo
+# pre-release "-" as "~" (dist.sh says why).
+DROVER_VERSION := $(shell sed -n '/^\[package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' agent/Cargo.toml)
+DIST_DEB := $(DIST_DIR)/drover_$(subst -,~,$(DROVER_VERSION))_amd64.deb
+
+.PHONY: dist check-dist
+
+dist: static
+	bash $(PACKAGING_DIR)/dist.sh '$(DROVER_VERSION)' '$(STATIC_BIN)' '$(DIST_DIR)'
+
+check-dist: dist
+	bash $(PACKAGING_DIR)/check-dist.sh '$(DROVER_VERSION)' '$(DIST_DIR)'
