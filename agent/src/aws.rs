@@ -20,6 +20,13 @@ pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
             .operation_attempt_timeout(Duration::from_secs(30))
             .build(),
     );
+    // rustls on ring: see the workspace Cargo.toml.
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    loader = loader.http_client(https);
     if let Some(region) = &cfg.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
