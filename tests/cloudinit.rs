@@ -375,23 +375,7 @@ fn a_download_that_does_not_match_its_digest_or_is_plain_http_is_not_installed()
 }
 
 fn assert_nothing_installed(instance: &Instance) {
-    assert!(!instance.path("/usr/local/bin/drover").exists());
-    let leftovers: Vec<_> = fs::read_dir(instance.path("/usr/local/bin"))
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        leftovers.is_empty(),
-        "left in /usr/local/bin: {leftovers:?}"
-    );
-    assert_ne!(
-        instance.unit_property("drover.service", "UnitFileState"),
-        "enabled"
-    );
-    assert_eq!(
-        instance.unit_property("drover.service", "InactiveExitTimestampMonotonic"),
-        "0",
-        "drover.service was started"
-    );
+    instance.assert_drover_not_installed();
     // Nor is the app's unit enabled: that happens only after drover is installed.
     assert_eq!(
         instance.unit_property("app.service", "UnitFileState"),

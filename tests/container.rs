@@ -174,24 +174,7 @@ fn a_binary_that_does_not_match_its_pinned_digest_is_not_installed() {
         "cloud-init: {status_text}"
     );
 
-    assert!(!instance.path("/usr/local/bin/drover").exists());
-    let leftovers: Vec<_> = fs::read_dir(instance.path("/usr/local/bin"))
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(
-        leftovers.is_empty(),
-        "left in /usr/local/bin: {leftovers:?}"
-    );
-
-    assert_ne!(
-        instance.unit_property("drover.service", "UnitFileState"),
-        "enabled"
-    );
-    assert_eq!(
-        instance.unit_property("drover.service", "InactiveExitTimestampMonotonic"),
-        "0",
-        "drover.service was started"
-    );
+    instance.assert_drover_not_installed();
     // The operator sees it: the boot is degraded by cloud-final, which says why.
     assert_eq!(
         instance.unit_property("cloud-final.service", "ActiveState"),

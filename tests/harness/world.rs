@@ -301,6 +301,28 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Asserts that cloud-init refused to install drover: no binary and no temporary file in
+    /// `/usr/local/bin`, the unit neither enabled nor ever started.
+    pub fn assert_drover_not_installed(&self) {
+        assert!(!self.path("/usr/local/bin/drover").exists());
+        let leftovers: Vec<_> = fs::read_dir(self.path("/usr/local/bin"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            leftovers.is_empty(),
+            "left in /usr/local/bin: {leftovers:?}"
+        );
+        assert_ne!(
+            self.unit_property("drover.service", "UnitFileState"),
+            "enabled"
+        );
+        assert_eq!(
+            self.unit_property("drover.service", "InactiveExitTimestampMonotonic"),
+            "0",
+            "drover.service was started"
+        );
+    }
+
     /// Runs a command inside; see [`Container::exec`].
     pub fn exec(&self, args: &[&str]) -> Output {
         self.container.exec(args)
