@@ -348,12 +348,7 @@ fn a_download_that_does_not_match_its_digest_or_is_plain_http_is_not_installed()
     spec.readiness = Readiness::Settled;
     let instance = world.boot(spec);
 
-    let status = instance.exec(&["cloud-init", "status", "--wait"]);
-    let status_text = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        status_text.contains("status: error"),
-        "cloud-init: {status_text}"
-    );
+    instance.assert_cloud_init_error();
     // It was downloaded, then refused.
     assert_eq!(server.requests(), ["GET /drover HTTP/1.1\" 200 -"]);
     let log = cloud_final_log(&instance, 0);

@@ -167,12 +167,7 @@ fn a_binary_that_does_not_match_its_pinned_digest_is_not_installed() {
     spec.readiness = Readiness::Settled;
     let instance = world.boot(spec);
 
-    let status = instance.exec(&["cloud-init", "status", "--wait"]);
-    let status_text = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        status_text.contains("status: error"),
-        "cloud-init: {status_text}"
-    );
+    instance.assert_cloud_init_error();
 
     instance.assert_drover_not_installed();
     // The operator sees it: the boot is degraded by cloud-final, which says why.

@@ -301,6 +301,16 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Asserts that cloud-init finished with an error (`cloud-init status --wait`).
+    pub fn assert_cloud_init_error(&self) {
+        let status = self.exec(&["cloud-init", "status", "--wait"]);
+        let status_text = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            status_text.contains("status: error"),
+            "cloud-init: {status_text}"
+        );
+    }
+
     /// Asserts that cloud-init refused to install drover: no binary and no temporary file in
     /// `/usr/local/bin`, the unit neither enabled nor ever started.
     pub fn assert_drover_not_installed(&self) {
