@@ -6,6 +6,10 @@
 #   make check-dist  reads them back with dpkg-deb, rpm and tar (check-dist.sh); lintian, when
 #                    installed, is reported but not enforced
 #   make test-packages   the .deb installed and deploying in a test container (tests/packages.rs)
+#   make deny        cargo-deny over Cargo.lock with deny.toml (in `make check`): licenses, bans,
+#                    sources, and advisories from the RustSec database, which it clones from
+#                    GitHub. Where that fails, so does the check, saying why; DENY_OFFLINE=1
+#                    skips only the advisories and says so.
 #
 # `make test` runs check-dist and tests/packages.rs too, so it builds the static binary: about
 # 7 minutes cold on 2 cores, about 2 when only drover itself changed (docs/PACKAGING.md).
@@ -61,3 +65,30 @@ test-packages: test-setup check-dist
 # `make test` builds and checks the packages before its cargo test run, which includes
 # tests/packages.rs.
 test: check-dist
+
+# cargo-deny, installed when missing. `cargo install` builds in a directory of its own, not in
+# the CARGO_TARGET_DIR exported for the project's build.
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY = $(CARGO) deny --manifest-path Cargo.toml --config $(PACKAGING_DIR)/deny.toml --locked
+DENY_OFFLINE ?=
+
+CHECKS += deny
+
+.PHONY: deny
+
+deny:
+	@if [ "$$($(CARGO) deny --version 2>/dev/null)" != "cargo-deny $(CARGO_DENY_VERSION)" ]; then \
+	  echo "env -u CARGO_TARGET_DIR $(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION)"; \
+	  env -u CARGO_TARGET_DIR $(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION); \
+	fi
+	$(CARGO_DENY) check --hide-inclusion-graph licenses bans sources
+ifeq ($(DENY_OFFLINE),1)
+	@echo "deny: advisories SKIPPED (DENY_OFFLINE=1): Cargo.lock was NOT checked against the RustSec advisory database"
+else
+	@$(CARGO_DENY) fetch db || { \
+	  echo "deny: FAILED: cannot fetch the RustSec advisory database (cloned from GitHub into" \
+	    "~/.cargo/advisory-dbs), so Cargo.lock was NOT checked for advisories. Run where GitHub" \
+	    "is reachable, or skip only this part with: make check DENY_OFFLINE=1" >&2; \
+	  exit 1; }
+	$(CARGO_DENY) --offline check advisories
+endif
