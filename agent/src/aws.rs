@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::config::Aws as AwsConfig;
@@ -42,6 +43,40 @@ pub fn s3_client(sdk: &aws_config::SdkConfig, cfg: &AwsConfig) -> aws_sdk_s3::Cl
         .force_path_style(cfg.endpoint_url.is_some())
         .build();
     aws_sdk_s3::Client::from_conf(s3)
+}
+
+/// One line for the journal about a failed call: the service's error code, message and HTTP
+/// status for an error answer (`ThrottlingException: Rate exceeded (HTTP 400)`), the chain of
+/// causes for a network or timeout failure. Not the SDK's debug form, which dumps the whole raw
+/// response into `ERROR`.
+fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if let SdkError::ServiceError(service) = err {
+        let status = service.raw().status().as_u16();
+        return match (err.code(), err.message().filter(|m| !m.is_empty())) {
+            (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
+            (Some(code), None) => format!("{code} (HTTP {status})"),
+            (None, _) => format!("HTTP {status}"),
+        };
+    }
+    causes(err)
+}
+
+/// `error: cause: cause of the cause`, skipping a cause that its parent already quotes.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Sorts an SDK error into the kinds the reconcile loop treats differently.
@@ -106,7 +141,7 @@ impl SsmSource {
         err: aws_sdk_ssm::error::SdkError<E>,
     ) -> SourceError {
         let name = self.name.clone();
-        let message = DisplayErrorContext(&err).to_string();
+        let message = describe(&err);
         match kind_of(
             err.code(),
             &["ParameterNotFound", "ParameterVersionNotFound"],
@@ -166,7 +201,7 @@ impl S3Store {
         err: aws_sdk_s3::error::SdkError<E>,
     ) -> StoreError {
         let (bucket, key) = (self.bucket.clone(), key.to_owned());
-        let message = DisplayErrorContext(&err).to_string();
+        let message = describe(&err);
         let status = err.raw_response().map(|r| r.status().as_u16());
         match (
             kind_of(err.code(), &["NoSuchKey", "NotFound", "NoSuchBucket"]),
@@ -263,7 +298,7 @@ impl ObjectBody for S3Body {
             ))),
             Ok(None) => Ok(None),
             Ok(Some(Ok(bytes))) => Ok(Some(bytes)),
-            Ok(Some(Err(e))) => Err(failed(DisplayErrorContext(&e).to_string())),
+            Ok(Some(Err(e))) => Err(failed(causes(&e))),
         }
     }
 }
@@ -287,5 +322,51 @@ impl ArtifactStore for S3Store {
             key: key.to_owned(),
             stall_timeout: self.stall_timeout,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::primitives::SdkBody;
+    use aws_sdk_ssm::operation::get_parameter::GetParameterError;
+
+    fn answer(status: u16, code: Option<&str>, message: &str) -> SdkError<GetParameterError> {
+        let mut meta = ErrorMetadata::builder().message(message);
+        if let Some(code) = code {
+            meta = meta.code(code);
+        }
+        let raw = HttpResponse::new(
+            status
+                .try_into()
+                .unwrap_or_else(|_| panic!("status {status}")),
+            SdkBody::from("{\"__type\":\"with a body that must not be quoted\"}"),
+        );
+        SdkError::service_error(GetParameterError::generic(meta.build()), raw)
+    }
+
+    #[test]
+    fn service_errors_are_one_short_line_with_code_message_and_status() {
+        assert_eq!(
+            describe(&answer(400, Some("ThrottlingException"), "Rate exceeded")),
+            "ThrottlingException: Rate exceeded (HTTP 400)"
+        );
+        assert_eq!(
+            describe(&answer(403, Some("AccessDenied"), "")),
+            "AccessDenied (HTTP 403)"
+        );
+        assert_eq!(describe(&answer(404, None, "")), "HTTP 404");
+    }
+
+    #[test]
+    fn other_errors_are_their_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        let err: SdkError<GetParameterError> =
+            SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(io)));
+        let text = describe(&err);
+        assert!(text.starts_with("dispatch failure"), "{text}");
+        assert!(text.contains("connection reset"), "{text}");
+        assert!(!text.contains("ConnectorError {"), "no debug form: {text}");
     }
 }
