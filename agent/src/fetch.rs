@@ -42,17 +42,24 @@ impl FetchError {
 }
 
 /// The digest the artifact must have: the one in the parameter's value, else the `{key}.sha256`
-/// object. No digest, no deploy.
+/// object, read within `timeout` (the download timeout: a digest file that trickles in a byte at a
+/// time must not hold the agent for longer than the tarball may). No digest, no deploy.
 pub async fn expected_digest<S: ArtifactStore>(
     store: &S,
     key: &str,
     from_value: Option<Sha256Digest>,
+    timeout: Duration,
 ) -> Result<Sha256Digest, FetchError> {
     if let Some(d) = from_value {
         return Ok(d);
     }
     let digest_key = format!("{key}.sha256");
-    let bytes = store::get_small(store, &digest_key, 4096).await?;
+    let bytes = tokio::time::timeout(timeout, store::get_small(store, &digest_key, 4096))
+        .await
+        .map_err(|_| FetchError::Timeout {
+            key: digest_key.clone(),
+            seconds: timeout.as_secs(),
+        })??;
     let text = String::from_utf8(bytes).map_err(|_| FetchError::BadDigestFile {
         key: digest_key.clone(),
         reason: "not text".into(),
@@ -174,12 +181,12 @@ pub(crate) mod tests {
             "a.tgz.sha256",
             format!("{}  a.tgz\n", Sha256Digest::of(b"y")).as_bytes(),
         )]);
-        assert_eq!(expected_digest(&s, "a.tgz", Some(d)).await.unwrap(), d);
+        assert_eq!(expected_digest(&s, "a.tgz", Some(d), DAY).await.unwrap(), d);
         assert_eq!(
-            expected_digest(&s, "a.tgz", None).await.unwrap(),
+            expected_digest(&s, "a.tgz", None, DAY).await.unwrap(),
             Sha256Digest::of(b"y")
         );
-        let missing = expected_digest(&s, "b.tgz", None).await.unwrap_err();
+        let missing = expected_digest(&s, "b.tgz", None, DAY).await.unwrap_err();
         assert!(matches!(
             missing,
             FetchError::Store(StoreError::NotFound { .. })
@@ -189,9 +196,43 @@ pub(crate) mod tests {
             "a missing digest may still be uploading"
         );
         let bad = store(&[("a.tgz.sha256", b"nope")]);
-        let err = expected_digest(&bad, "a.tgz", None).await.unwrap_err();
+        let err = expected_digest(&bad, "a.tgz", None, DAY).await.unwrap_err();
         assert!(err.is_artifact_fault());
         assert!(err.to_string().contains("a.tgz.sha256"), "{err}");
+    }
+
+    /// A store whose objects start and then never send another byte.
+    struct StalledStore;
+
+    impl ArtifactStore for StalledStore {
+        type Body = StalledStore;
+        async fn get(&self, _: &str) -> Result<StalledStore, StoreError> {
+            Ok(StalledStore)
+        }
+    }
+
+    impl ObjectBody for StalledStore {
+        fn announced_len(&self) -> Option<u64> {
+            Some(80)
+        }
+        async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, StoreError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_digest_file_times_out_naming_it() {
+        let err = expected_digest(&StalledStore, "a.tgz", None, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, FetchError::Timeout { key, seconds: 5 } if key == "a.tgz.sha256"),
+            "{err}"
+        );
+        assert!(
+            !err.is_artifact_fault(),
+            "a slow network, not a bad artifact"
+        );
     }
 
     #[tokio::test]

@@ -558,9 +558,10 @@ where
             e if e.is_artifact_fault() => FetchFailure::Rejected(e.to_string()),
             e => FetchFailure::Transient(e.to_string()),
         };
-        let expected = fetch::expected_digest(&self.store, &key, desired.sha256)
-            .await
-            .map_err(classify)?;
+        let expected =
+            fetch::expected_digest(&self.store, &key, desired.sha256, artifact.download_timeout)
+                .await
+                .map_err(classify)?;
         let tarball = staging.join("artifact.tar.gz");
         let len = fetch::download(
             &self.store,
