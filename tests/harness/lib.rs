@@ -7,6 +7,7 @@
 //! The machine must have been prepared with `tests/scripts/setup.sh`, and tests run as root.
 
 pub mod container;
+pub mod faultproxy;
 pub mod http;
 pub mod https;
 pub mod moto;
