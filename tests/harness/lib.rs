@@ -8,6 +8,7 @@
 
 pub mod container;
 pub mod faultproxy;
+pub mod host;
 pub mod http;
 pub mod https;
 pub mod moto;

@@ -1,0 +1,115 @@
+//! A host-side "instance": its own release root and state directory under the test's temp dir,
+//! no units and no health URL, driven with `drover once` / `run` / `status` against moto (or
+//! anything standing in front of it, such as the fault proxy). No container, so these run in
+//! seconds; systemd is exercised by the container tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::world::{World, AWS_ENV};
+
+pub struct Host {
+    pub world: World,
+    pub config: PathBuf,
+}
+
+impl Host {
+    /// A host whose agent talks to moto directly.
+    pub fn new(label: &str) -> Host {
+        let world = World::new(label);
+        let endpoint = world.moto.endpoint();
+        Host::with_config(world, &endpoint, "")
+    }
+
+    /// A host whose agent talks to `endpoint` (a proxy in front of moto, say), with `extra`
+    /// TOML appended to the config (its own `[section]`s, not ones already written here).
+    pub fn with_config(world: World, endpoint: &str, extra: &str) -> Host {
+        Host::with_artifact_keys(world, endpoint, "", extra)
+    }
+
+    /// As [`Host::with_config`], with `artifact` lines added to the `[artifact]` section
+    /// (`max_unpacked_size = "16MiB"`, say).
+    pub fn with_artifact_keys(world: World, endpoint: &str, artifact: &str, extra: &str) -> Host {
+        let config = world.dir().join("host.toml");
+        let text = format!(
+            "[source]\nparameter = \"{}\"\npoll_interval = \"1s\"\n\
+             [artifact]\nbucket = \"{}\"\n{artifact}\n\
+             [release]\nroot = \"{}\"\nkeep = 2\n\
+             [service]\nunits = []\n\
+             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
+             [agent]\nstate_dir = \"{}\"\n{extra}",
+            world.parameter,
+            world.bucket,
+            world.dir().join("app").display(),
+            world.dir().join("state").display(),
+        );
+        std::fs::write(&config, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+        Host { world, config }
+    }
+
+    /// Runs `drover --config HOST_CONFIG ARGS...` to completion.
+    pub fn drover(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run drover: {e}"))
+    }
+
+    /// The command, for a caller that wants to spawn it (`drover run`) or change its environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        drover_command(&self.config, args)
+    }
+
+    /// The release root (`[release] root`).
+    pub fn root(&self) -> PathBuf {
+        self.world.dir().join("app")
+    }
+
+    /// `drover status --json`.
+    pub fn status(&self) -> Value {
+        let out = self.drover(&["status", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("drover status --json is not JSON ({e})"))
+    }
+
+    /// Where `current` points (`releases/1.0.0`), or "" when there is no release yet.
+    pub fn current(&self) -> String {
+        std::fs::read_link(self.root().join("current"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The names in `releases/` and `.staging/`, sorted: what a failed deploy must not change.
+    pub fn release_dirs(&self) -> (Vec<String>, Vec<String>) {
+        let list = |dir: &str| {
+            let mut names: Vec<String> = std::fs::read_dir(self.root().join(dir))
+                .map(|it| {
+                    it.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        (list("releases"), list(".staging"))
+    }
+}
+
+/// `drover --config CONFIG ARGS...` with the test credentials.
+pub fn drover_command(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(crate::drover_bin());
+    cmd.arg("--config").arg(config).args(args).envs(AWS_ENV);
+    cmd
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
