@@ -23,6 +23,9 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    /// Whoever can write the config can deploy anything as root.
+    #[error("config {path} is world-writable (mode {mode:04o}): anyone on this machine could point drover at another bucket; run chmod o-w {path}")]
+    WorldWritable { path: PathBuf, mode: u32 },
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +69,8 @@ impl Artifact {
 pub struct Release {
     pub root: PathBuf,
     pub keep: usize,
+    /// `user[:group]` the unpacked files are given to; `None` keeps them root's.
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -140,6 +145,7 @@ mod raw {
     pub struct Release {
         pub root: Option<String>,
         pub keep: Option<i64>,
+        pub owner: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -174,10 +180,22 @@ mod raw {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::os::unix::fs::PermissionsExt;
+        let read_error = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let mode = std::fs::metadata(path)
+            .map_err(read_error)?
+            .permissions()
+            .mode();
+        if mode & 0o002 != 0 {
+            return Err(ConfigError::WorldWritable {
+                path: path.to_owned(),
+                mode: mode & 0o7777,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
         Self::parse(&text, path)
     }
 
@@ -311,6 +329,11 @@ impl Config {
             }
         };
 
+        let owner = raw.release.owner;
+        if let Some(spec) = &owner {
+            crate::owner::check_spec(spec).map_err(|e| invalid("release.owner", e))?;
+        }
+
         let units = raw
             .service
             .units
@@ -390,7 +413,7 @@ impl Config {
         Ok(Config {
             source,
             artifact,
-            release: Release { root, keep },
+            release: Release { root, keep, owner },
             service,
             health,
             aws: Aws {

@@ -103,10 +103,15 @@ pub fn free_space(path: &Path) -> Result<u64, PathError> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Removes a directory tree if it exists.
+/// Removes a directory tree if it exists. A tree given away with `[release] owner` (or made
+/// read-only by its owner) is taken back first, see [`crate::owner::reclaim_tree`].
 pub fn remove_tree(path: &Path) -> Result<(), PathError> {
     match fs::remove_dir_all(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            crate::owner::reclaim_tree(path)?;
+            fs::remove_dir_all(path).at("remove", path)
+        }
         other => other.at("remove", path),
     }
 }

@@ -49,6 +49,7 @@ pub async fn wait_healthy<P: HealthProbe, M: ServiceManager>(
             Some(p) => match p.probe().await {
                 Ok(()) => {
                     streak += 1;
+                    crate::failpoint::hit("mid_health");
                     if streak >= policy.successes {
                         return Ok(());
                     }

@@ -23,6 +23,7 @@ use crate::state::{self, Outcome as Record, Pending, Request, State, StateFile};
 use crate::store::{ArtifactStore, StoreError};
 use crate::unpack::{self, Limits};
 use crate::version::{self, Desired, Version};
+use crate::{failpoint, owner};
 use crate::{notify, state::Result as Res};
 
 /// How one reconcile ended.
@@ -225,12 +226,14 @@ where
         Ok(state)
     }
 
+    /// Returns to the last good release after a deploy was interrupted. The units are restarted
+    /// whichever way `current` points now: they may be running the interrupted version's code
+    /// (a crash after the switch back but before the restart leaves exactly that).
     async fn recover(&mut self, state: &mut State, pending: &Pending) {
-        let active = self.layout.active().ok().flatten();
         let Some(good) = state.good.clone() else {
-            return;
+            return; // a first deploy: nothing to go back to, the next pass tries again
         };
-        if active.as_deref() == Some(good.as_str()) || !self.layout.has_release(&good) {
+        if !self.layout.has_release(&good) {
             return;
         }
         let fields = Fields {
@@ -239,18 +242,20 @@ where
             parameter_version: pending.request.as_ref().map(|r| r.parameter_version),
             ..Fields::default()
         };
-        if let Err(e) = self.layout.switch(&good) {
-            tracing::error!(target: "drover", error = %e, "cannot switch back after an interrupted deploy");
-            return;
+        if self.layout.active().ok().flatten().as_deref() != Some(good.as_str()) {
+            if let Err(e) = self.layout.switch(&good) {
+                tracing::error!(target: "drover", error = %e, "cannot switch back after an interrupted deploy");
+                return;
+            }
+            emit(
+                Event::Switched,
+                &fields,
+                &format!(
+                    "Deploy of {} was interrupted; switched back to {good}",
+                    pending.version
+                ),
+            );
         }
-        emit(
-            Event::Switched,
-            &fields,
-            &format!(
-                "Deploy of {} was interrupted; switched back to {good}",
-                pending.version
-            ),
-        );
         // Best effort: the next pass checks health and retries the deploy.
         let _ = self.restart_units(&fields).await;
     }
@@ -376,6 +381,7 @@ where
             state.pending = None;
             return Outcome::Retry;
         }
+        failpoint::hit("after_pending_saved");
         if let Err(e) = self.layout.switch(version.as_str()) {
             tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
             state.pending = None;
@@ -387,14 +393,17 @@ where
             &fields,
             &format!("Switched current to {version}"),
         );
+        failpoint::hit("after_switch");
 
         // 5 and 6. Restart and health.
         match self.activate(version.as_str(), &fields).await {
             Ok(()) => {
                 // 7. Commit.
+                failpoint::hit("before_commit");
                 state.commit(version.as_str(), Some(request.clone()));
                 self.record(state, Res::Deployed, &version, Some(request), None);
                 emit(Event::Deployed, &fields, &format!("Deployed {version}"));
+                failpoint::hit("after_commit");
                 self.prune(state);
                 Outcome::Deployed
             }
@@ -454,6 +463,7 @@ where
         if let Err(e) = self.save(state) {
             tracing::error!(target: "drover", error = %e, "cannot save state");
         }
+        failpoint::hit("after_failed_saved");
         let fields = Fields {
             version: Some(version.as_str()),
             previous_version: previous,
@@ -486,6 +496,7 @@ where
             &fields,
             &format!("Switched current back to {previous}"),
         );
+        failpoint::hit("after_revert_switch");
         match self.activate(previous, &fields).await {
             Ok(()) => {
                 emit(
@@ -553,6 +564,12 @@ where
     ) -> Result<(), FetchFailure> {
         let artifact = &self.config.artifact;
         let key = artifact.key_for(&desired.version);
+        // Looked up at each deploy, before the download: the user may be created (by cloud-init,
+        // say) after drover starts, and until then there is no point in fetching.
+        let owner = (self.config.release.owner.as_deref())
+            .map(owner::lookup)
+            .transpose()
+            .map_err(FetchFailure::Transient)?;
         let classify = |e: FetchError| match e {
             FetchError::Store(StoreError::NotFound { .. }) => FetchFailure::Missing(e.to_string()),
             e if e.is_artifact_fault() => FetchFailure::Rejected(e.to_string()),
@@ -585,6 +602,7 @@ where
                 artifact.bucket
             ),
         );
+        failpoint::hit("after_download");
 
         // 3. Unpack on a blocking thread, so the watchdog keeps being fed.
         let unpacked: PathBuf = staging.join("release");
@@ -626,16 +644,31 @@ where
                 String::new()
             }
         );
+        if let (Some(owner), Some(spec)) = (owner, &self.config.release.owner) {
+            let dst = unpacked.clone();
+            let given = tokio::task::spawn_blocking(move || {
+                let n = owner::chown_tree(&dst, owner)?;
+                crate::fsutil::sync_filesystem(&dst).map(|()| n)
+            })
+            .await
+            .map_err(|e| FetchFailure::Transient(format!("chown task: {e}")))?
+            .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+            tracing::info!(target: "drover", version = desired.version.as_str(), owner = %spec,
+                entries = given, "Gave {given} entries of {} to {spec}", desired.version);
+        }
         let _ = std::fs::remove_file(&tarball);
+        failpoint::hit("after_unpack");
         self.layout
             .install(&unpacked, &desired.version)
             .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+        failpoint::hit("after_install");
         Ok(())
     }
 
     /// 5 and 6 for one version: restart every unit, then the health gate.
     async fn activate(&self, version: &str, fields: &Fields<'_>) -> Result<(), String> {
         self.restart_units(fields).await?;
+        failpoint::hit("after_restart");
         match health::wait_healthy(
             self.probe.as_ref(),
             &self.services,

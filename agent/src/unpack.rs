@@ -14,6 +14,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::{self, IoContext, PathError};
+use crate::tarheader::{Extended, Member};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -37,8 +38,13 @@ pub enum UnpackError {
     /// An entry that could escape or is not allowed in a release.
     #[error("unsafe entry {entry:?}: {reason}")]
     Unsafe { entry: String, reason: String },
-    #[error("archive exceeds the {what} limit of {limit}")]
-    Limit { what: &'static str, limit: u64 },
+    /// `entry` is the member being read when the limit was reached.
+    #[error("entry {entry:?}: archive exceeds the {what} limit of {limit}")]
+    Limit {
+        entry: String,
+        what: &'static str,
+        limit: u64,
+    },
     #[error("archive is corrupt: {0}")]
     Corrupt(String),
     /// Writing failed (a full disk, say): not the artifact's fault.
@@ -57,11 +63,39 @@ fn corrupt(e: io::Error) -> UnpackError {
     UnpackError::Corrupt(e.to_string())
 }
 
+/// A read error between members, where `last` is the last member read (for the message).
+fn read_error(e: io::Error, last: &str) -> UnpackError {
+    match map_read_error(e, "") {
+        UnpackError::Corrupt(reason) if !last.is_empty() => {
+            UnpackError::Corrupt(format!("after entry {:?}: {reason}", shorten(last)))
+        }
+        UnpackError::Limit { what, limit, .. } => UnpackError::Limit {
+            entry: shorten(last),
+            what,
+            limit,
+        },
+        other => other,
+    }
+}
+
 fn unsafe_entry(entry: &str, reason: impl Into<String>) -> UnpackError {
     UnpackError::Unsafe {
-        entry: entry.to_owned(),
+        entry: shorten(entry),
         reason: reason.into(),
     }
+}
+
+/// An entry name as it goes into a message: names of hostile length are cut, with their length.
+fn shorten(name: &str) -> String {
+    const SHOWN: usize = 100;
+    if name.len() <= 2 * SHOWN {
+        return name.to_owned();
+    }
+    let mut end = SHOWN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &name[..end], name.len())
 }
 
 /// Header and padding bytes a tar stream may carry beyond its file contents.
@@ -89,9 +123,34 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
     };
     let mut tar = tar::Archive::new(capped);
     let mut ex = Extractor::new(dest, *limits);
-    for entry in tar.entries().map_err(corrupt)? {
-        let mut entry = entry.map_err(map_read_error)?;
-        ex.entry(&mut entry)?;
+    // Raw entries: extended headers are ours to read, with a small cap (see tarheader).
+    let mut extended = Extended::default();
+    let mut last = String::new();
+    for entry in tar.entries().map_err(corrupt)?.raw(true) {
+        let mut entry = entry.map_err(|e| read_error(e, &last))?;
+        let header_name = String::from_utf8_lossy(&entry.header().path_bytes()).into_owned();
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            T::GNULongName | T::GNULongLink | T::XHeader | T::XGlobalHeader
+        ) {
+            let declared = entry.size();
+            extended
+                .absorb(kind, declared, &mut entry)
+                .map_err(|r| unsafe_entry(&header_name, r))?;
+            continue;
+        }
+        let member = extended
+            .apply(entry.header())
+            .map_err(|r| unsafe_entry(&header_name, r))?;
+        last = String::from_utf8_lossy(&member.name).into_owned();
+        ex.entry(&member, &mut entry)?;
+    }
+    if extended.is_pending() {
+        return Err(UnpackError::Corrupt(
+            "extended header at the end, without a member".into(),
+        ));
     }
     if ex.stats.files + ex.stats.dirs + ex.stats.links == 0 {
         return Err(UnpackError::Corrupt("archive has no entries".into()));
@@ -100,7 +159,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
     // nothing follows it.
     let mut capped = tar.into_inner();
     let trailer = io::copy(&mut (&mut capped).take(MAX_TRAILER + 1), &mut io::sink())
-        .map_err(map_read_error)?;
+        .map_err(|e| read_error(e, &last))?;
     if trailer > MAX_TRAILER {
         return Err(UnpackError::Corrupt(
             "data after the end of the tar archive".into(),
@@ -115,16 +174,19 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
     ex.finish()
 }
 
-fn map_read_error(e: io::Error) -> UnpackError {
+/// A read error inside the data of `entry`.
+fn map_read_error(e: io::Error, entry: &str) -> UnpackError {
     match e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<CapExceeded>())
     {
         Some(c) => UnpackError::Limit {
+            entry: shorten(entry),
             what: "unpacked size",
             limit: c.0,
         },
-        None => corrupt(e),
+        None if entry.is_empty() => corrupt(e),
+        None => UnpackError::Corrupt(format!("in entry {:?}: {e}", shorten(entry))),
     }
 }
 
@@ -197,15 +259,20 @@ impl<'a> Extractor<'a> {
         }
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let name = match normalize(&entry.path_bytes()).map_err(|r| unsafe_entry(&raw_name, r))? {
+    fn entry<R: Read>(
+        &mut self,
+        member: &Member,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(), UnpackError> {
+        let raw_name = String::from_utf8_lossy(&member.name).into_owned();
+        let name = match normalize(&member.name).map_err(|r| unsafe_entry(&raw_name, r))? {
             Some(name) => name,
             None => return Ok(()), // the archive's own root, "./"
         };
         let count = self.stats.files + self.stats.dirs + self.stats.links + 1;
         if count > self.limits.max_entries {
             return Err(UnpackError::Limit {
+                entry: shorten(&name),
                 what: "entry count",
                 limit: self.limits.max_entries,
             });
@@ -227,15 +294,17 @@ impl<'a> Extractor<'a> {
         use tar::EntryType as T;
         match kind {
             T::Regular | T::Continuous => {
-                let size = entry.size();
+                let size = member.size;
                 if self.stats.bytes.saturating_add(size) > self.limits.max_unpacked_size {
                     return Err(UnpackError::Limit {
+                        entry: shorten(&name),
                         what: "unpacked size",
                         limit: self.limits.max_unpacked_size,
                     });
                 }
-                self.write_file(entry, &path, mode)?;
+                self.write_file(entry, &name, &path, mode)?;
                 self.stats.files += 1;
+                crate::failpoint::hit("mid_unpack");
                 self.seen.insert(name, Kind::File);
             }
             T::Directory => {
@@ -247,7 +316,7 @@ impl<'a> Extractor<'a> {
                 self.dir_modes.push((name, mode | 0o700));
             }
             T::Symlink => {
-                let target = link_target(entry, &name)?;
+                let target = link_target(member, &name)?;
                 if !lexically_inside(&name, &target) {
                     return Err(unsafe_entry(
                         &name,
@@ -260,7 +329,7 @@ impl<'a> Extractor<'a> {
                 self.seen.insert(name, Kind::Symlink);
             }
             T::Link => {
-                let target = link_target(entry, &name)?;
+                let target = link_target(member, &name)?;
                 let target = normalize(target.as_bytes())
                     .map_err(|r| unsafe_entry(&name, format!("hard link target: {r}")))?
                     .unwrap_or_default();
@@ -318,6 +387,7 @@ impl<'a> Extractor<'a> {
     fn write_file<R: Read>(
         &mut self,
         entry: &mut R,
+        name: &str,
         path: &Path,
         mode: u32,
     ) -> Result<(), UnpackError> {
@@ -333,7 +403,7 @@ impl<'a> Extractor<'a> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(map_read_error(e)),
+                Err(e) => return Err(map_read_error(e, name)),
             };
             out.write_all(&self.buf[..n]).at("write", path)?;
             self.stats.bytes += n as u64;
@@ -359,11 +429,12 @@ impl<'a> Extractor<'a> {
     }
 }
 
-fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<String, UnpackError> {
-    let target = entry
-        .link_name_bytes()
+fn link_target(member: &Member, name: &str) -> Result<String, UnpackError> {
+    let target = member
+        .link
+        .as_deref()
         .ok_or_else(|| unsafe_entry(name, "link without a target"))?;
-    let target = std::str::from_utf8(&target)
+    let target = std::str::from_utf8(target)
         .map_err(|_| unsafe_entry(name, "link target is not UTF-8"))?
         .to_owned();
     if target.is_empty() {
