@@ -4,70 +4,13 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use drover_tests::world::AWS_ENV;
-use drover_tests::{sha256_hex, World};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// A host-side "instance": its own release root and state directory, no units, no health URL.
-struct Host {
-    world: World,
-    config: PathBuf,
-}
-
-impl Host {
-    fn new(label: &str) -> Host {
-        let world = World::new(label);
-        let config = world.dir().join("host.toml");
-        let text = format!(
-            "[source]\nparameter = \"{}\"\npoll_interval = \"1s\"\n\
-             [artifact]\nbucket = \"{}\"\n\
-             [release]\nroot = \"{}\"\nkeep = 2\n\
-             [service]\nunits = []\n\
-             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
-             [agent]\nstate_dir = \"{}\"\n",
-            world.parameter,
-            world.bucket,
-            world.dir().join("app").display(),
-            world.moto.endpoint(),
-            world.dir().join("state").display(),
-        );
-        std::fs::write(&config, text).expect("write host config");
-        Host { world, config }
-    }
-
-    fn drover(&self, args: &[&str]) -> Output {
-        drover_with(&self.config, args)
-    }
-
-    fn root(&self) -> PathBuf {
-        self.world.dir().join("app")
-    }
-
-    fn status(&self) -> Value {
-        let out = self.drover(&["status", "--json"]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
-    }
-}
+use drover_tests::host::{drover_command, stderr, stdout, Host};
+use drover_tests::sha256_hex;
+use std::path::Path;
+use std::process::Output;
 
 fn drover_with(config: &Path, args: &[&str]) -> Output {
-    Command::new(drover_tests::drover_bin())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .envs(AWS_ENV)
-        .output()
-        .expect("run drover")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    drover_command(config, args).output().expect("run drover")
 }
 
 #[test]
@@ -227,6 +170,19 @@ fn bad_config_and_usage_exit_2_naming_the_key() {
     let missing = drover_with(Path::new("/nonexistent/drover.toml"), &["once"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("/nonexistent/drover.toml"));
+
+    // Whoever can write the config can deploy anything as root: refused, with the fix.
+    let open = host.world.dir().join("open.toml");
+    std::fs::copy(&host.config, &open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = drover_with(&open, &["once"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is world-writable (mode 0666)")
+            && stderr(&out).contains("chmod o-w"),
+        "{}",
+        stderr(&out)
+    );
 
     assert_eq!(host.drover(&["no-such-command"]).status.code(), Some(2));
     assert_eq!(host.drover(&["publish"]).status.code(), Some(2));

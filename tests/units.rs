@@ -17,7 +17,7 @@ const MAX_EXPOSURE: f64 = 4.0;
 const SETTINGS: &[(&str, &str)] = &[
     ("Type", "notify"),
     ("NoNewPrivileges", "yes"),
-    ("CapabilityBoundingSet", ""),
+    ("CapabilityBoundingSet", "cap_chown"),
     ("AmbientCapabilities", ""),
     ("ProtectSystem", "strict"),
     ("ReadWritePaths", "-/opt/app"),
@@ -28,7 +28,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("PrivateDevices", "yes"),
     ("PrivateIPC", "yes"),
     ("PrivateMounts", "yes"),
-    ("PrivateUsers", "yes"),
+    ("PrivateUsers", "no"),
     ("ProtectProc", "invisible"),
     ("ProcSubset", "pid"),
     ("ProtectKernelTunables", "yes"),
@@ -125,7 +125,7 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
 
     // A release with every kind of entry drover writes: a subdirectory whose archived mode
     // lacks owner write, a symlink, a hard link, and a setuid file (the bit is dropped, which
-    // RestrictSUIDSGID= would otherwise refuse). Without capabilities, root must still manage.
+    // RestrictSUIDSGID= would otherwise refuse). With CAP_CHOWN alone, root must still manage.
     let tarball = raw_tarball(
         &world.artifacts_dir(),
         "3.0.0.tar.gz",
@@ -146,7 +146,7 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
     assert_eq!(served(&instance), "3.0.0");
     let tool = instance.exec_ok(&["stat", "-c", "%a", "/opt/app/releases/3.0.0/bin/tool"]);
     assert_eq!(tool.trim(), "755", "setuid bit dropped");
-    // PrivateUsers= maps root to itself: what the agent writes is root's on the instance.
+    // Without `[release] owner`, what the agent writes is root's.
     let owners = instance.exec_ok(&[
         "stat",
         "-c",
@@ -178,13 +178,22 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
         "renameat2",
         "linkat",
         "symlinkat",
+        "fchownat",
+        "lchown",
     ] {
         assert!(
             filter.split_whitespace().any(|c| c == call),
             "{call} is not allowed by SystemCallFilter=: {filter}"
         );
     }
-    for call in ["mount", "reboot", "ptrace", "settimeofday", "setrlimit"] {
+    for call in [
+        "mount",
+        "reboot",
+        "ptrace",
+        "settimeofday",
+        "setrlimit",
+        "setuid",
+    ] {
         assert!(
             !filter.split_whitespace().any(|c| c == call),
             "{call} is allowed by SystemCallFilter=: {filter}"
@@ -195,20 +204,21 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
     let pid = instance.unit_property("drover.service", "MainPID");
     assert_ne!(pid, "0", "drover.service has no main process");
     assert_eq!(proc_status(&instance, &pid, "Uid"), "0\t0\t0\t0");
-    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+    // CAP_CHOWN (bit 0) and nothing else; nothing inheritable or ambient.
+    for (caps, want) in [
+        ("CapInh", "0000000000000000"),
+        ("CapPrm", "0000000000000001"),
+        ("CapEff", "0000000000000001"),
+        ("CapBnd", "0000000000000001"),
+        ("CapAmb", "0000000000000000"),
+    ] {
         assert_eq!(
             proc_status(&instance, &pid, caps),
-            "0000000000000000",
+            want,
             "{caps} of the agent"
         );
     }
     assert_eq!(proc_status(&instance, &pid, "NoNewPrivs"), "1");
-    let user_ns = |pid: &str| instance.exec_ok(&["readlink", &format!("/proc/{pid}/ns/user")]);
-    assert_ne!(
-        user_ns(&pid),
-        user_ns("1"),
-        "the agent has its own user namespace"
-    );
     assert_eq!(
         proc_status(&instance, &pid, "Seccomp"),
         "2",
@@ -265,4 +275,89 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
             "drover's journal mentions {refusal:?}:\n{journal}"
         );
     }
+}
+
+#[test]
+fn release_owner_gets_the_files_and_old_releases_are_still_pruned() {
+    let world = World::new("owner");
+    let mut spec = world.boot_spec();
+    spec.config_toml = spec
+        .config_toml
+        .replace("keep = 3", "keep = 2\nowner = \"app\"");
+    // The app runs as that user, as it would on a real instance.
+    for file in &mut spec.extra_files {
+        if file.path == "/etc/systemd/system/app.service" {
+            file.content = file.content.replace("[Service]\n", "[Service]\nUser=app\n");
+        }
+    }
+    let instance = world.boot(spec);
+    // The user comes after drover has started, as when another cloud-init module or a
+    // configuration tool creates it: the first deploy waits for it.
+    world.release("1.0.0", true);
+    wait_for(DEPLOY, "drover to wait for the user", || {
+        instance
+            .journal_events("poll_failed")
+            .iter()
+            .any(|e| {
+                e["ERROR"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("release.owner \"app\": no user \"app\""))
+            })
+            .then_some(())
+    });
+    assert_eq!(instance.current_release(), None);
+    instance.exec_ok(&["useradd", "--system", "--user-group", "app"]);
+    instance.wait_for_events("deployed", 1, DEPLOY);
+    assert_eq!(served(&instance), "1.0.0");
+
+    let owners = instance.exec_ok(&[
+        "stat",
+        "-c",
+        "%n %U:%G %a",
+        "/opt/app/releases/1.0.0",
+        "/opt/app/releases/1.0.0/app.py",
+        "/opt/app/releases/1.0.0/VERSION",
+        "/opt/app/releases",
+        "/opt/app/current",
+        "/var/lib/drover",
+        "/var/lib/drover/state.json",
+        "/etc/drover/config.toml",
+    ]);
+    let owners: Vec<&str> = owners.lines().collect();
+    assert_eq!(
+        owners,
+        [
+            "/opt/app/releases/1.0.0 root:root 755",
+            "/opt/app/releases/1.0.0/app.py app:app 644",
+            "/opt/app/releases/1.0.0/VERSION app:app 644",
+            "/opt/app/releases root:root 755",
+            "/opt/app/current root:root 777",
+            "/var/lib/drover root:root 700",
+            "/var/lib/drover/state.json root:root 600",
+            "/etc/drover/config.toml root:root 600",
+        ]
+    );
+    let app_pid = instance.unit_property("app.service", "MainPID");
+    let app_uid = instance.exec_ok(&["id", "-u", "app"]);
+    assert!(
+        proc_status(&instance, &app_pid, "Uid").starts_with(app_uid.trim()),
+        "the app runs as app"
+    );
+
+    // keep = 2: by 3.0.0, 1.0.0 is pruned all the same, even with a directory its owner made
+    // read-only inside it.
+    instance.exec_ok(&["mkdir", "/opt/app/releases/1.0.0/cache"]);
+    instance.exec_ok(&["touch", "/opt/app/releases/1.0.0/cache/entry"]);
+    instance.exec_ok(&["chown", "-R", "app:app", "/opt/app/releases/1.0.0/cache"]);
+    instance.exec_ok(&["chmod", "0500", "/opt/app/releases/1.0.0/cache"]);
+    world.release("2.0.0", true);
+    instance.wait_for_events("deployed", 2, DEPLOY);
+    world.release("3.0.0", true);
+    instance.wait_for_events("deployed", 3, DEPLOY);
+    assert_eq!(served(&instance), "3.0.0");
+    wait_for(DEPLOY, "1.0.0 to be pruned", || {
+        (!instance.path("/opt/app/releases/1.0.0").exists()).then_some(())
+    });
+    let journal = instance.container.journal_text("drover.service");
+    assert!(!journal.contains("pruning failed"), "{journal}");
 }

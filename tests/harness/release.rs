@@ -55,6 +55,8 @@ pub struct RawEntry {
     pub mode: u32,
     pub link: Option<String>,
     pub data: Vec<u8>,
+    /// The size the header claims, when it is not the data's length.
+    pub declared_size: Option<u64>,
 }
 
 impl RawEntry {
@@ -88,6 +90,51 @@ impl RawEntry {
         RawEntry::new(name, tar::EntryType::Char, 0o644, None, b"")
     }
 
+    /// A block device.
+    pub fn block_device(name: &str) -> RawEntry {
+        RawEntry::new(name, tar::EntryType::Block, 0o644, None, b"")
+    }
+
+    /// A PAX extended header (`x`) for the entry that follows, with these records.
+    pub fn pax(records: &[(&str, &str)]) -> RawEntry {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            // The length counts itself: "LEN key=value\n".
+            let body = key.len() + value.len() + 3;
+            let mut len = body + body.to_string().len();
+            if len.to_string().len() != body.to_string().len() {
+                len += 1;
+            }
+            data.extend_from_slice(format!("{len} {key}={value}\n").as_bytes());
+        }
+        RawEntry::new(
+            "./PaxHeaders/x",
+            tar::EntryType::XHeader,
+            0o644,
+            None,
+            &data,
+        )
+    }
+
+    /// A GNU long-name header (`L`) naming the entry that follows with these raw bytes.
+    pub fn gnu_long_name(name: &[u8]) -> RawEntry {
+        let mut data = name.to_vec();
+        data.push(0);
+        RawEntry::new(
+            "././@LongLink",
+            tar::EntryType::GNULongName,
+            0o644,
+            None,
+            &data,
+        )
+    }
+
+    /// The same entry with a header that claims `size` bytes, whatever data follows it.
+    pub fn with_declared_size(mut self, size: u64) -> RawEntry {
+        self.declared_size = Some(size);
+        self
+    }
+
     /// The same entry with another mode (e.g. `0o4755` for setuid).
     pub fn with_mode(mut self, mode: u32) -> RawEntry {
         self.mode = mode;
@@ -107,14 +154,20 @@ impl RawEntry {
             mode,
             link: link.map(str::to_string),
             data: data.to_vec(),
+            declared_size: None,
         }
+    }
+
+    /// This entry's 512-byte header, as it goes into the archive.
+    pub fn header_bytes(&self) -> Vec<u8> {
+        self.header().as_bytes().to_vec()
     }
 
     fn header(&self) -> tar::Header {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(self.kind);
         header.set_mode(self.mode);
-        header.set_size(self.data.len() as u64);
+        header.set_size(self.declared_size.unwrap_or(self.data.len() as u64));
         header.set_mtime(1_700_000_000);
         header.set_uid(0);
         header.set_gid(0);
@@ -136,14 +189,44 @@ impl RawEntry {
 /// Packs `entries` in order into `out/FILE_NAME` (gzip-compressed) and returns its path.
 pub fn raw_tarball(out: &Path, file_name: &str, entries: &[RawEntry]) -> PathBuf {
     let path = out.join(file_name);
-    let mut builder = tar::Builder::new(gzip_file(&path));
-    for entry in entries {
-        builder
-            .append(&entry.header(), entry.data.as_slice())
-            .unwrap_or_else(|e| panic!("cannot add {:?} to {}: {e}", entry.name, path.display()));
-    }
-    finish(builder, &path);
+    let bytes = raw_tar_gz(entries);
+    fs::write(&path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     path
+}
+
+/// The `.tar.gz` bytes of `entries` in order: each header, its data padded to 512 bytes, then
+/// the end-of-archive marker. Headers go in verbatim, whatever size they claim.
+pub fn raw_tar_gz(entries: &[RawEntry]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for entry in entries {
+        tar.extend_from_slice(entry.header().as_bytes());
+        tar.extend_from_slice(&entry.data);
+        tar.resize(tar.len().next_multiple_of(512), 0);
+    }
+    tar.resize(tar.len() + 1024, 0);
+    gzip(&tar)
+}
+
+/// `len` bytes that do not compress (xorshift): a tarball about as big as its content.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `bytes`, gzip-compressed.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(bytes)
+        .and_then(|()| gz.finish())
+        .unwrap_or_else(|e| panic!("cannot gzip: {e}"))
 }
 
 /// The classic escape: a healthy-looking app release plus `../escape.txt`.

@@ -1,0 +1,216 @@
+//! kill -9 at every step of a deployment, on an instance with real systemd: the agent (a debug
+//! build, which has crash points; see agent/src/failpoint.rs) is killed at each point in turn,
+//! systemd restarts it, and it must converge to the new release healthy (or, for a release that
+//! fails, to the old one), with `current` pointing at a complete release at every moment we look,
+//! and no staging left behind.
+//!
+//! Also here, because they need the same real parts: a revert whose previous release is
+//! unhealthy too (`revert_failed`, and no restart loop after it), and a parameter that flaps.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use drover::failpoint;
+use drover::userdata::WriteFile;
+use drover_tests::{wait_for, Instance, World};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const CRASH_FILE: &str = "/var/lib/drover/crash-at";
+
+/// Points in the revert path: the version deployed for them is unhealthy.
+const REVERT_POINTS: &[&str] = &["after_failed_saved", "after_revert_switch"];
+
+fn boot(world: &World) -> Instance {
+    let mut spec = world.boot_spec();
+    spec.extra_files.push(WriteFile {
+        path: "/etc/systemd/system/drover.service.d/crash.conf".into(),
+        mode: 0o644,
+        content: format!(
+            "[Service]\nEnvironment=DROVER_CRASH_FILE={CRASH_FILE}\nRestartSec=200ms\n"
+        ),
+    });
+    // The sweep restarts the app about twice as often as systemd's default start limit (5 starts
+    // in 10 s) allows: a recovery restarts it once, the retried deploy again.
+    spec.extra_files.push(WriteFile {
+        path: "/etc/systemd/system/app.service.d/crash.conf".into(),
+        mode: 0o644,
+        content: "[Unit]\nStartLimitIntervalSec=0\n".into(),
+    });
+    world.boot(spec)
+}
+
+fn served(instance: &Instance) -> Option<String> {
+    let r = instance.http_get("/version").ok()?;
+    (r.status == 200).then(|| r.text().trim().to_owned())
+}
+
+/// `current` must always name a complete release: one with both files of the app.
+fn assert_current_complete(instance: &Instance, when: &str) {
+    let Some(target) = instance.current_release() else {
+        panic!("{when}: current is missing");
+    };
+    let dir = instance.path("/opt/app").join(&target);
+    for file in ["VERSION", "app.py"] {
+        assert!(
+            dir.join(file).is_file(),
+            "{when}: current -> {} has no {file}",
+            target.display()
+        );
+    }
+}
+
+fn restarts(instance: &Instance) -> u32 {
+    instance
+        .unit_property("drover.service", "NRestarts")
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn kill_9_at_every_crash_point_converges() {
+    let world = World::new("crash");
+    let instance = boot(&world);
+    world.release("1.0.0", true);
+    instance.wait_for_events("deployed", 1, CONVERGE);
+    let mut good = "1.0.0".to_string();
+    let mut table = Vec::new();
+
+    for (i, point) in failpoint::ALL.iter().enumerate() {
+        let version = format!("2.{i}.0");
+        let healthy = !REVERT_POINTS.contains(point);
+        let before = restarts(&instance);
+        std::fs::write(instance.path(CRASH_FILE), point)
+            .unwrap_or_else(|e| panic!("cannot arm {point}: {e}"));
+        let started = Instant::now();
+        world.release(&version, healthy);
+
+        // The crash, then convergence; `current` is checked all along.
+        let expect = if healthy {
+            version.clone()
+        } else {
+            good.clone()
+        };
+        let mut samples = 0;
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            assert_current_complete(&instance, point);
+            samples += 1;
+            let crashed = restarts(&instance) > before;
+            let status = instance.status_json();
+            let settled = status["good"] == expect.as_str()
+                && status["current"] == expect.as_str()
+                && status["pending"].is_null();
+            let serving = served(&instance);
+            if crashed && settled && serving.as_deref() == Some(expect.as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no convergence to {expect} after a crash at {point} (crashed: {crashed}, \
+                 serving {serving:?}): {status}\n{}",
+                instance.container.journal_text("drover.service")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !instance.path(CRASH_FILE).exists(),
+            "{point} was never reached"
+        );
+        // One more pass, then nothing may be left in the staging area.
+        std::thread::sleep(Duration::from_millis(1500));
+        let staging = instance.exec_ok(&["ls", "-A", "/opt/app/.staging"]);
+        assert_eq!(staging.trim(), "", "{point}: leftovers in .staging");
+        assert_current_complete(&instance, point);
+        if !healthy {
+            let status = instance.status_json();
+            let failed = status["failed"].as_array().cloned().unwrap_or_default();
+            assert!(
+                failed.iter().any(|r| r["value"] == version.as_str()),
+                "{point}: the failed request is remembered: {status}"
+            );
+        }
+        good = expect.clone();
+        table.push((*point, started.elapsed(), samples, expect));
+    }
+
+    println!("| crash point | converged to | after | checks of current |\n|---|---|---:|---:|");
+    for (point, took, samples, to) in &table {
+        println!("| {point} | {to} | {took:.1?} | {samples} |");
+    }
+}
+
+#[test]
+fn unhealthy_previous_release_gives_revert_failed_and_no_restart_loop() {
+    let world = World::new("revertfail");
+    let instance = boot(&world);
+    world.release("1.0.0", true);
+    instance.wait_for_events("deployed", 1, CONVERGE);
+    // 1.0.0 goes bad while it runs (its health answers 500 from now on).
+    instance.exec_ok(&["touch", "/opt/app/releases/1.0.0/UNHEALTHY"]);
+
+    world.release("2.0.0", false);
+    let failed = instance.wait_for_events("revert_failed", 1, CONVERGE);
+    let error = failed[0]["ERROR"].as_str().unwrap_or("");
+    assert!(error.contains("1.0.0 is not healthy either"), "{error}");
+    assert_eq!(failed[0]["PRIORITY"], "3");
+    let status = instance.status_json();
+    assert_eq!(status["last"]["result"], "revert_failed");
+    assert_eq!(status["current"], "1.0.0");
+
+    // No loop: over several polls, nothing is restarted, redeployed or reverted again.
+    let restarted = instance.journal_events("unit_restarted").len();
+    let app_pid = instance.unit_property("app.service", "MainPID");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(instance.journal_events("unit_restarted").len(), restarted);
+    assert_eq!(instance.journal_events("revert_failed").len(), 1);
+    assert_eq!(instance.journal_events("deploy_started").len(), 2);
+    assert_eq!(instance.unit_property("app.service", "MainPID"), app_pid);
+    assert_eq!(restarts(&instance), 0, "drover itself did not restart");
+    assert_eq!(
+        instance.unit_property("drover.service", "ActiveState"),
+        "active"
+    );
+    // An operator's fix is a new request: 3.0.0, healthy, deploys.
+    world.release("3.0.0", true);
+    let deployed = instance.wait_for_events("deployed", 2, CONVERGE);
+    assert_eq!(deployed[1]["VERSION"], "3.0.0");
+}
+
+#[test]
+fn a_flapping_parameter_restarts_at_most_once_per_poll() {
+    let world = World::new("flap");
+    let instance = boot(&world);
+    world.release("1.0.0", true);
+    instance.wait_for_events("deployed", 1, CONVERGE);
+    world.release("2.0.0", true);
+    instance.wait_for_events("deployed", 2, CONVERGE);
+    let restarted = instance.journal_events("unit_restarted").len();
+
+    // 40 changes in 4 s, ten times the poll rate (poll_interval = 1s).
+    let started = Instant::now();
+    for i in 0..40 {
+        world.promote(if i % 2 == 0 { "1.0.0" } else { "2.0.0" });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flapped = started.elapsed();
+    world.promote("1.0.0");
+    wait_for(CONVERGE, "the last value to win", || {
+        let status = instance.status_json();
+        (status["good"] == "1.0.0" && status["current"] == "1.0.0").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let elapsed = started.elapsed();
+    let restarts_during = instance.journal_events("unit_restarted").len() - restarted;
+    let polls = elapsed.as_secs_f64() / 1.0;
+    println!(
+        "flap: 41 changes in {flapped:.1?}; {restarts_during} restarts in {elapsed:.1?} (~{polls:.0} polls)"
+    );
+    assert!(
+        (restarts_during as f64) <= polls + 1.0,
+        "{restarts_during} restarts in {elapsed:?}"
+    );
+    assert_eq!(served(&instance).as_deref(), Some("1.0.0"));
+    // Neither release was downloaded again: both stayed on disk.
+    assert_eq!(instance.journal_events("artifact_verified").len(), 2);
+}

@@ -1,0 +1,135 @@
+//! A full disk, for real: the release root is a 4 MiB tmpfs, and the real `drover once` (AWS SDK
+//! against moto) fetches artifacts that do not fit, once while downloading and once while
+//! unpacking. Each time the staging is cleaned up, the old release stays active and complete, the
+//! event names the path and ENOSPC, and the request is retried (not remembered as failed), so
+//! that the same version deploys once there is space.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use drover_tests::host::{stderr, Host};
+use drover_tests::release::{noise, raw_tar_gz, RawEntry};
+use drover_tests::{sha256_hex, World};
+
+/// A tmpfs mounted for the test's lifetime.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mount tmpfs at {}", at.display());
+        SmallFs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "resize tmpfs at {}", self.0.display());
+    }
+
+    fn used(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=used", "-B1"])
+            .arg(&self.0)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn upload(host: &Host, version: &str, archive: &[u8]) {
+    let world = &host.world;
+    let key = format!("releases/{version}.tar.gz");
+    world.moto.put_object(&world.bucket, &key, archive);
+    let sums = format!("{}  {version}.tar.gz\n", sha256_hex(archive));
+    world
+        .moto
+        .put_object(&world.bucket, &format!("{key}.sha256"), sums.as_bytes());
+    world.promote(version);
+}
+
+fn release(version: &str, payload: Vec<u8>) -> Vec<u8> {
+    raw_tar_gz(&[
+        RawEntry::file("VERSION", format!("{version}\n").as_bytes()),
+        RawEntry::file("payload", &payload),
+    ])
+}
+
+#[test]
+fn full_disk_while_downloading_or_unpacking_keeps_the_old_release() {
+    let world = World::new("fulldisk");
+    let endpoint = world.moto.endpoint();
+    let host = Host::with_config(world, &endpoint, "");
+    let disk = SmallFs::mount(&host.root(), "4m");
+
+    upload(&host, "1.0.0", &release("1.0.0", noise(256 << 10)));
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let baseline = disk.used();
+
+    let cases = [
+        // 6 MiB of noise: the download itself does not fit.
+        ("2.0.0", release("2.0.0", noise(6 << 20)), "artifact.tar.gz"),
+        // 8 MiB of zeros: an 8 kB download that does not fit once unpacked.
+        ("3.0.0", release("3.0.0", vec![0; 8 << 20]), "payload"),
+    ];
+    for (version, archive, path_in_error) in &cases {
+        upload(&host, version, archive);
+        let out = host.drover(&["once"]);
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{version}: {text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("event=\"poll_failed\""))
+            .unwrap_or_else(|| panic!("{version}: no poll_failed event in\n{text}"));
+        assert!(line.contains("No space left on device"), "{line}");
+        assert!(line.contains(path_in_error), "{line}");
+        assert!(line.contains(&format!("version=\"{version}\"")), "{line}");
+        assert!(!text.contains("artifact_rejected"), "{text}");
+        assert_eq!(host.current(), "releases/1.0.0");
+        assert_eq!(host.release_dirs(), (vec!["1.0.0".into()], vec![]));
+        let served = std::fs::read_to_string(host.root().join("current/VERSION")).expect("VERSION");
+        assert_eq!(served, "1.0.0\n");
+        assert_eq!(disk.used(), baseline, "{version}: space was not given back");
+        assert_eq!(host.status()["good"], "1.0.0");
+        assert!(
+            host.status()["failed"]
+                .as_array()
+                .is_some_and(|f| f.is_empty()),
+            "a full disk is not the artifact's fault"
+        );
+        eprintln!("{version}: {line}");
+    }
+
+    // Space freed (the filesystem grown): the parameter still says 3.0.0, and it deploys.
+    disk.resize("16m");
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(host.current(), "releases/3.0.0");
+}
