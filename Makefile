@@ -21,6 +21,7 @@ include tests/test.mk
 -include packaging/packaging.mk
 -include systemd/systemd.mk
 -include cloud-init/cloud-init.mk
+-include agent/fuzz/fuzz.mk
 
 build:
 	$(CARGO) build --workspace --all-targets --locked
