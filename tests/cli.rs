@@ -230,4 +230,21 @@ fn doctor_says_what_is_wrong_and_what_to_do() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL  unit app.service"), "{text}");
     assert!(text.contains("system bus"), "{text}");
+
+    // A release owner: found (root), or named with the fix.
+    for (owner, line) in [
+        ("root", "ok    release owner root: uid 0 gid 0"),
+        (
+            "no-such-user-here",
+            "FAIL  release owner no-such-user-here: release.owner \"no-such-user-here\": no user",
+        ),
+    ] {
+        let with_owner = host.world.dir().join("owner.toml");
+        let text = std::fs::read_to_string(&host.config)
+            .unwrap()
+            .replace("keep = 2", &format!("keep = 2\nowner = \"{owner}\""));
+        std::fs::write(&with_owner, text).unwrap();
+        let text = stdout(&drover_with(&with_owner, &["doctor"]));
+        assert!(text.contains(line), "{text}");
+    }
 }

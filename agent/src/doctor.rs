@@ -101,6 +101,7 @@ pub async fn run(config: &Config, config_path: &std::path::Path) -> Report {
     check_artifact(&mut report, config, &store, desired.as_ref()).await;
     check_units(&mut report, config).await;
     check_disk(&mut report, config);
+    check_owner(&mut report, config);
     check_state_dir(&mut report, config);
     check_health(&mut report, config).await;
     report
@@ -285,6 +286,20 @@ fn check_disk(report: &mut Report, config: &Config) {
         Err(e) => fail(e, "check that the release root's filesystem is mounted"),
     };
     report.add(name, verdict);
+}
+
+fn check_owner(report: &mut Report, config: &Config) {
+    let Some(spec) = &config.release.owner else {
+        return;
+    };
+    let verdict = match crate::owner::lookup(spec) {
+        Ok(o) => Verdict::Ok(format!("uid {} gid {}", o.uid, o.gid)),
+        Err(e) => fail(
+            e,
+            "create the user (deploys wait for it), or give [release] owner as uid:gid",
+        ),
+    };
+    report.add(format!("release owner {spec}"), verdict);
 }
 
 fn check_state_dir(report: &mut Report, config: &Config) {
