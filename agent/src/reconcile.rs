@@ -101,6 +101,34 @@ enum FetchFailure {
     Transient(String),
 }
 
+impl From<FetchError> for FetchFailure {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::Store(StoreError::NotFound { .. }) => FetchFailure::Missing(e.to_string()),
+            e if e.is_artifact_fault() => FetchFailure::Rejected(e.to_string()),
+            e => FetchFailure::Transient(e.to_string()),
+        }
+    }
+}
+
+impl From<unpack::UnpackError> for FetchFailure {
+    fn from(e: unpack::UnpackError) -> Self {
+        if e.is_artifact_fault() {
+            FetchFailure::Rejected(e.to_string())
+        } else {
+            FetchFailure::Transient(e.to_string())
+        }
+    }
+}
+
+/// Everything else that can stop a fetch (the staging area, a task, the owner's chown) is this
+/// machine's trouble, not the artifact's.
+impl From<PathError> for FetchFailure {
+    fn from(e: PathError) -> Self {
+        FetchFailure::Transient(e.to_string())
+    }
+}
+
 impl<S, A, M, H> Agent<S, A, M, H>
 where
     S: DesiredSource,
@@ -547,10 +575,7 @@ where
         desired: &Desired,
         fields: &Fields<'_>,
     ) -> Result<(), FetchFailure> {
-        let staging = self
-            .layout
-            .new_staging("fetch", &desired.version)
-            .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+        let staging = self.layout.new_staging("fetch", &desired.version)?;
         let result = self.fetch_into(&staging, desired, fields).await;
         let _ = crate::fsutil::remove_tree(&staging);
         result
@@ -570,15 +595,9 @@ where
             .map(owner::lookup)
             .transpose()
             .map_err(FetchFailure::Transient)?;
-        let classify = |e: FetchError| match e {
-            FetchError::Store(StoreError::NotFound { .. }) => FetchFailure::Missing(e.to_string()),
-            e if e.is_artifact_fault() => FetchFailure::Rejected(e.to_string()),
-            e => FetchFailure::Transient(e.to_string()),
-        };
         let expected =
             fetch::expected_digest(&self.store, &key, desired.sha256, artifact.download_timeout)
-                .await
-                .map_err(classify)?;
+                .await?;
         let tarball = staging.join("artifact.tar.gz");
         let len = fetch::download(
             &self.store,
@@ -588,8 +607,7 @@ where
             artifact.max_size,
             artifact.download_timeout,
         )
-        .await
-        .map_err(classify)?;
+        .await?;
         let digest = expected.to_string();
         emit(
             Event::ArtifactVerified,
@@ -606,9 +624,7 @@ where
 
         // 3. Unpack on a blocking thread, so the watchdog keeps being fed.
         let unpacked: PathBuf = staging.join("release");
-        std::fs::create_dir(&unpacked)
-            .at("create directory", &unpacked)
-            .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+        std::fs::create_dir(&unpacked).at("create directory", &unpacked)?;
         let limits = Limits {
             max_unpacked_size: artifact.max_unpacked_size,
             max_entries: artifact.max_entries,
@@ -616,14 +632,7 @@ where
         let (src, dst) = (tarball.clone(), unpacked.clone());
         let stats = tokio::task::spawn_blocking(move || unpack::unpack(&src, &dst, &limits))
             .await
-            .map_err(|e| FetchFailure::Transient(format!("unpack task: {e}")))?
-            .map_err(|e| {
-                if e.is_artifact_fault() {
-                    FetchFailure::Rejected(e.to_string())
-                } else {
-                    FetchFailure::Transient(e.to_string())
-                }
-            })?;
+            .map_err(|e| FetchFailure::Transient(format!("unpack task: {e}")))??;
         tracing::info!(
             target: "drover",
             version = desired.version.as_str(),
@@ -651,16 +660,13 @@ where
                 crate::fsutil::sync_filesystem(&dst).map(|()| n)
             })
             .await
-            .map_err(|e| FetchFailure::Transient(format!("chown task: {e}")))?
-            .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+            .map_err(|e| FetchFailure::Transient(format!("chown task: {e}")))??;
             tracing::info!(target: "drover", version = desired.version.as_str(), owner = %spec,
                 entries = given, "Gave {given} entries of {} to {spec}", desired.version);
         }
         let _ = std::fs::remove_file(&tarball);
         failpoint::hit("after_unpack");
-        self.layout
-            .install(&unpacked, &desired.version)
-            .map_err(|e| FetchFailure::Transient(e.to_string()))?;
+        self.layout.install(&unpacked, &desired.version)?;
         failpoint::hit("after_install");
         Ok(())
     }
