@@ -16,7 +16,7 @@ use std::path::Path;
 
 use drover_tests::host::{stderr, Host};
 use drover_tests::release::{gzip, noise, raw_tar_gz, RawEntry};
-use drover_tests::{sha256_hex, World};
+use drover_tests::World;
 
 /// Small caps, so that the bombs are cheap to build: 16 MiB unpacked, 1000 entries.
 const CAPS: &str = "max_unpacked_size = \"16MiB\"\nmax_entries = 1000\n";
@@ -261,18 +261,6 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (u64, u32)> {
     out
 }
 
-/// Uploads `archive` as `version` with its true digest, as an attacker with bucket access could.
-fn upload(host: &Host, version: &str, archive: &[u8]) {
-    let world = &host.world;
-    let key = format!("releases/{version}.tar.gz");
-    world.moto.put_object(&world.bucket, &key, archive);
-    let sums = format!("{}  {version}.tar.gz\n", sha256_hex(archive));
-    world
-        .moto
-        .put_object(&world.bucket, &format!("{key}.sha256"), sums.as_bytes());
-    world.promote(version);
-}
-
 fn rejection_line(out: &str) -> Option<&str> {
     out.lines()
         .find(|l| l.contains("event=\"artifact_rejected\""))
@@ -293,7 +281,7 @@ fn hostile_archives_are_rejected_and_nothing_is_written_outside() {
     let mut table = Vec::new();
     for (i, case) in corpus().into_iter().enumerate() {
         let version = format!("evil-{i}");
-        upload(&host, &version, &case.archive);
+        host.upload_and_promote(&version, &case.archive);
         let out = host.drover(&["once"]);
         let text = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{}: {text}", case.name);
@@ -343,7 +331,7 @@ fn setuid_and_setgid_bits_are_dropped_not_rejected() {
         RawEntry::file("bin/sgid", b"#!/bin/sh\n").with_mode(0o2755),
         RawEntry::dir("shared").with_mode(0o3777),
     ]);
-    upload(&host, "1", &archive);
+    host.upload_and_promote("1", &archive);
     let out = host.drover(&["once"]);
     let text = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");

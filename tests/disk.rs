@@ -11,7 +11,7 @@ use std::process::Command;
 
 use drover_tests::host::{stderr, Host};
 use drover_tests::release::{noise, raw_tar_gz, RawEntry};
-use drover_tests::{sha256_hex, World};
+use drover_tests::World;
 
 /// A tmpfs mounted for the test's lifetime.
 struct SmallFs(PathBuf);
@@ -63,17 +63,6 @@ impl Drop for SmallFs {
     }
 }
 
-fn upload(host: &Host, version: &str, archive: &[u8]) {
-    let world = &host.world;
-    let key = format!("releases/{version}.tar.gz");
-    world.moto.put_object(&world.bucket, &key, archive);
-    let sums = format!("{}  {version}.tar.gz\n", sha256_hex(archive));
-    world
-        .moto
-        .put_object(&world.bucket, &format!("{key}.sha256"), sums.as_bytes());
-    world.promote(version);
-}
-
 fn release(version: &str, payload: Vec<u8>) -> Vec<u8> {
     raw_tar_gz(&[
         RawEntry::file("VERSION", format!("{version}\n").as_bytes()),
@@ -88,7 +77,7 @@ fn full_disk_while_downloading_or_unpacking_keeps_the_old_release() {
     let host = Host::with_config(world, &endpoint, "");
     let disk = SmallFs::mount(&host.root(), "4m");
 
-    upload(&host, "1.0.0", &release("1.0.0", noise(256 << 10)));
+    host.upload_and_promote("1.0.0", &release("1.0.0", noise(256 << 10)));
     let out = host.drover(&["once"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let baseline = disk.used();
@@ -100,7 +89,7 @@ fn full_disk_while_downloading_or_unpacking_keeps_the_old_release() {
         ("3.0.0", release("3.0.0", vec![0; 8 << 20]), "payload"),
     ];
     for (version, archive, path_in_error) in &cases {
-        upload(&host, version, archive);
+        host.upload_and_promote(version, archive);
         let out = host.drover(&["once"]);
         let text = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{version}: {text}");

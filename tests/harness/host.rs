@@ -62,6 +62,19 @@ impl Host {
         drover_command(&self.config, args)
     }
 
+    /// Uploads `archive` as `version` with its true `.sha256` straight to moto, then promotes
+    /// it: what an operator does, or an attacker with write access to the bucket.
+    pub fn upload_and_promote(&self, version: &str, archive: &[u8]) {
+        let world = &self.world;
+        let key = format!("releases/{version}.tar.gz");
+        world.moto.put_object(&world.bucket, &key, archive);
+        let sums = format!("{}  {version}.tar.gz\n", crate::sha256_hex(archive));
+        world
+            .moto
+            .put_object(&world.bucket, &format!("{key}.sha256"), sums.as_bytes());
+        world.promote(version);
+    }
+
     /// The release root (`[release] root`).
     pub fn root(&self) -> PathBuf {
         self.world.dir().join("app")
