@@ -7,6 +7,8 @@
 # Targets: parse_value (the SSM parameter value), parse_sha256sum (the .sha256 file), unpack_targz
 # (a downloaded .tar.gz) and unpack_tar (a tar stream, gzipped by the target).
 # Installs cargo-fuzz $(CARGO_FUZZ_VERSION) when it is missing.
+# What the unpacker says of each corpus file (accepted, or why not), in agent/fuzz/:
+#   DROVER_FUZZ_VERBOSE=1 target/x86_64-unknown-linux-gnu/release/unpack_tar corpus/unpack_tar/*
 
 FUZZ_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 FUZZ_SECONDS ?= 60

@@ -63,7 +63,9 @@ for t in $targets; do
   stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
   execs=$(stat number_of_executed_units)
   rate=$(stat average_exec_per_sec)
+  # Files kept in corpus/ (they add up over runs), and the corpus libFuzzer itself ended with.
   corpus=$(find "$fuzz_dir/corpus/$t" -type f | wc -l)
+  active=$(sed -n 's/.*DONE .* corp: \([^ ]*\).*/\1/p' "$log" | tail -1)
   findings=$(find "$fuzz_dir/artifacts/$t" -type f \
     \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
   if [[ -z $execs ]]; then
@@ -80,8 +82,8 @@ for t in $targets; do
     ((findings > 0)) || findings=1
   fi
   total_findings=$((total_findings + findings))
-  summary+=("$(printf '%-16s %11s execs %8s execs/s %5s s   corpus %5s   findings %s' \
-    "$t" "$execs" "$rate" "$took" "$corpus" "$findings")")
+  summary+=("$(printf '%-16s %10s execs %7s execs/s %4s s   corpus %5s files (%s)   findings %s' \
+    "$t" "$execs" "$rate" "$took" "$corpus" "${active:-?}" "$findings")")
 done
 
 echo

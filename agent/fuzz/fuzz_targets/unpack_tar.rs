@@ -1,5 +1,6 @@
-//! The input is the tar stream, gzipped here before `drover::unpack::unpack` reads it: every
-//! mutation lands in the tar layer (headers, names, links, sizes, padding).
+//! The input is the tar stream; the target corrects its header checksums and gzips it before
+//! `drover::unpack::unpack` reads it, so every mutation lands in the tar layer (headers, names,
+//! links, sizes, extended headers, padding).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| drover_fuzz::check_unpack(&drover_fuzz::gzip(data)));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| drover_fuzz::check_unpack_tar(data));

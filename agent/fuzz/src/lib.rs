@@ -105,12 +105,83 @@ pub fn check_sha256sum(data: &[u8]) {
     );
 }
 
+/// The `unpack_tar` target: `data` is a tar stream. It is padded to whole 512-byte blocks, its
+/// header checksums are corrected and it is gzipped before it is unpacked, so that a mutated
+/// header reaches the code behind those checks (names, links, sizes, extended headers) instead
+/// of failing at them; `unpack_targz` keeps the framing, checksum and gzip failures covered.
+pub fn check_unpack_tar(data: &[u8]) {
+    let mut tar = data.to_vec();
+    tar.resize(tar.len().next_multiple_of(512), 0);
+    fix_tar_checksums(&mut tar);
+    check_unpack(&gzip(&tar));
+}
+
+/// Rewrites the checksum of each header found by walking the stream as a reader would: a
+/// 512-byte header, then its data rounded up to 512 bytes. Stops at a size it cannot read.
+/// (A PAX `size` record would move the next header; the walk does not follow it.)
+pub fn fix_tar_checksums(tar: &mut [u8]) {
+    let mut at = 0usize;
+    while let Some(header) = tar.get_mut(at..at + 512) {
+        if header.iter().all(|&b| b == 0) {
+            at += 512;
+            continue;
+        }
+        let sum: u32 = header
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(b)
+                }
+            })
+            .sum();
+        header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let Some(size) = tar_number(&header[124..136]) else {
+            return;
+        };
+        let Some(next) = size
+            .checked_next_multiple_of(512)
+            .and_then(|s| usize::try_from(s).ok())
+            .and_then(|s| (at + 512).checked_add(s))
+        else {
+            return;
+        };
+        at = next;
+    }
+}
+
+/// A tar numeric field: octal text (spaces and NULs around it), or GNU base-256.
+fn tar_number(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        return field[1..]
+            .iter()
+            .try_fold(u64::from(field[0] & 0x7f), |n, &b| {
+                n.checked_mul(256)?.checked_add(u64::from(b))
+            });
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c| c == ' ' || c == '\0');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
 /// gzip around a tar stream, so that the fuzzer's mutations land in the tar layer instead of
 /// breaking the gzip CRC.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(data).expect("writing to a Vec cannot fail");
     gz.finish().expect("writing to a Vec cannot fail")
+}
+
+/// `DROVER_FUZZ_VERBOSE=1` prints what the unpacker said of each input: run a target binary on
+/// corpus files to see which of them are accepted and why the others are not.
+fn verbose() -> bool {
+    static VERBOSE: OnceLock<bool> = OnceLock::new();
+    *VERBOSE.get_or_init(|| std::env::var_os("DROVER_FUZZ_VERBOSE").is_some_and(|v| v == "1"))
 }
 
 /// One directory per fuzzing process, on tmpfs when there is one: the unpacker `syncfs`es the
@@ -150,6 +221,12 @@ pub fn check_unpack(archive: &[u8]) {
     fs::create_dir(&dest).expect("cannot make dest");
 
     let result = unpack(&archive_path, &dest, &LIMITS);
+    if verbose() {
+        match &result {
+            Ok(stats) => eprintln!("unpack: accepted {stats:?}"),
+            Err(e) => eprintln!("unpack: rejected: {e}"),
+        }
+    }
 
     assert_eq!(
         names(root),
