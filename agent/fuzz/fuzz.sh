@@ -26,6 +26,9 @@ fi
 
 # Run from agent/, where cargo fuzz finds its project in fuzz/.
 cd ..
+# Fuzz the dependency versions that ship: the workspace's Cargo.lock, to which cargo adds only
+# what the fuzz crate needs besides (libfuzzer-sys and its two dependencies).
+cp ../Cargo.lock fuzz/Cargo.lock
 # cargo fuzz's defaults: optimised, with debug assertions and overflow checks (which --release
 # would turn off), and AddressSanitizer.
 build() {
