@@ -6,8 +6,6 @@
 //! silently; a reader that trusts one and a writer or scanner that trusts the other disagree on
 //! where the next header starts (the TARmageddon class, CVE-2025-62518). Here the two must agree.
 
-use std::io::Read;
-
 /// The largest extended header we read. A PAX record set for one member (path, linkpath, times,
 /// a few attributes) is a few KiB; anything bigger is an attack or a mistake.
 pub const MAX_EXTENDED: u64 = 64 * 1024;
@@ -36,24 +34,22 @@ impl Extended {
         *self != Extended::default()
     }
 
-    /// Reads one extended-header entry of `kind` whose body is `body` (`declared` bytes).
-    /// Global PAX headers (`g`, which `git archive` writes) are read and ignored: nothing in them
-    /// concerns where or what a member is.
-    pub fn absorb(
-        &mut self,
-        kind: tar::EntryType,
-        declared: u64,
-        body: &mut impl Read,
-    ) -> Result<(), String> {
+    /// Refuses an extended header that declares more than [`MAX_EXTENDED`] bytes, before any
+    /// of it is read.
+    pub fn check_size(declared: u64) -> Result<(), String> {
         if declared > MAX_EXTENDED {
             return Err(format!(
                 "extended header of {declared} bytes exceeds the limit of {MAX_EXTENDED}"
             ));
         }
-        let mut bytes = Vec::with_capacity(declared as usize);
-        body.take(MAX_EXTENDED)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("reading an extended header: {e}"))?;
+        Ok(())
+    }
+
+    /// Takes in one extended-header entry of `kind` whose body is `bytes` (at most
+    /// [`MAX_EXTENDED`], see [`Extended::check_size`]). Global PAX headers (`g`, which
+    /// `git archive` writes) are parsed and ignored: nothing in them concerns where or what a
+    /// member is.
+    pub fn absorb(&mut self, kind: tar::EntryType, bytes: Vec<u8>) -> Result<(), String> {
         use tar::EntryType as T;
         let twice = |what: &str| Err(format!("two {what} headers for one member"));
         match kind {
@@ -188,8 +184,8 @@ mod tests {
     #[test]
     fn pax_and_long_names_override_the_ustar_fields() {
         let mut ext = Extended::default();
-        ext.absorb(T::GNULongName, 6, &mut &b"a/b/c\0"[..]).unwrap();
-        ext.absorb(T::XHeader, 16, &mut &b"16 linkpath=tgt\n"[..])
+        ext.absorb(T::GNULongName, b"a/b/c\0".to_vec()).unwrap();
+        ext.absorb(T::XHeader, b"16 linkpath=tgt\n".to_vec())
             .unwrap();
         assert!(ext.is_pending());
         let m = ext.apply(&header("short", 0)).unwrap();
@@ -197,42 +193,35 @@ mod tests {
         assert_eq!(m.link.as_deref(), Some(&b"tgt"[..]));
         assert!(!ext.is_pending());
         // PAX path beats a GNU long name.
-        ext.absorb(T::GNULongName, 4, &mut &b"gnu\0"[..]).unwrap();
-        ext.absorb(T::XHeader, 12, &mut &b"12 path=pax\n"[..])
-            .unwrap();
+        ext.absorb(T::GNULongName, b"gnu\0".to_vec()).unwrap();
+        ext.absorb(T::XHeader, b"12 path=pax\n".to_vec()).unwrap();
         assert_eq!(ext.apply(&header("x", 0)).unwrap().name, b"pax");
     }
 
     #[test]
     fn a_pax_size_that_disagrees_is_refused() {
         let mut ext = Extended::default();
-        ext.absorb(T::XHeader, 12, &mut &b"12 size=512\n"[..])
-            .unwrap();
+        ext.absorb(T::XHeader, b"12 size=512\n".to_vec()).unwrap();
         let err = ext.apply(&header("f", 0)).unwrap_err();
         assert!(err.contains("PAX size 512 disagrees"), "{err}");
-        ext.absorb(T::XHeader, 12, &mut &b"12 size=512\n"[..])
-            .unwrap();
+        ext.absorb(T::XHeader, b"12 size=512\n".to_vec()).unwrap();
         assert_eq!(ext.apply(&header("f", 512)).unwrap().size, 512);
-        assert!(ext
-            .absorb(T::XHeader, 11, &mut &b"11 size=-1\n"[..])
-            .is_err());
+        assert!(ext.absorb(T::XHeader, b"11 size=-1\n".to_vec()).is_err());
     }
 
     #[test]
     fn oversized_or_repeated_extended_headers_are_refused() {
-        let mut ext = Extended::default();
-        let err = ext
-            .absorb(T::GNULongName, MAX_EXTENDED + 1, &mut std::io::empty())
-            .unwrap_err();
+        let err = Extended::check_size(MAX_EXTENDED + 1).unwrap_err();
         assert!(err.contains("exceeds the limit"), "{err}");
-        ext.absorb(T::GNULongName, 2, &mut &b"a\0"[..]).unwrap();
-        assert!(ext.absorb(T::GNULongName, 2, &mut &b"b\0"[..]).is_err());
+        assert!(Extended::check_size(MAX_EXTENDED).is_ok());
+        let mut ext = Extended::default();
+        ext.absorb(T::GNULongName, b"a\0".to_vec()).unwrap();
+        assert!(ext.absorb(T::GNULongName, b"b\0".to_vec()).is_err());
         let mut global = Extended::default();
         global
             .absorb(
                 T::XGlobalHeader,
-                52,
-                &mut &b"52 comment=0123456789012345678901234567890123456789\n"[..],
+                b"52 comment=0123456789012345678901234567890123456789\n".to_vec(),
             )
             .unwrap();
         assert!(!global.is_pending(), "global headers are ignored");

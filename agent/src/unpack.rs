@@ -136,8 +136,13 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
             T::GNULongName | T::GNULongLink | T::XHeader | T::XGlobalHeader
         ) {
             let declared = entry.size();
+            Extended::check_size(declared).map_err(|r| unsafe_entry(&header_name, r))?;
+            let mut bytes = Vec::with_capacity(declared as usize);
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| map_read_error(e, &header_name))?;
             extended
-                .absorb(kind, declared, &mut entry)
+                .absorb(kind, bytes)
                 .map_err(|r| unsafe_entry(&header_name, r))?;
             continue;
         }
@@ -346,10 +351,14 @@ impl<'a> Extractor<'a> {
             T::Char | T::Block => return Err(unsafe_entry(&name, "device node")),
             T::Fifo => return Err(unsafe_entry(&name, "fifo")),
             other => {
+                let byte = other.as_byte();
                 return Err(unsafe_entry(
                     &name,
-                    format!("unsupported entry type {other:?}"),
-                ))
+                    format!(
+                        "unsupported entry type {:?} (0x{byte:02x})",
+                        char::from(byte)
+                    ),
+                ));
             }
         }
         Ok(())
