@@ -1,6 +1,6 @@
 //! A full disk, for real: the release root is a 4 MiB tmpfs, and the real `drover once` (AWS SDK
 //! against moto) fetches artifacts that do not fit, once while downloading and once while
-//! unpacking. Each time the staging is cleaned up, the old release stays active and complete, the
+//! unpacking; then the same on an instance, where the app must keep serving. Each time the staging is cleaned up, the old release stays active and complete, the
 //! event names the path and ENOSPC, and the request is retried (not remembered as failed), so
 //! that the same version deploys once there is space.
 
@@ -9,9 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::Duration;
+
 use drover_tests::host::{stderr, Host};
-use drover_tests::release::{noise, raw_tar_gz, RawEntry};
+use drover_tests::release::{noise, raw_tar_gz, RawEntry, APP_PY};
 use drover_tests::World;
+use drover_tests::{wait_for, Bind};
 
 /// A tmpfs mounted for the test's lifetime.
 struct SmallFs(PathBuf);
@@ -121,4 +124,55 @@ fn full_disk_while_downloading_or_unpacking_keeps_the_old_release() {
     let out = host.drover(&["once"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(host.current(), "releases/3.0.0");
+}
+
+#[test]
+fn full_disk_on_an_instance_keeps_the_app_serving() {
+    let world = World::new("fulldisk_instance");
+    let disk = SmallFs::mount(&world.dir().join("opt-app"), "4m");
+    let mut spec = world.boot_spec();
+    spec.binds.push(Bind {
+        host: disk.0.clone(),
+        inside: "/opt/app".into(),
+        read_only: false,
+    });
+    let instance = world.boot(spec);
+    world.release("1.0.0", true);
+    instance.wait_for_events("deployed", 1, Duration::from_secs(60));
+
+    // 2.0.0 carries 6 MiB that does not compress: it cannot even be downloaded.
+    let big = raw_tar_gz(&[
+        RawEntry::file("app.py", APP_PY.as_bytes()),
+        RawEntry::file("VERSION", b"2.0.0\n"),
+        RawEntry::file("data.bin", &noise(6 << 20)),
+    ]);
+    let tarball = world.artifacts_dir().join("2.0.0.tar.gz");
+    std::fs::write(&tarball, &big).unwrap();
+    world.publish("2.0.0", &tarball);
+    world.promote("2.0.0");
+    let failed = wait_for(Duration::from_secs(60), "ENOSPC to be reported", || {
+        instance
+            .journal_events("poll_failed")
+            .into_iter()
+            .find(|e| e["VERSION"] == "2.0.0")
+    });
+    let error = failed["ERROR"].as_str().unwrap_or("");
+    assert!(error.contains("No space left on device"), "{error}");
+    assert_eq!(failed["PRIORITY"], "3");
+    for _ in 0..3 {
+        let served = instance.http_get("/version").expect("the app answers");
+        assert_eq!(served.text().trim(), "1.0.0");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let staging = instance.exec_ok(&["ls", "-A", "/opt/app/.staging"]);
+    assert_eq!(staging.trim(), "", "staging is cleaned up");
+    assert!(instance.journal_events("artifact_rejected").is_empty());
+
+    // Room made (the volume grown): the same request deploys on a later pass.
+    disk.resize("16m");
+    let deployed = instance.wait_for_events("deployed", 2, Duration::from_secs(60));
+    assert_eq!(deployed[1]["VERSION"], "2.0.0");
+    let served = instance.http_get("/version").expect("the app answers");
+    assert_eq!(served.text().trim(), "2.0.0");
+    drop(instance); // halted before the tmpfs under it is unmounted
 }
