@@ -248,3 +248,65 @@ fn doctor_says_what_is_wrong_and_what_to_do() {
         assert!(text.contains(line), "{text}");
     }
 }
+
+#[test]
+fn unpack_checks_a_local_artifact_as_an_instance_would() {
+    let host = Host::new("unpack");
+    let dir = host.world.artifacts_dir();
+    let tarball = host.world.app_tarball("1.0.0", true);
+    let digest = drover_tests::sha256_file(&tarball);
+    let run = |args: &[&str]| drover_with(Path::new("/nonexistent/drover.toml"), args);
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+
+    let good = dir.join("good");
+    let out = run(&["unpack", "--sha256", &digest, &path(&tarball), &path(&good)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(verified)"), "{}", stdout(&out));
+    assert!(good.join("app.py").is_file());
+
+    // The wrong digest: nothing is created.
+    let wrong = dir.join("wrong");
+    let out = run(&[
+        "unpack",
+        "--sha256",
+        &sha256_hex(b"x"),
+        &path(&tarball),
+        &path(&wrong),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("sha256 mismatch"), "{}", stderr(&out));
+    assert!(!wrong.exists());
+
+    // A hostile archive: rejected, naming the entry, and the directory is removed again.
+    let evil = drover_tests::release::escaping_tarball(&dir, "2.0.0");
+    let out = run(&["unpack", &path(&evil), &path(&dir.join("evil"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("../escape.txt"), "{}", stderr(&out));
+    assert!(!dir.join("evil").exists());
+
+    // Limits from the flags (or the config), and bad flags are usage errors.
+    let out = run(&[
+        "unpack",
+        "--max-entries",
+        "1",
+        &path(&tarball),
+        &path(&dir.join("few")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("entry count limit of 1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "unpack",
+        "--sha256",
+        "abc",
+        &path(&tarball),
+        &path(&dir.join("x")),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = drover_with(&host.config, &["unpack", &path(&tarball), &path(&good)]);
+    assert_eq!(out.status.code(), Some(1), "DEST exists already");
+    assert!(stderr(&out).contains("File exists"), "{}", stderr(&out));
+}

@@ -55,6 +55,25 @@ enum Command {
     Doctor,
     /// Print cloud-init user-data that installs drover on a new instance (reads no --config).
     UserData(UserDataArgs),
+    /// Verify and unpack a local .tar.gz exactly as an instance would, into the new DEST.
+    Unpack(UnpackArgs),
+}
+
+#[derive(Args)]
+struct UnpackArgs {
+    /// The digest the archive must have (64 hex digits); without it, it is only printed.
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    /// Largest sum of file sizes [default: [artifact] max_unpacked_size of the config if there
+    /// is one, else 8GiB].
+    #[arg(long, value_name = "SIZE")]
+    max_unpacked_size: Option<String>,
+    /// Most entries [default: [artifact] max_entries of the config if there is one, else 250000].
+    #[arg(long, value_name = "N")]
+    max_entries: Option<u64>,
+    archive: PathBuf,
+    /// A directory that does not exist yet.
+    dest: PathBuf,
 }
 
 #[derive(Args)]
@@ -105,6 +124,10 @@ pub fn main() -> ExitCode {
     // Renders text for another machine, so this one's config does not matter.
     if let Command::UserData(args) = &cli.command {
         return user_data(args);
+    }
+    // Needs no config, but takes its limits from one that is there.
+    if let Command::Unpack(args) = &cli.command {
+        return unpack(args, &cli.config);
     }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -159,6 +182,7 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
                 })
         }
         Command::UserData(args) => Ok(user_data(&args)),
+        Command::Unpack(args) => Ok(unpack(&args, config_path)),
         Command::Promote { version } => {
             let sdk = aws::sdk_config(&config.aws).await;
             let source = SsmSource::new(&sdk, &config.source.parameter);
@@ -175,6 +199,59 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
         eprintln!("drover: {e}");
         ExitCode::from(FAILED)
     })
+}
+
+/// `drover unpack`: bad flags or an unreadable config are usage errors; a rejected archive fails.
+fn unpack(args: &UnpackArgs, config_path: &std::path::Path) -> ExitCode {
+    let limits = match unpack_limits(args, config_path) {
+        Ok(limits) => limits,
+        Err(e) => {
+            eprintln!("drover unpack: {e}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    let expected = match args.sha256.as_deref().map(str::parse).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("drover unpack: --sha256: {e}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    match operator::unpack_local(&args.archive, &args.dest, expected, &limits) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("drover unpack: {e}");
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+fn unpack_limits(
+    args: &UnpackArgs,
+    config_path: &std::path::Path,
+) -> Result<crate::unpack::Limits, String> {
+    let mut limits = crate::unpack::Limits {
+        max_unpacked_size: config::DEFAULT_MAX_UNPACKED_SIZE,
+        max_entries: config::DEFAULT_MAX_ENTRIES,
+    };
+    if config_path.exists() {
+        let artifact = Config::load(config_path)
+            .map_err(|e| e.to_string())?
+            .artifact;
+        limits.max_unpacked_size = artifact.max_unpacked_size;
+        limits.max_entries = artifact.max_entries;
+    }
+    if let Some(size) = &args.max_unpacked_size {
+        limits.max_unpacked_size =
+            config::parse_size(size).map_err(|e| format!("--max-unpacked-size: {e}"))?;
+    }
+    if let Some(n) = args.max_entries {
+        limits.max_entries = n;
+    }
+    Ok(limits)
 }
 
 /// `drover user-data`: bad input (flags, files, a config the agent would refuse) is a usage error.

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/drover/config.toml";
+/// `[artifact] max_unpacked_size` when unset.
+pub const DEFAULT_MAX_UNPACKED_SIZE: u64 = 8 << 30;
+/// `[artifact] max_entries` when unset.
+pub const DEFAULT_MAX_ENTRIES: u64 = 250_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -292,7 +296,7 @@ impl Config {
             max_unpacked_size: size(
                 "artifact.max_unpacked_size",
                 artifact_raw.max_unpacked_size,
-                8 << 30,
+                DEFAULT_MAX_UNPACKED_SIZE,
             )?,
             max_entries: match artifact_raw.max_entries {
                 Some(0) => {
@@ -302,7 +306,7 @@ impl Config {
                     ))
                 }
                 Some(n) => n,
-                None => 250_000,
+                None => DEFAULT_MAX_ENTRIES,
             },
             download_timeout: duration(
                 "artifact.download_timeout",

@@ -1,12 +1,13 @@
 //! The operator's side: `publish` packs and uploads a release with its digest, `promote` puts a
-//! version into the parameter, `status` reads the instance's state from disk.
+//! version into the parameter, `status` reads the instance's state from disk, `unpack` checks an
+//! artifact as an instance would.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::aws::{S3Store, SsmSource};
 use crate::config::Config;
-use crate::digest::Hasher;
+use crate::digest::{Hasher, Sha256Digest};
 use crate::releases::Layout;
 use crate::state::{State, StateFile};
 use crate::version::Version;
@@ -94,6 +95,55 @@ fn hash_file(path: &Path) -> Result<crate::digest::Sha256Digest, String> {
 pub async fn promote(source: &SsmSource, version: &str) -> Result<i64, String> {
     Version::parse(version).map_err(|e| e.to_string())?;
     source.put(version).await.map_err(|e| e.to_string())
+}
+
+/// `drover unpack`: checks a local `.tar.gz` against `expected` (when given) and unpacks it
+/// into the new directory `dest`, with the agent's own checks and `limits`: what an instance
+/// would do with this artifact, without S3. On any failure `dest` is removed again.
+pub fn unpack_local(
+    archive: &Path,
+    dest: &Path,
+    expected: Option<Sha256Digest>,
+    limits: &crate::unpack::Limits,
+) -> Result<String, String> {
+    let mut file = std::fs::File::open(archive)
+        .map_err(|e| format!("cannot open {}: {e}", archive.display()))?;
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", archive.display())),
+        }
+    }
+    let actual = hasher.finish();
+    if let Some(expected) = expected.filter(|e| *e != actual) {
+        return Err(format!(
+            "{}: sha256 mismatch: expected {expected}, got {actual}",
+            archive.display()
+        ));
+    }
+    std::fs::create_dir(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    match crate::unpack::unpack(archive, dest, limits) {
+        Ok(s) => {
+            Ok(format!(
+            "{}: sha256 {actual}{}; unpacked into {}: {} files, {} directories, {} links, {} bytes",
+            archive.display(),
+            if expected.is_some() { " (verified)" } else { "" },
+            dest.display(),
+            s.files,
+            s.dirs,
+            s.links,
+            s.bytes
+        ))
+        }
+        Err(e) => {
+            let _ = crate::fsutil::remove_tree(dest);
+            Err(format!("{}: {e}", archive.display()))
+        }
+    }
 }
 
 /// What `drover status` shows, read from disk only.
