@@ -2,12 +2,14 @@
 #   make test-setup   prepare this machine (as root): host packages, the moto venv and the
 #                     cached Debian root filesystem, under $(DROVER_TEST_CACHE)
 #   make test-boot-stats   boot a few instances and print boot time and memory per container
+#   make bench        the shipped binary against sha256sum, tar and boto3 on this machine, in
+#                     one run (BENCH_RUNS, BENCH_DIR, BENCH_QUICK=1); not part of `make test`
 
 TESTS_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 DROVER_TEST_CACHE ?= /var/cache/drover-test
 export DROVER_TEST_CACHE
 
-.PHONY: test-setup test-boot-stats
+.PHONY: test-setup test-boot-stats bench
 
 test-setup:
 	sh $(TESTS_DIR)/scripts/setup.sh
@@ -16,3 +18,7 @@ test-setup:
 test-boot-stats: test-setup
 	cargo build -p drover
 	cargo run -q -p drover-tests --example boot_stats
+
+bench: test-setup static
+	$(CARGO) build --locked -p drover-tests --bin bench
+	$(CARGO_TARGET_DIR)/debug/bench

@@ -86,6 +86,11 @@ wait "$pid"
         self.port
     }
 
+    /// The server's log: one line per request (`"POST / HTTP/1.1" 200` for each SSM call).
+    pub fn log(&self) -> &std::path::Path {
+        &self.log
+    }
+
     /// `http://127.0.0.1:PORT`, for `[aws] endpoint_url`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
