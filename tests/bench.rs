@@ -4,7 +4,9 @@
 //! records a run. Nothing here is a test: no figure is asserted.
 //!
 //! Environment: `DROVER_STATIC_BIN` (the binary measured), `BENCH_DIR` (scratch space, default
-//! /var/tmp/drover-bench), `BENCH_RUNS` (default 5), `BENCH_QUICK=1` (inputs a tenth the size).
+//! /var/tmp/drover-bench), `BENCH_DEST` (where the local rows unpack, default `BENCH_DIR`; a
+//! tmpfs there takes the disk out of the figures), `BENCH_RUNS` (default 5), `BENCH_QUICK=1`
+//! (inputs a tenth the size), `BENCH_ONLY=local` (only the local verify + unpack rows).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -49,6 +51,8 @@ impl std::fmt::Display for Spread {
 struct Bench {
     drover: PathBuf,
     dir: PathBuf,
+    /// Where the local rows unpack.
+    dest: PathBuf,
     runs: usize,
     quick: bool,
     table: String,
@@ -211,7 +215,8 @@ impl Bench {
         for run in 0..self.runs {
             // Alternate the order, so that neither always follows the other's writeback.
             let one = |which: usize| {
-                let dest = self.scratch("dest");
+                let dest = self.dest.join("dest");
+                let _ = fs::remove_dir_all(&dest);
                 let a = archive.display();
                 let d = dest.display();
                 let sample = match which {
@@ -245,7 +250,12 @@ impl Bench {
                 [&mut ours, &mut plain, &mut synced][which].push(s);
             }
         }
-        let what = format!("verify + unpack, {size_mb:.0} MB .tar.gz, {small} small files");
+        let onto = if self.dest == self.dir {
+            String::new()
+        } else {
+            format!(" into {}", self.dest.display())
+        };
+        let what = format!("verify + unpack, {size_mb:.0} MB .tar.gz, {small} small files{onto}");
         self.row(&what, &ours, &plain, "`sha256sum f && tar -xzf f -C d`");
         self.row(
             &format!("{what} (durable)"),
@@ -603,8 +613,13 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
     let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| v == "1");
+    let dest = std::env::var_os("BENCH_DEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.clone());
+    let only_local = std::env::var_os("BENCH_ONLY").is_some_and(|v| v == "local");
     let mut bench = Bench {
         drover,
+        dest,
         dir,
         runs,
         quick,
@@ -637,9 +652,11 @@ fn main() {
     bench.local_unpack(500, 20_000);
     bench.local_unpack(100, 2_000);
     bench.local_unpack(2000, 2_000);
-    let moto = drover_tests::Moto::start();
-    bench.s3_fetch(&moto);
-    bench.daemon_figures(&moto);
+    if !only_local {
+        let moto = drover_tests::Moto::start();
+        bench.s3_fetch(&moto);
+        bench.daemon_figures(&moto);
+    }
 
     let size = fs::metadata(&bench.drover).unwrap().len();
     let tail = format!(
