@@ -78,7 +78,7 @@ fn pack_dir(dir: &Path, out: &Path) -> Result<(), String> {
     w.flush().map_err(|e| format!("{}: {e}", out.display()))
 }
 
-fn hash_file(path: &Path) -> Result<crate::digest::Sha256Digest, String> {
+fn hash_file(path: &Path) -> Result<Sha256Digest, String> {
     let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut hasher = Hasher::default();
     let mut buf = vec![0u8; 1 << 20];
@@ -86,6 +86,7 @@ fn hash_file(path: &Path) -> Result<crate::digest::Sha256Digest, String> {
         match file.read(&mut buf) {
             Ok(0) => return Ok(hasher.finish()),
             Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
     }
@@ -106,19 +107,7 @@ pub fn unpack_local(
     expected: Option<Sha256Digest>,
     limits: &crate::unpack::Limits,
 ) -> Result<String, String> {
-    let mut file = std::fs::File::open(archive)
-        .map_err(|e| format!("cannot open {}: {e}", archive.display()))?;
-    let mut hasher = Hasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", archive.display())),
-        }
-    }
-    let actual = hasher.finish();
+    let actual = hash_file(archive)?;
     if let Some(expected) = expected.filter(|e| *e != actual) {
         return Err(format!(
             "{}: sha256 mismatch: expected {expected}, got {actual}",
