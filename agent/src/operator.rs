@@ -115,7 +115,14 @@ pub fn unpack_local(
         ));
     }
     std::fs::create_dir(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-    match crate::unpack::unpack(archive, dest, limits) {
+    let unpacked = crate::unpack::unpack(archive, dest, limits)
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            crate::fsutil::sync_filesystem(dest)
+                .map(|()| s)
+                .map_err(|e| e.to_string())
+        });
+    match unpacked {
         Ok(s) => {
             Ok(format!(
             "{}: sha256 {actual}{}; unpacked into {}: {} files, {} directories, {} links, {} bytes",

@@ -630,9 +630,15 @@ where
             max_entries: artifact.max_entries,
         };
         let (src, dst) = (tarball.clone(), unpacked.clone());
-        let stats = tokio::task::spawn_blocking(move || unpack::unpack(&src, &dst, &limits))
-            .await
-            .map_err(|e| FetchFailure::Transient(format!("unpack task: {e}")))??;
+        let (stats, given) = tokio::task::spawn_blocking(move || -> Result<_, FetchFailure> {
+            let stats = unpack::unpack(&src, &dst, &limits)?;
+            let given = owner.map(|o| owner::chown_tree(&dst, o)).transpose()?;
+            // One flush for the files and their owner, before the rename makes them a release.
+            crate::fsutil::sync_filesystem(&dst)?;
+            Ok((stats, given))
+        })
+        .await
+        .map_err(|e| FetchFailure::Transient(format!("unpack task: {e}")))??;
         tracing::info!(
             target: "drover",
             version = desired.version.as_str(),
@@ -653,14 +659,7 @@ where
                 String::new()
             }
         );
-        if let (Some(owner), Some(spec)) = (owner, &self.config.release.owner) {
-            let dst = unpacked.clone();
-            let given = tokio::task::spawn_blocking(move || {
-                let n = owner::chown_tree(&dst, owner)?;
-                crate::fsutil::sync_filesystem(&dst).map(|()| n)
-            })
-            .await
-            .map_err(|e| FetchFailure::Transient(format!("chown task: {e}")))??;
+        if let (Some(given), Some(spec)) = (given, &self.config.release.owner) {
             tracing::info!(target: "drover", version = desired.version.as_str(), owner = %spec,
                 entries = given, "Gave {given} entries of {} to {spec}", desired.version);
         }

@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{self, IoContext, PathError};
+use crate::fsutil::{IoContext, PathError};
 use crate::tarheader::{Extended, Member};
 
 #[derive(Clone, Copy, Debug)]
@@ -105,7 +105,9 @@ const MAX_TRAILER: u64 = 1 << 20;
 const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
 
-/// Unpacks `archive` into the empty directory `dest` and syncs the filesystem.
+/// Unpacks `archive` into the empty directory `dest`. Nothing is flushed: the caller syncs the
+/// tree ([`crate::fsutil::sync_filesystem`]) before anything relies on it, once, after whatever else
+/// it does to the tree (`[release] owner`'s chown).
 pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, UnpackError> {
     let file = File::open(archive).at("open", archive)?;
     let compressed = BufReader::with_capacity(256 * 1024, file);
@@ -433,7 +435,6 @@ impl<'a> Extractor<'a> {
             let path = self.dest.join(name);
             fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).at("chmod", &path)?;
         }
-        fsutil::sync_filesystem(self.dest)?;
         Ok(self.stats)
     }
 }

@@ -184,8 +184,8 @@ fn verbose() -> bool {
     *VERBOSE.get_or_init(|| std::env::var_os("DROVER_FUZZ_VERBOSE").is_some_and(|v| v == "1"))
 }
 
-/// One directory per fuzzing process, on tmpfs when there is one: the unpacker `syncfs`es the
-/// filesystem after every archive it accepts, which on a disk would cost more than the unpack.
+/// One directory per fuzzing process, on tmpfs when there is one: thousands of small trees a
+/// second are cheaper in memory than on a disk.
 /// `DROVER_FUZZ_TMPDIR` chooses the parent (fuzz.sh points it at a directory it removes after).
 fn root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
