@@ -15,6 +15,8 @@ pub const MAX_EXTENDED: u64 = 64 * 1024;
 pub struct Extended {
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
+    /// A local PAX header came, whatever its records.
+    pax_seen: bool,
     pax_path: Option<Vec<u8>>,
     pax_link: Option<Vec<u8>>,
     pax_size: Option<u64>,
@@ -63,8 +65,11 @@ impl Extended {
                 self.long_link = Some(trim_nul(bytes));
                 Ok(())
             }
-            T::XHeader if self.pax_path.is_some() || self.pax_size.is_some() => twice("PAX"),
-            T::XHeader => self.pax(&bytes),
+            T::XHeader if self.pax_seen => twice("PAX"),
+            T::XHeader => {
+                self.pax_seen = true;
+                self.pax(&bytes)
+            }
             T::XGlobalHeader => parse_pax(&bytes).map(|_| ()),
             other => Err(format!("{other:?} is not an extended header")),
         }
@@ -217,6 +222,13 @@ mod tests {
         let mut ext = Extended::default();
         ext.absorb(T::GNULongName, b"a\0".to_vec()).unwrap();
         assert!(ext.absorb(T::GNULongName, b"b\0".to_vec()).is_err());
+        // Two PAX headers for one member, whatever they hold.
+        let mut ext = Extended::default();
+        ext.absorb(T::XHeader, b"16 linkpath=tgt\n".to_vec())
+            .unwrap();
+        assert!(ext
+            .absorb(T::XHeader, b"16 linkpath=two\n".to_vec())
+            .is_err());
         let mut global = Extended::default();
         global
             .absorb(
