@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use drover_tests::release::Noise;
+
 /// One run of one command.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -101,26 +103,11 @@ fn sh(script: &str) -> Command {
     cmd
 }
 
-/// Deterministic bytes: xorshift64.
-struct Noise(u64);
-
-impl Noise {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            let bytes = self.0.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
-
 /// A release tree: one large file that compresses about 2:1 (half of every 4 KiB block random,
 /// half text), plus `small` files of 1 to 4 KiB of text in 100 directories.
 fn make_tree(root: &Path, large: u64, small: usize) {
     fs::create_dir_all(root).unwrap();
-    let mut noise = Noise(0x9E37_79B9_7F4A_7C15);
+    let mut noise = Noise::default();
     let text = b"drover deploys releases from S3 to EC2 instances and switches back on failure. ";
     let mut block = vec![0u8; 4096];
     for (i, b) in block[2048..].iter_mut().enumerate() {

@@ -207,17 +207,32 @@ pub fn raw_tar_gz(entries: &[RawEntry]) -> Vec<u8> {
     gzip(&tar)
 }
 
-/// `len` bytes that do not compress (xorshift): a tarball about as big as its content.
+/// Bytes that do not compress, the same on every run: xorshift64, one byte per step.
+pub struct Noise(u64);
+
+impl Default for Noise {
+    fn default() -> Self {
+        Noise(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+impl Noise {
+    /// Fills `buf` with the next bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+/// `len` bytes of [`Noise`] from its start: a tarball about as big as its content.
 pub fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut bytes = vec![0; len];
+    Noise::default().fill(&mut bytes);
+    bytes
 }
 
 /// `bytes`, gzip-compressed.
