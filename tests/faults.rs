@@ -32,23 +32,19 @@ const FLIP: Fault = Fault::FlipByte {
 
 /// A host whose agent goes through `proxy`, polling every [`POLL`], with [`DOWNLOAD_TIMEOUT`].
 fn host_behind(proxy: &FaultProxy, label: &str) -> Host {
-    let host = Host::with_config(World::new(label), &proxy.endpoint(), "");
-    // The host config has its own [source] and [artifact]: tighten them in place.
+    let host = Host::with_artifact_keys(
+        World::new(label),
+        &proxy.endpoint(),
+        &format!("download_timeout = \"{}s\"", DOWNLOAD_TIMEOUT.as_secs()),
+        "",
+    );
+    // The host config has its own [source]: tighten its poll interval in place.
     let text = std::fs::read_to_string(&host.config).unwrap();
-    let tightened = text
-        .replacen(
-            "poll_interval = \"1s\"",
-            &format!("poll_interval = \"{}ms\"", POLL.as_millis()),
-            1,
-        )
-        .replacen(
-            "[artifact]\n",
-            &format!(
-                "[artifact]\ndownload_timeout = \"{}s\"\n",
-                DOWNLOAD_TIMEOUT.as_secs()
-            ),
-            1,
-        );
+    let tightened = text.replacen(
+        "poll_interval = \"1s\"",
+        &format!("poll_interval = \"{}ms\"", POLL.as_millis()),
+        1,
+    );
     assert_ne!(text, tightened);
     std::fs::write(&host.config, tightened).unwrap();
     host
