@@ -40,11 +40,6 @@ fn boot(world: &World) -> Instance {
     world.boot(spec)
 }
 
-fn served(instance: &Instance) -> Option<String> {
-    let r = instance.http_get("/version").ok()?;
-    (r.status == 200).then(|| r.text().trim().to_owned())
-}
-
 /// `current` must always name a complete release: one with both files of the app.
 fn assert_current_complete(instance: &Instance, when: &str) {
     let Some(target) = instance.current_release() else {
@@ -101,7 +96,7 @@ fn kill_9_at_every_crash_point_converges() {
             let settled = status["good"] == expect.as_str()
                 && status["current"] == expect.as_str()
                 && status["pending"].is_null();
-            let serving = served(&instance);
+            let serving = instance.version_served();
             if crashed && settled && serving.as_deref() == Some(expect.as_str()) {
                 break;
             }
@@ -119,8 +114,7 @@ fn kill_9_at_every_crash_point_converges() {
         );
         // One more pass, then nothing may be left in the staging area.
         std::thread::sleep(Duration::from_millis(1500));
-        let staging = instance.exec_ok(&["ls", "-A", "/opt/app/.staging"]);
-        assert_eq!(staging.trim(), "", "{point}: leftovers in .staging");
+        instance.assert_staging_empty();
         assert_current_complete(&instance, point);
         if !healthy {
             let status = instance.status_json();
@@ -210,7 +204,7 @@ fn a_flapping_parameter_restarts_at_most_once_per_poll() {
         (restarts_during as f64) <= polls + 1.0,
         "{restarts_during} restarts in {elapsed:?}"
     );
-    assert_eq!(served(&instance).as_deref(), Some("1.0.0"));
+    assert_eq!(instance.version_served().as_deref(), Some("1.0.0"));
     // Neither release was downloaded again: both stayed on disk.
     assert_eq!(instance.journal_events("artifact_verified").len(), 2);
 }

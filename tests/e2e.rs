@@ -10,15 +10,6 @@ use std::time::Duration;
 
 const DEPLOY: Duration = Duration::from_secs(60);
 
-/// What the app answers on `/version`, once it answers at all.
-fn served(instance: &Instance) -> String {
-    let response = wait_for(Duration::from_secs(10), "the app to answer", || {
-        instance.http_get("/version").ok()
-    });
-    assert_eq!(response.status, 200, "GET /version");
-    response.text().trim().to_owned()
-}
-
 fn current(instance: &Instance) -> String {
     instance
         .current_release()
@@ -47,12 +38,6 @@ fn events_for(instance: &Instance, event: &str, version: &str) -> usize {
         .count()
 }
 
-/// Nothing of an unfinished download or unpack may be left in the staging area.
-fn assert_staging_empty(instance: &Instance) {
-    let listing = instance.exec_ok(&["ls", "-A", "/opt/app/.staging"]);
-    assert_eq!(listing.trim(), "", "leftovers in /opt/app/.staging");
-}
-
 #[test]
 fn first_deploy_upgrade_automatic_revert_and_switch_back_without_download() {
     let world = World::new("lifecycle");
@@ -74,7 +59,7 @@ fn first_deploy_upgrade_automatic_revert_and_switch_back_without_download() {
     assert_eq!(field(&deployed[0], "VERSION"), "1.0.0");
     assert_eq!(field(&deployed[0], "PRIORITY"), "6");
     assert_eq!(field(&deployed[0], "SYSLOG_IDENTIFIER"), "drover");
-    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(instance.served(), "1.0.0");
     assert_eq!(current(&instance), "releases/1.0.0");
     let verified = instance.journal_events("artifact_verified");
     assert_eq!(field(&verified[0], "SHA256").len(), 64);
@@ -90,7 +75,7 @@ fn first_deploy_upgrade_automatic_revert_and_switch_back_without_download() {
         field(&deployed[1], "PARAMETER_VERSION"),
         parameter_version(&world).to_string()
     );
-    assert_eq!(served(&instance), "2.0.0");
+    assert_eq!(instance.served(), "2.0.0");
     let status = instance.status_json();
     assert_eq!(
         (&status["current"], &status["good"], &status["previous"]),
@@ -116,7 +101,7 @@ fn first_deploy_upgrade_automatic_revert_and_switch_back_without_download() {
     );
     let unhealthy = instance.journal_events("health_failed");
     assert_eq!(field(&unhealthy[0], "PRIORITY"), "3");
-    assert_eq!(served(&instance), "2.0.0");
+    assert_eq!(instance.served(), "2.0.0");
     assert_eq!(current(&instance), "releases/2.0.0");
     let status = instance.status_json();
     assert_eq!(status["last"]["result"], "reverted");
@@ -137,7 +122,7 @@ fn first_deploy_upgrade_automatic_revert_and_switch_back_without_download() {
         .parse()
         .unwrap_or(0);
     assert!(second_try > first_try, "{second_try} > {first_try}");
-    assert_eq!(served(&instance), "2.0.0");
+    assert_eq!(instance.served(), "2.0.0");
 
     // Back to 1.0.0, still on disk: switched to without a download. The tarball in S3 is now
     // junk, so a download would have been rejected.
@@ -157,9 +142,9 @@ fn first_deploy_upgrade_automatic_revert_and_switch_back_without_download() {
         "1.0.0 was downloaded again: {downloads:?}"
     );
     assert!(instance.journal_events("artifact_rejected").is_empty());
-    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(instance.served(), "1.0.0");
     assert_eq!(current(&instance), "releases/1.0.0");
-    assert_staging_empty(&instance);
+    instance.assert_staging_empty();
 }
 
 #[test]
@@ -187,10 +172,10 @@ fn checksum_mismatch_is_rejected_and_the_old_release_keeps_serving() {
     assert!(error.contains(&wrong), "{error}");
     assert_eq!(field(&rejected[0], "VERSION"), "2.0.0");
     assert_eq!(field(&rejected[0], "PRIORITY"), "3");
-    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(instance.served(), "1.0.0");
     assert_eq!(current(&instance), "releases/1.0.0");
     assert!(!instance.path("/opt/app/releases/2.0.0").exists());
-    assert_staging_empty(&instance);
+    instance.assert_staging_empty();
     assert_eq!(instance.status_json()["last"]["result"], "rejected");
     assert_eq!(events_for(&instance, "switched", "2.0.0"), 0);
 }
@@ -210,12 +195,12 @@ fn traversal_entry_rejects_the_artifact_and_nothing_is_written_outside() {
     let error = field(&rejected[0], "ERROR");
     assert!(error.contains("../escape.txt"), "{error}");
     assert!(error.contains(".."), "{error}");
-    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(instance.served(), "1.0.0");
     assert_eq!(current(&instance), "releases/1.0.0");
     assert!(!instance.path("/opt/app/releases/2.0.0").exists());
     let found = instance.exec_ok(&["find", "/", "-xdev", "-name", "escape.txt"]);
     assert_eq!(found.trim(), "", "escape.txt was written");
-    assert_staging_empty(&instance);
+    instance.assert_staging_empty();
 }
 
 #[test]
@@ -245,7 +230,7 @@ fn agent_restarted_while_idle_resumes_without_redeploying() {
         app_pid,
         "the app was not restarted"
     );
-    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(instance.served(), "1.0.0");
     assert_eq!(instance.status_json()["good"], "1.0.0");
     // READY=1 made the unit active; STATUS= says what runs (`systemctl status drover`).
     assert_eq!(
@@ -276,5 +261,5 @@ fn agent_restarted_while_idle_resumes_without_redeploying() {
     world.release("2.0.0", true);
     let deployed = instance.wait_for_events("deployed", 2, DEPLOY);
     assert_eq!(field(&deployed[1], "VERSION"), "2.0.0");
-    assert_eq!(served(&instance), "2.0.0");
+    assert_eq!(instance.served(), "2.0.0");
 }

@@ -57,14 +57,6 @@ fn show(instance: &Instance, unit: &str, properties: &[&str]) -> BTreeMap<String
         .collect()
 }
 
-fn served(instance: &Instance) -> String {
-    let response = wait_for(Duration::from_secs(10), "the app to answer", || {
-        instance.http_get("/version").ok()
-    });
-    assert_eq!(response.status, 200, "GET /version");
-    response.text().trim().to_owned()
-}
-
 /// A list setting's words in a fixed order (systemd shows address families sorted).
 fn words(value: &str) -> Vec<&str> {
     let mut words: Vec<&str> = value.split_whitespace().collect();
@@ -116,11 +108,11 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
     // under /opt/app, state under /var/lib/drover, the app's restart over D-Bus.
     let deployed = instance.wait_for_events("deployed", 1, DEPLOY);
     assert_eq!(deployed[0]["VERSION"], "1.0.0");
-    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(instance.served(), "1.0.0");
     world.release("2.0.0", true);
     let deployed = instance.wait_for_events("deployed", 2, DEPLOY);
     assert_eq!(deployed[1]["VERSION"], "2.0.0");
-    assert_eq!(served(&instance), "2.0.0");
+    assert_eq!(instance.served(), "2.0.0");
     assert_eq!(instance.status_json()["good"], "2.0.0");
 
     // A release with every kind of entry drover writes: a subdirectory whose archived mode
@@ -143,7 +135,7 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
     world.promote("3.0.0");
     let deployed = instance.wait_for_events("deployed", 3, DEPLOY);
     assert_eq!(deployed[2]["VERSION"], "3.0.0");
-    assert_eq!(served(&instance), "3.0.0");
+    assert_eq!(instance.served(), "3.0.0");
     let tool = instance.exec_ok(&["stat", "-c", "%a", "/opt/app/releases/3.0.0/bin/tool"]);
     assert_eq!(tool.trim(), "755", "setuid bit dropped");
     // Without `[release] owner`, what the agent writes is root's.
@@ -308,7 +300,7 @@ fn release_owner_gets_the_files_and_old_releases_are_still_pruned() {
     assert_eq!(instance.current_release(), None);
     instance.exec_ok(&["useradd", "--system", "--user-group", "app"]);
     instance.wait_for_events("deployed", 1, DEPLOY);
-    assert_eq!(served(&instance), "1.0.0");
+    assert_eq!(instance.served(), "1.0.0");
 
     let owners = instance.exec_ok(&[
         "stat",
@@ -354,7 +346,7 @@ fn release_owner_gets_the_files_and_old_releases_are_still_pruned() {
     instance.wait_for_events("deployed", 2, DEPLOY);
     world.release("3.0.0", true);
     instance.wait_for_events("deployed", 3, DEPLOY);
-    assert_eq!(served(&instance), "3.0.0");
+    assert_eq!(instance.served(), "3.0.0");
     wait_for(DEPLOY, "1.0.0 to be pruned", || {
         (!instance.path("/opt/app/releases/1.0.0").exists()).then_some(())
     });

@@ -406,6 +406,28 @@ impl Instance {
         http::get(self.app_port, path)
     }
 
+    /// What the app answers on `/version` right now, or `None` when it does not answer 200.
+    pub fn version_served(&self) -> Option<String> {
+        let response = self.http_get("/version").ok()?;
+        (response.status == 200).then(|| response.text().trim().to_owned())
+    }
+
+    /// What the app answers on `/version`, once it answers at all (within 10 s); the answer must
+    /// be a 200.
+    pub fn served(&self) -> String {
+        let response = crate::wait_for(Duration::from_secs(10), "the app to answer", || {
+            self.http_get("/version").ok()
+        });
+        assert_eq!(response.status, 200, "GET /version");
+        response.text().trim().to_owned()
+    }
+
+    /// Nothing of an unfinished download or unpack may be left in the staging area.
+    pub fn assert_staging_empty(&self) {
+        let listing = self.exec_ok(&["ls", "-A", "/opt/app/.staging"]);
+        assert_eq!(listing.trim(), "", "leftovers in /opt/app/.staging");
+    }
+
     /// A path inside the instance, as the host can read it.
     pub fn path(&self, inside: &str) -> PathBuf {
         self.container.path(inside)
