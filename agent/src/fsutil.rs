@@ -1,5 +1,6 @@
 //! On-disk changes that survive a crash: write a temporary file, fsync it, rename it into place,
-//! fsync the directory. Also the one unsafe call drover makes, `syncfs(2)`.
+//! fsync the directory. Also the few syscalls std has no wrapper for: `syncfs(2)`,
+//! `sync_file_range(2)` and `statvfs(3)`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -80,6 +81,23 @@ pub fn sync_filesystem(path: &Path) -> Result<(), PathError> {
         Ok(())
     } else {
         Err(io::Error::last_os_error()).at("syncfs", path)
+    }
+}
+
+/// Starts writing `len` bytes of `file` from `offset` back to the disk without waiting for it, as
+/// dpkg does while it unpacks. A later [`sync_filesystem`] then finds most of the data already on
+/// the disk instead of all of it dirty in memory: the disk works while the CPU inflates. Only a
+/// hint: an error shows again, and is reported, at that `syncfs`.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: a plain syscall on a descriptor `file` keeps open for the whole call; no memory is
+    // passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

@@ -104,6 +104,8 @@ const OVERHEAD_PER_ENTRY: u64 = 3 * 512;
 const MAX_TRAILER: u64 = 1 << 20;
 const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
+/// How much of a large file is written before its writeback is started.
+const WRITEBACK_CHUNK: u64 = 8 << 20;
 
 /// Unpacks `archive` into the empty directory `dest`. Nothing is flushed: the caller syncs the
 /// tree ([`crate::fsutil::sync_filesystem`]) before anything relies on it, once, after whatever else
@@ -409,6 +411,7 @@ impl<'a> Extractor<'a> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .at("create", path)?;
+        let (mut written, mut kicked) = (0u64, 0u64);
         loop {
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
@@ -418,6 +421,14 @@ impl<'a> Extractor<'a> {
             };
             out.write_all(&self.buf[..n]).at("write", path)?;
             self.stats.bytes += n as u64;
+            written += n as u64;
+            if written - kicked >= WRITEBACK_CHUNK {
+                crate::fsutil::start_writeback(&out, kicked, written - kicked);
+                kicked = written;
+            }
+        }
+        if written > kicked {
+            crate::fsutil::start_writeback(&out, kicked, written - kicked);
         }
         out.set_permissions(fs::Permissions::from_mode(mode))
             .at("chmod", path)?;
