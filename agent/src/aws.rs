@@ -140,7 +140,15 @@ impl SsmSource {
         &self,
         err: aws_sdk_ssm::error::SdkError<E>,
     ) -> SourceError {
-        let name = self.name.clone();
+        self.error_for(&self.name, err)
+    }
+
+    fn error_for<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        name: &str,
+        err: aws_sdk_ssm::error::SdkError<E>,
+    ) -> SourceError {
+        let name = name.to_owned();
         let message = describe(&err);
         match kind_of(
             err.code(),
@@ -172,6 +180,32 @@ impl DesiredSource for SsmSource {
             value: p.value().unwrap_or_default().to_owned(),
             version: p.version(),
         })
+    }
+
+    async fn read_path(
+        &self,
+        path: &str,
+    ) -> Result<Vec<crate::environment::Parameter>, SourceError> {
+        let mut pages = self
+            .client
+            .get_parameters_by_path()
+            .path(path)
+            .recursive(false)
+            .with_decryption(true)
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error_for(path, e))?;
+            for p in page.parameters() {
+                found.push(crate::environment::Parameter {
+                    name: p.name().unwrap_or_default().to_owned(),
+                    value: p.value().unwrap_or_default().to_owned(),
+                    version: p.version(),
+                });
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -342,12 +342,23 @@ async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
         }
         None => None,
     };
-    Ok(Agent::new(config, source, store, services, probe, mode))
+    let webhook = (config.notify.webhook_url.as_deref())
+        .map(crate::webhook::Webhook::new)
+        .transpose()?;
+    let agent = Agent::new(config, source, store, services, probe, mode);
+    Ok(match webhook {
+        Some(webhook) => agent.with_webhook(webhook),
+        None => agent,
+    })
 }
+
+/// How long `drover once` waits for webhook notices still being sent before it exits.
+const NOTICE_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 async fn once(config: Config) -> Result<ExitCode, String> {
     let mut agent = build_agent(config, Mode::Once).await?;
     let outcome = agent.reconcile().await;
+    agent.flush_notices(NOTICE_GRACE).await;
     Ok(if outcome.is_success() {
         ExitCode::SUCCESS
     } else {
@@ -357,7 +368,9 @@ async fn once(config: Config) -> Result<ExitCode, String> {
 
 async fn rollback(config: Config) -> Result<ExitCode, String> {
     let mut agent = build_agent(config, Mode::Once).await?;
-    Ok(if agent.rollback().await? {
+    let healthy = agent.rollback().await?;
+    agent.flush_notices(NOTICE_GRACE).await;
+    Ok(if healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(FAILED)
@@ -403,5 +416,6 @@ async fn run(config: Config) -> Result<ExitCode, String> {
         }
     }
     notify::stopping();
+    agent.flush_notices(std::time::Duration::from_secs(2)).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,9 @@ pub struct Config {
     pub health: Health,
     pub aws: Aws,
     pub agent: Agent,
+    pub hooks: Hooks,
+    pub environment: Option<Environment>,
+    pub notify: Notify,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +95,31 @@ pub struct Health {
     pub successes: u32,
 }
 
+/// `[hooks]`: how the hooks a release ships (see [`crate::hooks`]) are run.
+#[derive(Clone, Debug)]
+pub struct Hooks {
+    /// Each hook's time limit.
+    pub timeout: Duration,
+    /// `user[:group]` hooks run as; `None` falls back to `[release] owner`, then root.
+    pub user: Option<String>,
+}
+
+/// `[environment]`: the app's settings and secrets, from the SSM parameters under `path`.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// A parameter path such as `/app/env`; its direct children become variables.
+    pub path: String,
+    /// The EnvironmentFile the app's units read (mode 0600).
+    pub file: PathBuf,
+}
+
+/// `[notify]`: where deploy outcomes are announced.
+#[derive(Clone, Debug, Default)]
+pub struct Notify {
+    /// Gets a JSON POST on `deployed`, `reverted` and `revert_failed`.
+    pub webhook_url: Option<String>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Aws {
     pub region: Option<String>,
@@ -123,6 +151,31 @@ mod raw {
         pub aws: Aws,
         #[serde(default)]
         pub agent: Agent,
+        #[serde(default)]
+        pub hooks: Hooks,
+        pub environment: Option<Environment>,
+        #[serde(default)]
+        pub notify: Notify,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Hooks {
+        pub timeout: Option<String>,
+        pub user: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Environment {
+        pub path: Option<String>,
+        pub file: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Notify {
+        pub webhook_url: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -414,7 +467,59 @@ impl Config {
             ));
         }
 
+        let hooks = Hooks {
+            timeout: duration(
+                "hooks.timeout",
+                raw.hooks.timeout,
+                Duration::from_secs(5 * 60),
+            )?,
+            user: raw.hooks.user,
+        };
+        if let Some(spec) = &hooks.user {
+            crate::owner::check_spec(spec).map_err(|e| invalid("hooks.user", e))?;
+        }
+
+        let environment = match raw.environment {
+            None => None,
+            Some(env) => {
+                let path = env
+                    .path
+                    .ok_or_else(|| invalid("environment.path", "is required".into()))?;
+                if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
+                    return Err(invalid(
+                        "environment.path",
+                        format!("{path:?} is not a parameter path (write it like /app/env)"),
+                    ));
+                }
+                let file = PathBuf::from(
+                    env.file
+                        .unwrap_or_else(|| state_dir.join("app.env").display().to_string()),
+                );
+                if !file.is_absolute() {
+                    return Err(invalid(
+                        "environment.file",
+                        format!("{} is not an absolute path", file.display()),
+                    ));
+                }
+                Some(Environment { path, file })
+            }
+        };
+
+        if let Some(url) = &raw.notify.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "notify.webhook_url",
+                    "is not an http(s) URL".into(),
+                ));
+            }
+        }
+
         Ok(Config {
+            hooks,
+            environment,
+            notify: Notify {
+                webhook_url: raw.notify.webhook_url,
+            },
             source,
             artifact,
             release: Release { root, keep, owner },

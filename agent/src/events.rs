@@ -1,8 +1,9 @@
 //! The journal events operators and scripts rely on (SPEC: "What operators see").
 //!
 //! Each event is one journal entry with `EVENT` and the fields that apply (`VERSION`,
-//! `PREVIOUS_VERSION`, `PARAMETER_VERSION`, `UNIT`, `SHA256`, `ERROR`). Fields that do not apply
-//! are left out rather than written empty. Errors log at `err`, reverts at `warning`, the rest at
+//! `PREVIOUS_VERSION`, `PARAMETER_VERSION`, `UNIT`, `SHA256`, `ERROR`; `HOOK` for hooks and
+//! `VARIABLES` for the app's environment). Fields that do not apply are left out rather than
+//! written empty. Errors log at `err`, reverts and failed notices at `warning`, the rest at
 //! `info`. [`crate::logging`] decides whether they go to journald or to stderr.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +20,17 @@ pub enum Event {
     Reverted,
     RevertFailed,
     SkippedFailedVersion,
+    /// A line a release's hook printed.
+    HookOutput,
+    HookPassed,
+    HookFailed,
+    /// A pre-activate hook failed: nothing was switched.
+    DeployAborted,
+    /// The parameters under `[environment] path` changed; the units are restarted for them.
+    EnvironmentChanged,
+    /// Those changes passed the health gate.
+    EnvironmentApplied,
+    NotifyFailed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +55,13 @@ impl Event {
             Event::Reverted => "reverted",
             Event::RevertFailed => "revert_failed",
             Event::SkippedFailedVersion => "skipped_failed_version",
+            Event::HookOutput => "hook_output",
+            Event::HookPassed => "hook_passed",
+            Event::HookFailed => "hook_failed",
+            Event::DeployAborted => "deploy_aborted",
+            Event::EnvironmentChanged => "environment_changed",
+            Event::EnvironmentApplied => "environment_applied",
+            Event::NotifyFailed => "notify_failed",
         }
     }
 
@@ -51,8 +70,10 @@ impl Event {
             Event::PollFailed
             | Event::ArtifactRejected
             | Event::HealthFailed
-            | Event::RevertFailed => Severity::Error,
-            Event::Reverted => Severity::Warning,
+            | Event::RevertFailed
+            | Event::HookFailed
+            | Event::DeployAborted => Severity::Error,
+            Event::Reverted | Event::NotifyFailed => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -67,6 +88,10 @@ pub struct Fields<'a> {
     pub unit: Option<&'a str>,
     pub sha256: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// `HOOK`: which hook, for its events and output.
+    pub hook: Option<&'a str>,
+    /// `VARIABLES`: names (never values) of environment variables that changed.
+    pub variables: Option<&'a str>,
 }
 
 impl<'a> Fields<'a> {
@@ -90,6 +115,8 @@ macro_rules! event_at {
             unit = $f.unit,
             sha256 = $f.sha256,
             error = $f.error,
+            hook = $f.hook,
+            variables = $f.variables,
             "{}",
             $message
         )

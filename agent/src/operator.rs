@@ -152,6 +152,9 @@ pub struct Status {
     pub last: Option<crate::state::Outcome>,
     pub failed: Vec<crate::state::Request>,
     pub releases: Vec<String>,
+    /// `[environment]`: the variables of the last good environment file as `NAME@version`
+    /// (names and parameter versions only, never values).
+    pub environment: Option<Vec<String>>,
 }
 
 pub fn status(config: &Config) -> Result<Status, String> {
@@ -166,6 +169,7 @@ pub fn status(config: &Config) -> Result<Status, String> {
         pending: state.pending.map(|p| p.version),
         last: state.last,
         failed: state.failed,
+        environment: state.environment,
         releases: layout
             .list()
             .map_err(|e| e.to_string())?
@@ -209,6 +213,9 @@ impl Status {
             }
         }
         out += &format!("releases: {}\n", self.releases.join(" "));
+        if let Some(vars) = &self.environment {
+            out += &format!("environment: {}\n", vars.join(" "));
+        }
         out
     }
 }

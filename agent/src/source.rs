@@ -23,4 +23,13 @@ pub enum SourceError {
 
 pub trait DesiredSource {
     fn read(&self) -> impl Future<Output = Result<Parameter, SourceError>>;
+
+    /// The parameters directly under `path`, decrypted (`[environment]`). A source without any
+    /// has none.
+    fn read_path(
+        &self,
+        _path: &str,
+    ) -> impl Future<Output = Result<Vec<crate::environment::Parameter>, SourceError>> {
+        std::future::ready(Ok(Vec::new()))
+    }
 }

@@ -35,6 +35,13 @@ pub enum Result {
     Invalid,
     /// The operator rolled back with `drover rollback`.
     RolledBack,
+    /// The new release's pre-activate hook failed; nothing was switched.
+    Aborted,
+    /// New settings under `[environment] path` passed the health gate.
+    EnvironmentApplied,
+    /// New settings under `[environment] path` failed the health gate; the last good ones are
+    /// back.
+    EnvironmentReverted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +77,18 @@ pub struct State {
     /// Requests that failed; not retried until the parameter changes.
     #[serde(default)]
     pub failed: Vec<Request>,
+    /// `[environment]`: the variables of the last good environment file, as `NAME@version`
+    /// (never values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Vec<String>>,
+    /// The fingerprint of settings that failed the health gate; not tried again until they
+    /// change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment_failed: Option<String>,
+    /// A new environment file is in place but not yet committed: a restart puts the last good
+    /// one back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub environment_pending: bool,
 }
 
 impl State {

@@ -8,13 +8,18 @@
 //! journal event. State changes are computed in memory and saved in one atomic write per step, and
 //! a switch in flight is recorded first, so an agent killed at any point finds its way back.
 
+mod environment;
+mod hooks;
+
 use std::path::PathBuf;
 
 use crate::config::Config;
+use crate::environment::Settings;
 use crate::events::{emit, Event, Fields};
 use crate::fetch::{self, FetchError};
 use crate::fsutil::{IoContext, PathError};
 use crate::health::{self, HealthProbe, Policy};
+use crate::hooks::Hook;
 use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
 use crate::service::ServiceManager;
@@ -23,6 +28,7 @@ use crate::state::{self, Outcome as Record, Pending, Request, State, StateFile};
 use crate::store::{ArtifactStore, StoreError};
 use crate::unpack::{self, Limits};
 use crate::version::{self, Desired, Version};
+use crate::webhook::Webhook;
 use crate::{failpoint, owner};
 use crate::{notify, state::Result as Res};
 
@@ -45,6 +51,10 @@ pub enum Outcome {
     Waiting,
     /// A transient error (API, network, disk): nothing changed; try again after a backoff.
     Retry,
+    /// The new release's pre-activate hook failed; nothing was switched.
+    Aborted,
+    /// The version was in sync; the app's new environment passed the health gate.
+    EnvironmentApplied,
 }
 
 impl Outcome {
@@ -61,12 +71,17 @@ impl Outcome {
             Outcome::Unhealthy => "unhealthy",
             Outcome::Waiting => "waiting for the parameter or artifact",
             Outcome::Retry => "retrying after an error",
+            Outcome::Aborted => "aborted by the pre-activate hook",
+            Outcome::EnvironmentApplied => "applied a new environment",
         }
     }
 
     /// `drover once` exits 0 only for these.
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::InSync | Outcome::Deployed)
+        matches!(
+            self,
+            Outcome::InSync | Outcome::Deployed | Outcome::EnvironmentApplied
+        )
     }
 }
 
@@ -89,6 +104,11 @@ pub struct Agent<S, A, M, H> {
     mode: Mode,
     /// The last request reported as skipped or invalid.
     reported: Option<Request>,
+    /// `[environment]`: the settings read this pass.
+    settings: Option<Settings>,
+    /// The failed settings last reported as skipped.
+    reported_environment: Option<String>,
+    webhook: Option<Webhook>,
 }
 
 /// Why a download or unpack did not produce a release.
@@ -154,6 +174,30 @@ where
             probe,
             mode,
             reported: None,
+            settings: None,
+            reported_environment: None,
+            webhook: None,
+        }
+    }
+
+    /// Sends `deployed`, `reverted`, `revert_failed` and `deploy_aborted` to `[notify]`'s webhook.
+    pub fn with_webhook(mut self, webhook: Webhook) -> Self {
+        self.webhook = Some(webhook);
+        self
+    }
+
+    /// Waits up to `within` for webhook notices still being sent (before `drover once` exits).
+    pub async fn flush_notices(&self, within: std::time::Duration) {
+        if let Some(webhook) = &self.webhook {
+            webhook.flush(within).await;
+        }
+    }
+
+    /// An event that is also a notice: to the journal, and to the webhook when there is one.
+    fn announce(&self, event: Event, fields: &Fields<'_>, message: &str) {
+        emit(event, fields, message);
+        if let Some(webhook) = &self.webhook {
+            webhook.send(event, fields, message);
         }
     }
 
@@ -204,6 +248,9 @@ where
                 };
             }
         };
+        if let Err(outcome) = self.read_settings().await {
+            return outcome;
+        }
         let request = Request {
             value: parameter.value,
             parameter_version: parameter.version,
@@ -223,7 +270,17 @@ where
         });
         tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
         match step {
-            Step::SkipFailed => self.skip(&request, &desired.version),
+            Step::SkipFailed => {
+                let skipped = self.skip(&request, &desired.version);
+                // What runs is still the last good version; its settings may change.
+                match active.as_deref().map(Version::parse) {
+                    Some(Ok(running)) if state.good.as_deref() == Some(running.as_str()) => self
+                        .apply_environment(&mut state, &running)
+                        .await
+                        .unwrap_or(skipped),
+                    _ => skipped,
+                }
+            }
             Step::InSync => self.in_sync(&mut state, request, &desired.version).await,
             Step::Switch => self.deploy(&mut state, request, desired, false).await,
             Step::Fetch => self.deploy(&mut state, request, desired, true).await,
@@ -250,6 +307,9 @@ where
         if let Some(pending) = state.pending.take() {
             self.recover(&mut state, &pending).await;
             self.save(&state)?;
+        } else if state.environment_pending {
+            self.recover_environment(&mut state).await;
+            self.save(&state)?;
         }
         Ok(state)
     }
@@ -258,6 +318,9 @@ where
     /// whichever way `current` points now: they may be running the interrupted version's code
     /// (a crash after the switch back but before the restart leaves exactly that).
     async fn recover(&mut self, state: &mut State, pending: &Pending) {
+        if state.environment_pending {
+            self.recover_environment(state).await;
+        }
         let Some(good) = state.good.clone() else {
             return; // a first deploy: nothing to go back to, the next pass tries again
         };
@@ -286,6 +349,21 @@ where
         }
         // Best effort: the next pass checks health and retries the deploy.
         let _ = self.restart_units(&fields).await;
+    }
+
+    /// A new environment file was in place, not yet committed, when the agent stopped: the last
+    /// good one goes back, and the units are restarted for it. The next pass tries again.
+    async fn recover_environment(&mut self, state: &mut State) {
+        state.environment_pending = false;
+        match self.restore_environment() {
+            Ok(()) => {
+                tracing::warn!(target: "drover", "An environment change was interrupted; put the last good environment file back");
+                let _ = self.restart_units(&Fields::default()).await;
+            }
+            Err(e) => {
+                tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back")
+            }
+        }
     }
 
     fn invalid(&mut self, state: &mut State, request: Request, error: &str) -> Outcome {
@@ -339,6 +417,9 @@ where
             // A re-put of the running version: it is the request `drover rollback` would undo.
             state.applied = Some(request);
             let _ = self.save(state);
+        }
+        if let Some(outcome) = self.apply_environment(state, version).await {
+            return outcome;
         }
         if self.mode == Mode::Daemon {
             return Outcome::InSync;
@@ -399,17 +480,38 @@ where
             }
         }
 
-        // 4. Switch, with the switch recorded first so that a crash can be undone.
+        // The new release's pre-activate hook (migrations), before anything is switched.
+        if let Err(error) = self
+            .run_hook(Hook::PreActivate, version.as_str(), &fields)
+            .await
+        {
+            return self.abort(state, request, &version, &fields, error);
+        }
+
+        // 4. Switch, with the switch recorded first so that a crash can be undone; the app's new
+        // environment file, if its settings changed, goes in with it.
+        let new_environment = self.environment_change();
         state.pending = Some(Pending {
             version: version.to_string(),
             request: Some(request.clone()),
         });
+        state.environment_pending = new_environment.is_some();
         if let Err(e) = self.save(state) {
             tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
             state.pending = None;
+            state.environment_pending = false;
             return Outcome::Retry;
         }
         failpoint::hit("after_pending_saved");
+        if let Some(text) = &new_environment {
+            if let Err(e) = self.write_environment(text) {
+                tracing::error!(target: "drover", error = %e, "cannot write the environment file; nothing switched");
+                state.pending = None;
+                state.environment_pending = false;
+                let _ = self.save(state);
+                return Outcome::Retry;
+            }
+        }
         if let Err(e) = self.layout.switch(version.as_str()) {
             tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
             state.pending = None;
@@ -423,16 +525,28 @@ where
         );
         failpoint::hit("after_switch");
 
-        // 5 and 6. Restart and health.
-        match self.activate(version.as_str(), &fields).await {
+        // 5 and 6. Restart and health, then the new release's validate hook (smoke tests).
+        let gate = match self.activate(version.as_str(), &fields).await {
+            Ok(()) => {
+                self.run_hook(Hook::Validate, version.as_str(), &fields)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match gate {
             Ok(()) => {
                 // 7. Commit.
                 failpoint::hit("before_commit");
                 state.commit(version.as_str(), Some(request.clone()));
+                self.commit_environment(state);
                 self.record(state, Res::Deployed, &version, Some(request), None);
-                emit(Event::Deployed, &fields, &format!("Deployed {version}"));
+                self.announce(Event::Deployed, &fields, &format!("Deployed {version}"));
                 failpoint::hit("after_commit");
                 self.prune(state);
+                // Reported, not acted on: the deploy stands.
+                let _ = self
+                    .run_hook(Hook::PostActivate, version.as_str(), &fields)
+                    .await;
                 Outcome::Deployed
             }
             Err(error) => {
@@ -501,7 +615,7 @@ where
         let Some(previous) = previous.filter(|p| self.layout.has_release(p)) else {
             let why =
                 format!("{error}; no previous release to switch back to, {version} stays current");
-            emit(
+            self.announce(
                 Event::RevertFailed,
                 &fields.with_error(&why),
                 &format!("Deploy of {version} failed and there is nothing to go back to"),
@@ -511,7 +625,7 @@ where
         };
         if let Err(e) = self.layout.switch(previous) {
             let why = format!("{error}; switching back failed: {e}");
-            emit(
+            self.announce(
                 Event::RevertFailed,
                 &fields.with_error(&why),
                 &format!("Could not switch back to {previous}"),
@@ -525,9 +639,14 @@ where
             &format!("Switched current back to {previous}"),
         );
         failpoint::hit("after_revert_switch");
+        if state.environment_pending {
+            if let Err(e) = self.restore_environment() {
+                tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back");
+            }
+        }
         match self.activate(previous, &fields).await {
             Ok(()) => {
-                emit(
+                self.announce(
                     Event::Reverted,
                     &fields.with_error(&error),
                     &format!("Reverted to {previous}: {version} failed: {error}"),
@@ -537,7 +656,7 @@ where
             }
             Err(e) => {
                 let why = format!("{error}; {previous} is not healthy either: {e}");
-                emit(
+                self.announce(
                     Event::RevertFailed,
                     &fields.with_error(&why),
                     &format!("Reverted to {previous}, but it is not healthy either"),
@@ -558,6 +677,7 @@ where
         error: Option<String>,
     ) {
         state.pending = None;
+        state.environment_pending = false;
         state.last = Some(Record {
             result,
             version: Some(version.to_string()),
@@ -809,7 +929,7 @@ where
         match healthy {
             Ok(()) => {
                 let from = current_version.map(|v| v.to_string()).unwrap_or_default();
-                emit(
+                self.announce(
                     Event::Reverted,
                     &fields,
                     &format!("Rolled back from {from} to {target} by operator"),
@@ -818,7 +938,7 @@ where
                 Ok(true)
             }
             Err(e) => {
-                emit(
+                self.announce(
                     Event::RevertFailed,
                     &fields.with_error(&e),
                     &format!("Rolled back to {target}, but it is not healthy"),

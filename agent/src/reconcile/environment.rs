@@ -1,0 +1,264 @@
+//! `[environment]` as part of the reconcile loop: read the settings each pass, put a changed
+//! file in place for a deploy (or on its own, when only the settings changed), and take it back
+//! through the same health gate and revert as a new version.
+//!
+//! The last good file is kept beside the live one as `{file}.good` (mode 0600, like the file):
+//! a revert, or a restart after a crash with a new file in place, copies it back.
+
+use std::path::PathBuf;
+
+use super::{Agent, Outcome};
+use crate::environment::{self, Settings};
+use crate::events::{emit, Event, Fields};
+use crate::health::HealthProbe;
+use crate::hooks::Hook;
+use crate::service::ServiceManager;
+use crate::source::DesiredSource;
+use crate::state::{self, Result as Res, State};
+use crate::store::ArtifactStore;
+use crate::version::Version;
+
+impl<S, A, M, H> Agent<S, A, M, H>
+where
+    S: DesiredSource,
+    A: ArtifactStore,
+    M: ServiceManager,
+    H: HealthProbe,
+{
+    /// 1, continued: the settings under `[environment] path`, kept for this pass.
+    pub(super) async fn read_settings(&mut self) -> Result<(), Outcome> {
+        let Some(env) = &self.config.environment else {
+            return Ok(());
+        };
+        match self.source.read_path(&env.path).await {
+            Ok(parameters) => {
+                let settings = Settings::from_parameters(&env.path, parameters);
+                if self.settings.as_ref().map(|s| &s.skipped) != Some(&settings.skipped) {
+                    for (name, why) in &settings.skipped {
+                        tracing::warn!(target: "drover", parameter = %name,
+                            "Leaving parameter {name} out of the environment file: {why}");
+                    }
+                }
+                self.settings = Some(settings);
+                Ok(())
+            }
+            Err(e) => {
+                let error = e.to_string();
+                emit(
+                    Event::PollFailed,
+                    &Fields {
+                        error: Some(&error),
+                        ..Fields::default()
+                    },
+                    &format!("Reading the app's environment failed: {error}"),
+                );
+                Err(Outcome::Retry)
+            }
+        }
+    }
+
+    /// The new file's text, when the settings read this pass differ from the file in place.
+    pub(super) fn environment_change(&self) -> Option<String> {
+        let (env, settings) = (self.config.environment.as_ref()?, self.settings.as_ref()?);
+        let text = settings.render();
+        let current = std::fs::read(&env.file).ok();
+        (current.as_deref() != Some(text.as_bytes())).then_some(text)
+    }
+
+    /// Writes the file; the caller has saved `environment_pending` first.
+    pub(super) fn write_environment(&self, text: &str) -> Result<(), String> {
+        let env = self.config.environment.as_ref().ok_or("no [environment]")?;
+        environment::write(&env.file, text).map_err(|e| e.to_string())
+    }
+
+    /// Puts the last good file back, or removes the file when there never was a good one.
+    pub(super) fn restore_environment(&self) -> Result<(), String> {
+        let Some(env) = &self.config.environment else {
+            return Ok(());
+        };
+        match std::fs::read(good_copy(&env.file)) {
+            Ok(bytes) => {
+                crate::fsutil::write_atomic(&env.file, &bytes, 0o600).map_err(|e| e.to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::remove_file(&env.file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(format!("{}: {e}", env.file.display()))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Err(e) => Err(format!("{}: {e}", good_copy(&env.file).display())),
+        }
+    }
+
+    /// After a commit: the file in place becomes the last good one.
+    pub(super) fn commit_environment(&self, state: &mut State) {
+        let (Some(env), Some(settings)) = (&self.config.environment, &self.settings) else {
+            return;
+        };
+        if state.environment_pending {
+            let copied = std::fs::read(&env.file)
+                .map_err(|e| e.to_string())
+                .and_then(|b| {
+                    crate::fsutil::write_atomic(&good_copy(&env.file), &b, 0o600)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = copied {
+                tracing::error!(target: "drover", error = %e, "cannot keep a copy of the good environment file");
+            }
+        }
+        state.environment = Some(
+            settings
+                .variables
+                .iter()
+                .map(|v| format!("{}@{}", v.name, v.version))
+                .collect(),
+        );
+        state.environment_failed = None;
+        state.environment_pending = false;
+    }
+
+    /// The version is in sync, but the settings changed: restart the units for them, through
+    /// the health gate and the validate hook, and put the last good file back if they fail.
+    /// `None` when there is nothing to do.
+    pub(super) async fn apply_environment(
+        &mut self,
+        state: &mut State,
+        version: &Version,
+    ) -> Option<Outcome> {
+        let text = self.environment_change()?;
+        let settings = self.settings.clone()?;
+        let fingerprint = settings.fingerprint();
+        if state.environment_failed.as_deref() == Some(fingerprint.as_str()) {
+            if self.reported_environment.as_deref() != Some(fingerprint.as_str()) {
+                emit(
+                    Event::SkippedFailedVersion,
+                    &Fields {
+                        version: Some(version.as_str()),
+                        ..Fields::default()
+                    },
+                    "Not retrying the app's environment: these settings failed before; change a parameter to retry",
+                );
+                self.reported_environment = Some(fingerprint);
+            }
+            return None;
+        }
+        let before = Settings::from_names(state.environment.as_deref().unwrap_or_default());
+        let changed = environment::changed_names(&before, &settings).join(",");
+        let fields = Fields {
+            version: Some(version.as_str()),
+            variables: Some(&changed),
+            ..Fields::default()
+        };
+        emit(
+            Event::EnvironmentChanged,
+            &fields,
+            &format!("The app's environment changed ({changed}); restarting {version} for it"),
+        );
+        state.environment_pending = true;
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state before writing the environment file");
+            return Some(Outcome::Retry);
+        }
+        if let Err(e) = self.write_environment(&text) {
+            emit(
+                Event::PollFailed,
+                &fields.with_error(&e),
+                &format!("Writing the environment file failed: {e}"),
+            );
+            state.environment_pending = false;
+            let _ = self.save(state);
+            return Some(Outcome::Retry);
+        }
+        let gate = match self.activate(version.as_str(), &fields).await {
+            Ok(()) => {
+                self.run_hook(Hook::Validate, version.as_str(), &fields)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        Some(match gate {
+            Ok(()) => {
+                self.commit_environment(state);
+                self.finish_environment(state, Res::EnvironmentApplied, version, None);
+                self.announce(
+                    Event::EnvironmentApplied,
+                    &fields,
+                    &format!("Applied the app's new environment ({changed}) to {version}"),
+                );
+                Outcome::EnvironmentApplied
+            }
+            Err(error) => {
+                state.environment_failed = Some(fingerprint);
+                self.revert_environment(state, version, &fields, error)
+                    .await
+            }
+        })
+    }
+
+    async fn revert_environment(
+        &mut self,
+        state: &mut State,
+        version: &Version,
+        fields: &Fields<'_>,
+        error: String,
+    ) -> Outcome {
+        let restored = self.restore_environment();
+        let result = match restored {
+            Ok(()) => self.activate(version.as_str(), fields).await,
+            Err(e) => Err(format!(
+                "cannot put the last good environment file back: {e}"
+            )),
+        };
+        match result {
+            Ok(()) => {
+                self.announce(
+                    Event::Reverted,
+                    &fields.with_error(&error),
+                    &format!("Reverted the app's environment on {version}: {error}"),
+                );
+                self.finish_environment(state, Res::EnvironmentReverted, version, Some(error));
+                Outcome::Reverted
+            }
+            Err(e) => {
+                let why = format!("{error}; with the last good environment: {e}");
+                self.announce(
+                    Event::RevertFailed,
+                    &fields.with_error(&why),
+                    &format!(
+                        "Reverted the app's environment on {version}, but it is not healthy either"
+                    ),
+                );
+                self.finish_environment(state, Res::RevertFailed, version, Some(why));
+                Outcome::RevertFailed
+            }
+        }
+    }
+
+    fn finish_environment(
+        &self,
+        state: &mut State,
+        result: Res,
+        version: &Version,
+        error: Option<String>,
+    ) {
+        state.environment_pending = false;
+        state.last = Some(state::Outcome {
+            result,
+            version: Some(version.to_string()),
+            request: state.applied.clone(),
+            error,
+            at: state::now(),
+        });
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state");
+        }
+    }
+}
+
+fn good_copy(file: &std::path::Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".good");
+    PathBuf::from(name)
+}

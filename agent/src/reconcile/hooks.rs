@@ -1,0 +1,101 @@
+//! Running a release's hooks (see [`crate::hooks`]) as steps of a deploy, with their output and
+//! outcome in the journal under the deploy's fields.
+
+use super::{Agent, Outcome};
+use crate::events::{emit, Event, Fields};
+use crate::health::HealthProbe;
+use crate::hooks::{self, Context, Hook, Ran};
+use crate::owner;
+use crate::service::ServiceManager;
+use crate::source::DesiredSource;
+use crate::state::{Request, Result as Res, State};
+use crate::store::ArtifactStore;
+use crate::version::Version;
+
+impl<S, A, M, H> Agent<S, A, M, H>
+where
+    S: DesiredSource,
+    A: ArtifactStore,
+    M: ServiceManager,
+    H: HealthProbe,
+{
+    /// Runs `hook` from `version`'s release. `Err` carries the reason, already in the journal.
+    pub(super) async fn run_hook(
+        &self,
+        hook: Hook,
+        version: &str,
+        fields: &Fields<'_>,
+    ) -> Result<(), String> {
+        let name = hook.as_str();
+        let fields = Fields {
+            hook: Some(name),
+            ..*fields
+        };
+        let failed = |error: String| {
+            emit(
+                Event::HookFailed,
+                &fields.with_error(&error),
+                &format!("The {name} hook of {version} failed: {error}"),
+            );
+            Err(error)
+        };
+        let spec = (self.config.hooks.user.as_deref()).or(self.config.release.owner.as_deref());
+        let user = match spec.map(owner::lookup).transpose() {
+            Ok(user) => user,
+            Err(e) => return failed(format!("hook user: {e}")),
+        };
+        let environment = self
+            .settings
+            .as_ref()
+            .map(|s| s.pairs())
+            .unwrap_or_default();
+        let release_dir = self.layout.release_dir(version);
+        let ctx = Context {
+            release_dir: &release_dir,
+            version,
+            previous_version: fields.previous_version,
+            user,
+            timeout: self.config.hooks.timeout,
+            environment: &environment,
+        };
+        let result = hooks::run(hook, &ctx, |_, line| {
+            emit(Event::HookOutput, &fields, line);
+        })
+        .await;
+        match result {
+            Ok(Ran::Absent) => Ok(()),
+            Ok(Ran::Passed(took)) => {
+                emit(
+                    Event::HookPassed,
+                    &fields,
+                    &format!(
+                        "The {name} hook of {version} passed in {:.1} s",
+                        took.as_secs_f64()
+                    ),
+                );
+                Ok(())
+            }
+            Err(e) => failed(e.to_string()),
+        }
+    }
+
+    /// The pre-activate hook failed: nothing was switched, and the request is not retried until
+    /// the parameter changes.
+    pub(super) fn abort(
+        &self,
+        state: &mut State,
+        request: Request,
+        version: &Version,
+        fields: &Fields<'_>,
+        error: String,
+    ) -> Outcome {
+        state.remember_failed(request.clone());
+        self.announce(
+            Event::DeployAborted,
+            &fields.with_error(&error),
+            &format!("Deploy of {version} aborted before the switch: {error}"),
+        );
+        self.record(state, Res::Aborted, version, Some(request), Some(error));
+        Outcome::Aborted
+    }
+}
