@@ -17,7 +17,7 @@ const MAX_EXPOSURE: f64 = 4.0;
 const SETTINGS: &[(&str, &str)] = &[
     ("Type", "notify"),
     ("NoNewPrivileges", "yes"),
-    ("CapabilityBoundingSet", "cap_chown"),
+    ("CapabilityBoundingSet", "cap_chown cap_setgid cap_setuid"),
     ("AmbientCapabilities", ""),
     ("ProtectSystem", "strict"),
     ("ReadWritePaths", "-/opt/app"),
@@ -172,20 +172,15 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
         "symlinkat",
         "fchownat",
         "lchown",
+        "setresuid",
+        "setgroups",
     ] {
         assert!(
             filter.split_whitespace().any(|c| c == call),
             "{call} is not allowed by SystemCallFilter=: {filter}"
         );
     }
-    for call in [
-        "mount",
-        "reboot",
-        "ptrace",
-        "settimeofday",
-        "setrlimit",
-        "setuid",
-    ] {
+    for call in ["mount", "reboot", "ptrace", "settimeofday", "setrlimit"] {
         assert!(
             !filter.split_whitespace().any(|c| c == call),
             "{call} is allowed by SystemCallFilter=: {filter}"
@@ -196,12 +191,13 @@ fn hardened_agent_deploys_upgrades_and_scores_at_most_4() {
     let pid = instance.unit_property("drover.service", "MainPID");
     assert_ne!(pid, "0", "drover.service has no main process");
     assert_eq!(proc_status(&instance, &pid, "Uid"), "0\t0\t0\t0");
-    // CAP_CHOWN (bit 0) and nothing else; nothing inheritable or ambient.
+    // CAP_CHOWN (bit 0), CAP_SETGID (6) and CAP_SETUID (7) and nothing else; nothing
+    // inheritable or ambient.
     for (caps, want) in [
         ("CapInh", "0000000000000000"),
-        ("CapPrm", "0000000000000001"),
-        ("CapEff", "0000000000000001"),
-        ("CapBnd", "0000000000000001"),
+        ("CapPrm", "00000000000000c1"),
+        ("CapEff", "00000000000000c1"),
+        ("CapBnd", "00000000000000c1"),
         ("CapAmb", "0000000000000000"),
     ] {
         assert_eq!(

@@ -14,6 +14,7 @@ pub mod https;
 pub mod moto;
 pub mod release;
 pub mod userdata;
+pub mod webhook;
 pub mod world;
 
 pub use container::{Bind, Container, Overlay, Readiness};

@@ -121,8 +121,14 @@ wait "$pid"
     /// Puts a String parameter, overwriting, bypassing drover (for values `drover promote` would
     /// refuse); returns the parameter's new version number.
     pub fn put_parameter(&self, name: &str, value: &str) -> i64 {
+        self.put_parameter_of_type(name, value, "String")
+    }
+
+    /// Puts a parameter of `kind` (`String`, `StringList` or `SecureString`, which moto encrypts
+    /// with the account's default key), overwriting; returns its new version number.
+    pub fn put_parameter_of_type(&self, name: &str, value: &str, kind: &str) -> i64 {
         let body = serde_json::json!({
-            "Name": name, "Value": value, "Type": "String", "Overwrite": true,
+            "Name": name, "Value": value, "Type": kind, "Overwrite": true,
         });
         let r = self.ssm("PutParameter", &body);
         r.get("Version")

@@ -1,0 +1,250 @@
+//! The app's side of a deploy, on an instance (real systemd, journald and moto): hooks shipped in
+//! the release, the app's environment and secrets from SSM, and webhook notices.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use drover_tests::release::app_dir;
+use drover_tests::userdata::WriteFile;
+use drover_tests::webhook::Receiver;
+use drover_tests::{Instance, World};
+
+const DEPLOY: Duration = Duration::from_secs(90);
+const SECRET: &str = "s3cret-Value-that-must-not-leak";
+
+/// The sample app's release for `version`, with `hooks/NAME` scripts.
+fn release_with_hooks(world: &World, version: &str, hooks: &[(&str, &str)]) -> PathBuf {
+    let dir = app_dir(&world.artifacts_dir(), version, true);
+    for (name, script) in hooks {
+        let path = dir.join("hooks").join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+fn ship(world: &World, version: &str, dir: &Path) {
+    world.publish(version, dir);
+    world.promote(version);
+}
+
+/// The environment of the app's running process, from /proc inside the instance.
+fn app_environ(instance: &Instance) -> Vec<(String, String)> {
+    let pid = instance.unit_property("app.service", "MainPID");
+    let raw = instance.exec_ok(&["cat", &format!("/proc/{pid}/environ")]);
+    raw.split('\0')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn env_var(instance: &Instance, name: &str) -> Option<String> {
+    app_environ(instance)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+fn events_with(instance: &Instance, event: &str, key: &str, value: &str) -> Vec<serde_json::Value> {
+    instance
+        .journal_events(event)
+        .into_iter()
+        .filter(|e| e[key] == value)
+        .collect()
+}
+
+#[test]
+fn hooks_environment_and_notices_through_a_real_instance() {
+    let world = World::new("appside");
+    let env_path = format!(
+        "/drover-test/{}/env",
+        world.dir().file_name().unwrap().to_string_lossy()
+    );
+    let moto = drover_tests::Moto::shared();
+    moto.put_parameter(
+        &format!("{env_path}/GREETING"),
+        r#"hello "$USER" `and` \ you"#,
+    );
+    moto.put_parameter_of_type(&format!("{env_path}/DB_PASSWORD"), SECRET, "SecureString");
+    let receiver = Receiver::start(1); // the first notice is answered 500, then retried
+
+    let mut spec = world.boot_spec();
+    spec.config_toml.push_str(&format!(
+        "\n[hooks]\ntimeout = \"20s\"\nuser = \"nobody\"\n\n\
+         [environment]\npath = \"{env_path}\"\n\n\
+         [notify]\nwebhook_url = \"{}\"\n",
+        receiver.url()
+    ));
+    // The app's unit reads the file drover writes.
+    let unit = world.app_service().replace(
+        "[Service]\n",
+        "[Service]\nEnvironmentFile=-/var/lib/drover/app.env\n",
+    );
+    spec.extra_files
+        .retain(|f| f.path != "/etc/systemd/system/app.service");
+    spec.extra_files.push(WriteFile {
+        path: "/etc/systemd/system/app.service".into(),
+        mode: 0o644,
+        content: unit,
+    });
+
+    // 1.0.0: every hook passes; pre-activate sees the deploy and the app's environment.
+    let v1 = release_with_hooks(
+        &world,
+        "1.0.0",
+        &[
+            (
+                "pre-activate",
+                "echo \"migrating to $VERSION from '${PREVIOUS_VERSION}' as $(id -un) in $(pwd) \
+                 with ${#DB_PASSWORD} bytes of password\"",
+            ),
+            ("validate", "echo smoke tests passed"),
+            ("post-activate", "echo post-activate for $VERSION"),
+        ],
+    );
+    ship(&world, "1.0.0", &v1);
+    let instance = world.boot(spec);
+    let deployed = instance.wait_for_events("deployed", 1, DEPLOY);
+    assert_eq!(deployed[0]["VERSION"], "1.0.0");
+    assert_eq!(instance.served(), "1.0.0");
+    let pre = events_with(&instance, "hook_output", "HOOK", "pre-activate");
+    assert_eq!(pre.len(), 1, "{pre:?}");
+    assert_eq!(
+        pre[0]["MESSAGE"],
+        format!(
+            "migrating to 1.0.0 from '' as nobody in /opt/app/releases/1.0.0 with {} bytes of password",
+            SECRET.len()
+        )
+    );
+    assert_eq!(pre[0]["VERSION"], "1.0.0");
+    assert_eq!(
+        events_with(&instance, "hook_passed", "HOOK", "validate").len(),
+        1
+    );
+    let post = instance.wait_for_events("hook_output", 3, DEPLOY);
+    assert!(post
+        .iter()
+        .any(|e| e["HOOK"] == "post-activate" && e["MESSAGE"] == "post-activate for 1.0.0"));
+
+    // The environment file: both values, exactly, in the app's process; mode 0600.
+    assert_eq!(env_var(&instance, "DB_PASSWORD").as_deref(), Some(SECRET));
+    assert_eq!(
+        env_var(&instance, "GREETING").as_deref(),
+        Some(r#"hello "$USER" `and` \ you"#)
+    );
+    let mode = instance.exec_ok(&["stat", "-c", "%a %U", "/var/lib/drover/app.env"]);
+    assert_eq!(mode.trim(), "600 root");
+
+    // The notice arrived despite the first attempt's 500.
+    let notice = receiver.wait_for("deployed", Duration::from_secs(20));
+    assert_eq!(notice["version"], "1.0.0");
+    assert!(notice["text"].as_str().unwrap().contains("Deployed 1.0.0"));
+    assert!(receiver.attempts() >= 2);
+
+    // 2.0.0: pre-activate fails; nothing is switched, 1.0.0 keeps serving.
+    let v2 = release_with_hooks(
+        &world,
+        "2.0.0",
+        &[("pre-activate", "echo migration failed >&2; exit 4")],
+    );
+    ship(&world, "2.0.0", &v2);
+    let aborted = instance.wait_for_events("deploy_aborted", 1, DEPLOY);
+    assert_eq!(aborted[0]["VERSION"], "2.0.0");
+    assert!(
+        aborted[0]["ERROR"]
+            .as_str()
+            .unwrap()
+            .contains("exit status: 4"),
+        "{aborted:?}"
+    );
+    assert!(events_with(&instance, "switched", "VERSION", "2.0.0").is_empty());
+    assert_eq!(instance.served(), "1.0.0");
+    assert_eq!(
+        instance.current_release().unwrap(),
+        Path::new("releases/1.0.0")
+    );
+    assert_eq!(
+        receiver.wait_for("deploy_aborted", Duration::from_secs(20))["version"],
+        "2.0.0"
+    );
+
+    // 3.0.0: healthy, but its validate hook fails: reverted to 1.0.0.
+    let v3 = release_with_hooks(
+        &world,
+        "3.0.0",
+        &[("validate", "echo smoke test failed; exit 2")],
+    );
+    ship(&world, "3.0.0", &v3);
+    let reverted = instance.wait_for_events("reverted", 1, DEPLOY);
+    assert_eq!(reverted[0]["VERSION"], "3.0.0");
+    assert!(reverted[0]["ERROR"]
+        .as_str()
+        .unwrap()
+        .contains("hook validate failed"));
+    assert_eq!(instance.served(), "1.0.0");
+    assert_eq!(
+        receiver.wait_for("reverted", Duration::from_secs(20))["version"],
+        "3.0.0"
+    );
+
+    // A changed setting alone restarts the app for it, through the health gate.
+    let pid_before = instance.unit_property("app.service", "MainPID");
+    moto.put_parameter(&format!("{env_path}/GREETING"), "hello again");
+    let changed = instance.wait_for_events("environment_changed", 1, DEPLOY);
+    assert_eq!(changed[0]["VARIABLES"], "GREETING");
+    instance.wait_for_events("environment_applied", 1, DEPLOY);
+    assert_ne!(instance.unit_property("app.service", "MainPID"), pid_before);
+    assert_eq!(
+        env_var(&instance, "GREETING").as_deref(),
+        Some("hello again")
+    );
+    assert_eq!(instance.served(), "1.0.0");
+
+    // A setting that breaks the app (it listens elsewhere) is taken back.
+    moto.put_parameter(
+        &format!("{env_path}/APP_PORT"),
+        &drover_tests::free_port().to_string(),
+    );
+    let reverted = instance.wait_for_events("reverted", 2, DEPLOY);
+    assert!(
+        reverted[1]["MESSAGE"]
+            .as_str()
+            .unwrap()
+            .contains("environment"),
+        "{reverted:?}"
+    );
+    assert_eq!(instance.served(), "1.0.0");
+    assert_eq!(env_var(&instance, "APP_PORT"), Some(world_port(&world)));
+    assert!(
+        !fs::read_to_string(instance.path("/var/lib/drover/app.env"))
+            .unwrap()
+            .contains("APP_PORT")
+    );
+    // ...and not tried again on every poll.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(instance.journal_events("environment_changed").len(), 2);
+
+    // The secret is in the file and the app, and nowhere drover reports.
+    let journal = instance.exec_ok(&["journalctl", "-u", "drover", "-o", "json", "--no-pager"]);
+    assert!(!journal.contains(SECRET), "the secret reached the journal");
+    let status = instance.exec_ok(&["drover", "status", "--json"]);
+    assert!(!status.contains(SECRET), "the secret reached drover status");
+    assert!(status.contains("DB_PASSWORD@1"), "{status}");
+    for body in receiver.bodies() {
+        assert!(!body.to_string().contains(SECRET));
+    }
+}
+
+/// The port the world's app unit sets with `Environment=APP_PORT=`.
+fn world_port(world: &World) -> String {
+    let unit = world.app_service();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment=APP_PORT="))
+        .unwrap();
+    line.to_owned()
+}
