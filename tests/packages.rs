@@ -22,7 +22,18 @@ const DEPLOY: Duration = Duration::from_secs(60);
 const DEB_DIR_INSIDE: &str = "/mnt/drover-deb";
 /// Keys of the example config that are optional and have no default: left commented out when
 /// the test spells out every default.
-const NO_DEFAULT: [&str; 5] = ["trusted_keys", "owner", "url", "region", "endpoint_url"];
+/// Keys without a default, or (`file`) meaningful only beside one of them.
+const NO_DEFAULT: [&str; 9] = [
+    "trusted_keys",
+    "owner",
+    "url",
+    "region",
+    "endpoint_url",
+    "user",
+    "path",
+    "file",
+    "webhook_url",
+];
 
 /// `$DROVER_DEB`, which must name an existing file.
 fn deb_path() -> PathBuf {

@@ -480,11 +480,19 @@ impl Config {
         }
 
         let environment = match raw.environment {
+            Some(raw::Environment { path: None, file }) => {
+                if file.is_some() {
+                    return Err(invalid(
+                        "environment.file",
+                        "is set, but environment.path is not: set the path of the parameters"
+                            .into(),
+                    ));
+                }
+                None
+            }
             None => None,
             Some(env) => {
-                let path = env
-                    .path
-                    .ok_or_else(|| invalid("environment.path", "is required".into()))?;
+                let path = env.path.unwrap_or_default();
                 if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
                     return Err(invalid(
                         "environment.path",
@@ -609,6 +617,58 @@ mod tests {
     }
 
     const MINIMAL: &str = "[artifact]\nbucket = \"b\"\n";
+
+    #[test]
+    fn hooks_environment_and_notify_sections() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.hooks.timeout, Duration::from_secs(300));
+        assert!(c.environment.is_none() && c.notify.webhook_url.is_none());
+
+        let c = parse(&format!(
+            "{MINIMAL}[hooks]\ntimeout = \"30s\"\nuser = \"app:app\"\n\
+             [environment]\npath = \"/app/env\"\n\
+             [notify]\nwebhook_url = \"https://hooks.example.com/x\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.hooks.timeout, Duration::from_secs(30));
+        assert_eq!(c.hooks.user.as_deref(), Some("app:app"));
+        let env = c.environment.unwrap();
+        assert_eq!(
+            (env.path.as_str(), env.file),
+            ("/app/env", PathBuf::from("/var/lib/drover/app.env"))
+        );
+
+        // An empty [environment] is off; a file without a path is a mistake.
+        assert!(parse(&format!("{MINIMAL}[environment]\n"))
+            .unwrap()
+            .environment
+            .is_none());
+        for (text, key) in [
+            (
+                "[environment]\nfile = \"/etc/app.env\"\n",
+                "environment.file",
+            ),
+            ("[environment]\npath = \"app/env\"\n", "environment.path"),
+            ("[environment]\npath = \"/app/env/\"\n", "environment.path"),
+            (
+                "[environment]\npath = \"/e\"\nfile = \"app.env\"\n",
+                "environment.file",
+            ),
+            ("[hooks]\ntimeout = \"0s\"\n", "hooks.timeout"),
+            ("[hooks]\nuser = \"-x\"\n", "hooks.user"),
+            (
+                "[notify]\nwebhook_url = \"ftp://secret@x\"\n",
+                "notify.webhook_url",
+            ),
+        ] {
+            let e = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+            assert!(e.contains(&format!("key {key}:")), "{text}: {e}");
+            assert!(
+                !e.contains("secret"),
+                "the webhook URL is not repeated: {e}"
+            );
+        }
+    }
 
     #[test]
     fn defaults_follow_the_spec() {
