@@ -248,3 +248,64 @@ fn world_port(world: &World) -> String {
         .unwrap();
     line.to_owned()
 }
+
+/// Webhook notices over https, trusting the system's roots: with the test CA among them the
+/// notice reaches the server; without, the certificate is refused. Either way the deploy stands.
+#[test]
+fn webhook_notices_go_over_https_and_never_fail_a_deploy() {
+    use drover_tests::host::{stderr, Host};
+    use drover_tests::https::HttpsServer;
+
+    let world = World::new("webhook-tls");
+    let www = world.dir().join("www");
+    fs::create_dir_all(&www).unwrap();
+    let https = HttpsServer::serve(&www);
+    let ca = world.dir().join("test-ca.pem");
+    fs::write(&ca, https.ca_pem()).unwrap();
+    let endpoint = world.moto.endpoint();
+    let url = https.url("hook");
+    let host = Host::with_config(
+        world,
+        &endpoint,
+        &format!("[notify]\nwebhook_url = \"{url}\"\n"),
+    );
+
+    // python's http.server answers a POST with 501: a failed notice, retried, over a TLS
+    // connection the agent accepted.
+    host.world.release("1.0.0", true);
+    let out = host
+        .command(&["once"])
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let posts = https
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST /hook "))
+        .count();
+    assert_eq!(posts, 3, "three attempts: {:?}", https.requests());
+    let err = stderr(&out);
+    assert!(
+        err.contains("notify_failed") && err.contains("HTTP 501"),
+        "{err}"
+    );
+    assert!(!err.contains(&url), "the URL is not logged: {err}");
+
+    // The system's usual roots do not know the test CA.
+    host.world.release("2.0.0", true);
+    let out = host
+        .command(&["once"])
+        .env("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(host.current(), "releases/2.0.0");
+    let posts = https
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST /hook "))
+        .count();
+    assert_eq!(posts, 3, "no request got through: {:?}", https.requests());
+    assert!(stderr(&out).contains("notify_failed"), "{}", stderr(&out));
+}

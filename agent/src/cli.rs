@@ -43,10 +43,14 @@ enum Command {
     },
     /// Switch back to the previous good release now.
     Rollback,
-    /// Pack PATH (a directory or a .tar.gz) and upload it with its .sha256.
+    /// Pack PATH (a directory or a .tar.gz) and upload it with its .sha256 (and, with --sign, its
+    /// .minisig).
     Publish {
         #[arg(long)]
         version: String,
+        /// Sign with this minisign secret key (unencrypted: `minisign -G -W`).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
         path: PathBuf,
     },
     /// Put VERSION into the parameter.
@@ -121,6 +125,9 @@ const BAD_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose);
+    // rustls on ring for every TLS client (the SDK's is built on it in aws.rs): reqwest, for
+    // webhook notices, takes the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Renders text for another machine, so this one's config does not matter.
     if let Command::UserData(args) = &cli.command {
         return user_data(args);
@@ -171,10 +178,14 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
             ExitCode::SUCCESS
         }),
         Command::Rollback => rollback(config).await,
-        Command::Publish { version, path } => {
+        Command::Publish {
+            version,
+            sign,
+            path,
+        } => {
             let sdk = aws::sdk_config(&config.aws).await;
             let store = S3Store::new(aws::s3_client(&sdk, &config.aws), &config.artifact.bucket);
-            operator::publish(&config, &store, &version, &path)
+            operator::publish(&config, &store, &version, &path, sign.as_deref())
                 .await
                 .map(|line| {
                     println!("{line}");

@@ -57,6 +57,8 @@ pub struct Artifact {
     pub bucket: String,
     /// Object key template; contains `{version}`.
     pub key: String,
+    /// With any, every artifact must carry `{key}.minisig` by one of them.
+    pub trusted_keys: Vec<crate::signature::PublicKey>,
     /// Largest tarball accepted, in bytes (compressed).
     pub max_size: u64,
     /// Largest sum of unpacked file sizes, in bytes: the decompression-bomb cap.
@@ -334,17 +336,21 @@ impl Config {
                 format!("{key:?} must not start with /"),
             ));
         }
-        if artifact_raw.trusted_keys.is_some_and(|k| !k.is_empty()) {
-            return Err(invalid(
-                "artifact.trusted_keys",
-                "signed releases are not supported by this version of drover; refusing to run \
-                 without the verification you asked for"
-                    .into(),
-            ));
+        let mut trusted_keys = Vec::new();
+        for (i, text) in artifact_raw
+            .trusted_keys
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let key = crate::signature::PublicKey::parse(text)
+                .map_err(|e| invalid("artifact.trusted_keys", format!("key {}: {e}", i + 1)))?;
+            trusted_keys.push(key);
         }
         let artifact = Artifact {
             bucket,
             key,
+            trusted_keys,
             max_size: size("artifact.max_size", artifact_raw.max_size, 2 << 30)?,
             max_unpacked_size: size(
                 "artifact.max_unpacked_size",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::digest::{self, Hasher, Sha256Digest};
 use crate::fsutil::{IoContext, PathError};
+use crate::signature::{Prehash, PublicKey, Signature, SignatureError};
 use crate::store::{self, ArtifactStore, ObjectBody, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,11 @@ pub enum FetchError {
     },
     #[error("{key}: download did not finish within {seconds} s")]
     Timeout { key: String, seconds: u64 },
+    #[error("{key}: {source}")]
+    Signature {
+        key: String,
+        source: crate::signature::SignatureError,
+    },
     #[error(transparent)]
     Io(#[from] PathError),
 }
@@ -37,6 +43,7 @@ impl FetchError {
             FetchError::BadDigestFile { .. }
                 | FetchError::TooLarge { .. }
                 | FetchError::Mismatch { .. }
+                | FetchError::Signature { .. }
         )
     }
 }
@@ -70,9 +77,58 @@ pub async fn expected_digest<S: ArtifactStore>(
     })
 }
 
+/// The signature an artifact must carry (`[artifact] trusted_keys`), read from `{key}.minisig`
+/// within `timeout` and checked for a trusted key before anything is downloaded. A missing or
+/// malformed signature, or one by an unknown key, rejects the artifact.
+pub async fn expected_signature<S: ArtifactStore>(
+    store: &S,
+    key: &str,
+    keys: &[PublicKey],
+    timeout: Duration,
+) -> Result<Signature, FetchError> {
+    let sig_key = format!("{key}.minisig");
+    let rejected = |source| FetchError::Signature {
+        key: sig_key.clone(),
+        source,
+    };
+    let read = tokio::time::timeout(
+        timeout,
+        store::get_small(store, &sig_key, crate::signature::MAX_SIGNATURE_FILE),
+    )
+    .await
+    .map_err(|_| FetchError::Timeout {
+        key: sig_key.clone(),
+        seconds: timeout.as_secs(),
+    })?;
+    let bytes = match read {
+        Err(StoreError::NotFound { .. }) => {
+            return Err(rejected(SignatureError::Malformed(
+                "not found: the artifact is not signed".into(),
+            )))
+        }
+        other => other?,
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| rejected(SignatureError::Malformed("not text".into())))?;
+    let signature = Signature::parse(&text).map_err(rejected)?;
+    if !keys.iter().any(|k| k.id_hex() == signature.key_id_hex()) {
+        return Err(rejected(SignatureError::UnknownKey(signature.key_id_hex())));
+    }
+    Ok(signature)
+}
+
+/// What a download produced.
+#[derive(Clone, Copy, Debug)]
+pub struct Downloaded {
+    pub len: u64,
+    /// The BLAKE2b-512 digest, when a prehashed signature asked for it.
+    pub prehash: Option<[u8; 64]>,
+}
+
 /// Streams `key` into the new file `dest`, at most `max_size` bytes and within `timeout`, and
-/// checks the digest as the last byte arrives. On any error `dest` may hold a partial file: the
-/// caller owns the staging directory and removes it.
+/// checks the digest as the last byte arrives (with `prehash`, also computes the BLAKE2b-512
+/// digest a prehashed signature covers, in the same pass). On any error `dest` may hold a partial
+/// file: the caller owns the staging directory and removes it.
 pub async fn download<S: ArtifactStore>(
     store: &S,
     key: &str,
@@ -80,14 +136,16 @@ pub async fn download<S: ArtifactStore>(
     expected: Sha256Digest,
     max_size: u64,
     timeout: Duration,
-) -> Result<u64, FetchError> {
-    match tokio::time::timeout(timeout, stream_to_file(store, key, dest, max_size)).await {
+    prehash: bool,
+) -> Result<Downloaded, FetchError> {
+    let streamed = stream_to_file(store, key, dest, max_size, prehash);
+    match tokio::time::timeout(timeout, streamed).await {
         Err(_) => Err(FetchError::Timeout {
             key: key.to_owned(),
             seconds: timeout.as_secs(),
         }),
         Ok(Err(e)) => Err(e),
-        Ok(Ok((actual, len))) if actual == expected => Ok(len),
+        Ok(Ok((actual, downloaded))) if actual == expected => Ok(downloaded),
         Ok(Ok((actual, _))) => Err(FetchError::Mismatch {
             key: key.to_owned(),
             expected,
@@ -96,12 +154,42 @@ pub async fn download<S: ArtifactStore>(
     }
 }
 
+/// Checks `signature` over the downloaded artifact `file` (named `key`), by one of `keys`.
+/// Returns the id of the key that signed it.
+pub fn verify_signature(
+    signature: &Signature,
+    keys: &[PublicKey],
+    key: &str,
+    file: &Path,
+    downloaded: &Downloaded,
+) -> Result<String, FetchError> {
+    let rejected = |source| FetchError::Signature {
+        key: key.to_owned(),
+        source,
+    };
+    let file_name = key.rsplit('/').next().unwrap_or(key);
+    let signer = match downloaded.prehash {
+        Some(digest) => signature.verify(keys, &digest, file_name),
+        None => {
+            if downloaded.len > crate::signature::MAX_LEGACY_SIZE {
+                return Err(rejected(SignatureError::LegacyTooLarge {
+                    size: downloaded.len,
+                }));
+            }
+            let whole = std::fs::read(file).at("read", file)?;
+            signature.verify(keys, &whole, file_name)
+        }
+    };
+    signer.map(PublicKey::id_hex).map_err(rejected)
+}
+
 async fn stream_to_file<S: ArtifactStore>(
     store: &S,
     key: &str,
     dest: &Path,
     max_size: u64,
-) -> Result<(Sha256Digest, u64), FetchError> {
+    prehash: bool,
+) -> Result<(Sha256Digest, Downloaded), FetchError> {
     let too_large = || FetchError::TooLarge {
         key: key.to_owned(),
         limit: max_size,
@@ -119,6 +207,7 @@ async fn stream_to_file<S: ArtifactStore>(
         .at("create", dest)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = Hasher::default();
+    let mut blake = prehash.then(Prehash::default);
     let mut len = 0u64;
     while let Some(chunk) = body.next_chunk().await? {
         len += chunk.len() as u64;
@@ -126,10 +215,17 @@ async fn stream_to_file<S: ArtifactStore>(
             return Err(too_large());
         }
         hasher.update(&chunk);
+        if let Some(b) = blake.as_mut() {
+            b.update(&chunk);
+        }
         out.write_all(&chunk).at("write", dest)?;
     }
     out.flush().at("write", dest)?;
-    Ok((hasher.finish(), len))
+    let downloaded = Downloaded {
+        len,
+        prehash: blake.map(Prehash::finish),
+    };
+    Ok((hasher.finish(), downloaded))
 }
 
 #[cfg(test)]
@@ -247,10 +343,12 @@ pub(crate) mod tests {
             Sha256Digest::of(data),
             1000,
             DAY,
+            false,
         )
         .await
         .unwrap();
-        assert_eq!(len, data.len() as u64);
+        assert_eq!(len.len, data.len() as u64);
+        assert!(len.prehash.is_none());
         assert_eq!(std::fs::read(dir.path().join("1")).unwrap(), data);
 
         let err = download(
@@ -260,6 +358,7 @@ pub(crate) mod tests {
             Sha256Digest::of(b"other"),
             1000,
             DAY,
+            false,
         )
         .await
         .unwrap_err();
@@ -272,6 +371,7 @@ pub(crate) mod tests {
             Sha256Digest::of(data),
             10,
             DAY,
+            false,
         )
         .await
         .unwrap_err();

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod releases;
 pub mod service;
+pub mod signature;
 pub mod source;
 pub mod state;
 pub mod store;

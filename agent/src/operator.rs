@@ -13,14 +13,24 @@ use crate::state::{State, StateFile};
 use crate::version::Version;
 
 /// Packs `path` (a directory, or a ready `.tar.gz`) and uploads it and its `.sha256` under the
-/// configured key. Refuses to overwrite an existing version: published releases are immutable.
+/// configured key, and with `sign` (a minisign secret key file) its `.minisig`. The tarball goes
+/// last, so that an agent that sees it also finds its digest and signature. Refuses to overwrite
+/// an existing version: published releases are immutable.
 pub async fn publish(
     config: &Config,
     store: &S3Store,
     version: &str,
     path: &Path,
+    sign: Option<&Path>,
 ) -> Result<String, String> {
     let version = Version::parse(version).map_err(|e| e.to_string())?;
+    // Read before anything is uploaded: a bad key uploads nothing.
+    let secret = sign
+        .map(|p| {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            crate::signature::SecretKey::parse(&text).map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .transpose()?;
     let key = config.artifact.key_for(&version);
     let url = format!("s3://{}/{key}", store.bucket());
     if store.exists(&key).await.map_err(|e| e.to_string())? {
@@ -44,12 +54,8 @@ pub async fn publish(
             path.display()
         ));
     };
-    let digest = hash_file(&tarball)?;
+    let (digest, prehash) = hash_file(&tarball, secret.is_some())?;
     let file_name = key.rsplit('/').next().unwrap_or(&key);
-    store
-        .put_file(&key, &tarball)
-        .await
-        .map_err(|e| e.to_string())?;
     store
         .put_bytes(
             &format!("{key}.sha256"),
@@ -57,7 +63,26 @@ pub async fn publish(
         )
         .await
         .map_err(|e| e.to_string())?;
-    Ok(format!("published {url} sha256 {digest}"))
+    let mut signed = String::new();
+    if let (Some(secret), Some(prehash)) = (&secret, &prehash) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let text = secret
+            .sign(prehash, file_name, now)
+            .map_err(|e| e.to_string())?;
+        store
+            .put_bytes(&format!("{key}.minisig"), text.into_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        signed = format!(", signed by key {}", secret.key_id_hex());
+    }
+    store
+        .put_file(&key, &tarball)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("published {url} sha256 {digest}{signed}"))
 }
 
 fn pack_dir(dir: &Path, out: &Path) -> Result<(), String> {
@@ -78,14 +103,21 @@ fn pack_dir(dir: &Path, out: &Path) -> Result<(), String> {
     w.flush().map_err(|e| format!("{}: {e}", out.display()))
 }
 
-fn hash_file(path: &Path) -> Result<Sha256Digest, String> {
+/// The file's SHA-256, and with `prehash` its BLAKE2b-512 (what a minisign signature covers).
+fn hash_file(path: &Path, prehash: bool) -> Result<(Sha256Digest, Option<[u8; 64]>), String> {
     let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut hasher = Hasher::default();
+    let mut blake = prehash.then(crate::signature::Prehash::default);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         match file.read(&mut buf) {
-            Ok(0) => return Ok(hasher.finish()),
-            Ok(n) => hasher.update(&buf[..n]),
+            Ok(0) => return Ok((hasher.finish(), blake.map(|b| b.finish()))),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                if let Some(b) = blake.as_mut() {
+                    b.update(&buf[..n]);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
@@ -107,7 +139,7 @@ pub fn unpack_local(
     expected: Option<Sha256Digest>,
     limits: &crate::unpack::Limits,
 ) -> Result<String, String> {
-    let actual = hash_file(archive)?;
+    let (actual, _) = hash_file(archive, false)?;
     if let Some(expected) = expected.filter(|e| *e != actual) {
         return Err(format!(
             "{}: sha256 mismatch: expected {expected}, got {actual}",

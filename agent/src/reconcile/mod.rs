@@ -718,17 +718,44 @@ where
         let expected =
             fetch::expected_digest(&self.store, &key, desired.sha256, artifact.download_timeout)
                 .await?;
+        // With trusted keys, the signature is read (and its key checked) before the download.
+        let signature = match artifact.trusted_keys.is_empty() {
+            true => None,
+            false => Some(
+                fetch::expected_signature(
+                    &self.store,
+                    &key,
+                    &artifact.trusted_keys,
+                    artifact.download_timeout,
+                )
+                .await?,
+            ),
+        };
         let tarball = staging.join("artifact.tar.gz");
-        let len = fetch::download(
+        let downloaded = fetch::download(
             &self.store,
             &key,
             &tarball,
             expected,
             artifact.max_size,
             artifact.download_timeout,
+            signature.as_ref().is_some_and(|s| s.is_prehashed()),
         )
         .await?;
-        let digest = expected.to_string();
+        let signed_by = match &signature {
+            None => String::new(),
+            Some(sig) => {
+                let signer = fetch::verify_signature(
+                    sig,
+                    &artifact.trusted_keys,
+                    &key,
+                    &tarball,
+                    &downloaded,
+                )?;
+                format!(", signed by key {signer}")
+            }
+        };
+        let (digest, len) = (expected.to_string(), downloaded.len);
         emit(
             Event::ArtifactVerified,
             &Fields {
@@ -736,7 +763,7 @@ where
                 ..*fields
             },
             &format!(
-                "Verified s3://{}/{key}: {len} bytes, sha256 {digest}",
+                "Verified s3://{}/{key}: {len} bytes, sha256 {digest}{signed_by}",
                 artifact.bucket
             ),
         );

@@ -1,0 +1,408 @@
+//! Signed releases in minisign's format (SPEC, "Signed releases"): verifying `{key}.minisig`
+//! against `[artifact] trusted_keys`, and signing for `drover publish --sign`.
+//!
+//! A public key is `base64("Ed" ‖ key id[8] ‖ Ed25519 key[32])`. A signature file is
+//!
+//! ```text
+//! untrusted comment: <anything>
+//! base64(algorithm[2] ‖ key id[8] ‖ signature[64])
+//! trusted comment: timestamp:1700000000<TAB>file:1.4.2.tar.gz<TAB>hashed
+//! base64(global signature[64])
+//! ```
+//!
+//! where the signature is over the file's BLAKE2b-512 digest (algorithm `ED`, "prehashed",
+//! minisign's default) or over the file itself (`Ed`, legacy), and the global signature is over
+//! `signature ‖ trusted comment`, so the comment cannot be changed either. Ed25519 is ring's
+//! (already linked for TLS); BLAKE2b is the `blake2` crate's.
+
+use base64::Engine;
+use blake2::{Blake2b512, Digest};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// Largest artifact a legacy (not prehashed) signature is checked on: it signs the whole file,
+/// which must then be in memory.
+pub const MAX_LEGACY_SIZE: u64 = 64 << 20;
+/// Largest `.minisig` object read.
+pub const MAX_SIGNATURE_FILE: usize = 4096;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("not a minisign public key: {0}")]
+    BadPublicKey(String),
+    #[error("malformed signature file: {0}")]
+    Malformed(String),
+    #[error("signed by key {0}, which is not in trusted_keys")]
+    UnknownKey(String),
+    #[error("the signature does not match the artifact")]
+    Mismatch,
+    #[error("the trusted comment does not match its signature")]
+    CommentMismatch,
+    #[error("the trusted comment names {found:?}, not file:{expected}")]
+    WrongFile { expected: String, found: String },
+    #[error(
+        "a legacy (not prehashed) signature on a {size}-byte artifact; legacy signatures are \
+         checked up to {MAX_LEGACY_SIZE} bytes: sign with `minisign -S` (prehashed by default)"
+    )]
+    LegacyTooLarge { size: u64 },
+    #[error("not a minisign secret key: {0}")]
+    BadSecretKey(String),
+}
+
+/// A trusted public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    pub id: [u8; 8],
+    key: [u8; 32],
+}
+
+impl PublicKey {
+    /// Parses the base64 line of a `minisign.pub` (the whole file is accepted too).
+    pub fn parse(text: &str) -> Result<Self, SignatureError> {
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+            .ok_or_else(|| SignatureError::BadPublicKey("empty".into()))?;
+        let bytes = B64
+            .decode(line)
+            .map_err(|e| SignatureError::BadPublicKey(format!("{line:?}: {e}")))?;
+        if bytes.len() != 42 || &bytes[..2] != b"Ed" {
+            return Err(SignatureError::BadPublicKey(format!(
+                "{line:?} is not an Ed25519 key (42 bytes starting with \"Ed\")"
+            )));
+        }
+        let mut id = [0; 8];
+        id.copy_from_slice(&bytes[2..10]);
+        let mut key = [0; 32];
+        key.copy_from_slice(&bytes[10..42]);
+        Ok(Self { id, key })
+    }
+
+    /// minisign's way of naming a key: its id in hex, most significant byte first.
+    pub fn id_hex(&self) -> String {
+        key_id_hex(&self.id)
+    }
+
+    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, self.key)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+fn key_id_hex(id: &[u8; 8]) -> String {
+    id.iter().rev().map(|b| format!("{b:02X}")).collect()
+}
+
+/// A parsed `.minisig` file.
+#[derive(Clone, Debug)]
+pub struct Signature {
+    prehashed: bool,
+    key_id: [u8; 8],
+    signature: [u8; 64],
+    trusted_comment: String,
+    global: [u8; 64],
+}
+
+impl Signature {
+    pub fn parse(text: &str) -> Result<Self, SignatureError> {
+        let bad = |why: &str| SignatureError::Malformed(why.to_owned());
+        let mut lines = text.lines();
+        let untrusted = lines.next().ok_or_else(|| bad("empty"))?;
+        if !untrusted.starts_with("untrusted comment:") {
+            return Err(bad("the first line is not an untrusted comment"));
+        }
+        let sig = B64
+            .decode(lines.next().ok_or_else(|| bad("no signature line"))?.trim())
+            .map_err(|_| bad("the signature line is not base64"))?;
+        if sig.len() != 74 {
+            return Err(bad("the signature line is not 74 bytes"));
+        }
+        let prehashed = match &sig[..2] {
+            b"ED" => true,
+            b"Ed" => false,
+            _ => return Err(bad("unknown signature algorithm")),
+        };
+        let trusted_comment = lines
+            .next()
+            .and_then(|l| l.strip_prefix("trusted comment: "))
+            .ok_or_else(|| bad("no trusted comment"))?
+            .to_owned();
+        let global = B64
+            .decode(
+                lines
+                    .next()
+                    .ok_or_else(|| bad("no global signature"))?
+                    .trim(),
+            )
+            .map_err(|_| bad("the global signature is not base64"))?;
+        let global: [u8; 64] = global
+            .try_into()
+            .map_err(|_| bad("the global signature is not 64 bytes"))?;
+        let mut key_id = [0; 8];
+        key_id.copy_from_slice(&sig[2..10]);
+        let mut signature = [0; 64];
+        signature.copy_from_slice(&sig[10..74]);
+        Ok(Self {
+            prehashed,
+            key_id,
+            signature,
+            trusted_comment,
+            global,
+        })
+    }
+
+    /// Whether the signature is over the file's BLAKE2b-512 digest (else over the file itself).
+    pub fn is_prehashed(&self) -> bool {
+        self.prehashed
+    }
+
+    /// The id of the key that made it, as minisign prints it.
+    pub fn key_id_hex(&self) -> String {
+        key_id_hex(&self.key_id)
+    }
+
+    /// Checks the signature against the trusted keys, for the artifact named `file_name` whose
+    /// content is `signed` (its BLAKE2b-512 digest when prehashed, else the whole file).
+    /// Returns the key that signed it.
+    pub fn verify<'k>(
+        &self,
+        keys: &'k [PublicKey],
+        signed: &[u8],
+        file_name: &str,
+    ) -> Result<&'k PublicKey, SignatureError> {
+        let key = keys
+            .iter()
+            .find(|k| k.id == self.key_id)
+            .ok_or_else(|| SignatureError::UnknownKey(self.key_id_hex()))?;
+        if !key.verify(signed, &self.signature) {
+            return Err(SignatureError::Mismatch);
+        }
+        let mut global_message = self.signature.to_vec();
+        global_message.extend_from_slice(self.trusted_comment.as_bytes());
+        if !key.verify(&global_message, &self.global) {
+            return Err(SignatureError::CommentMismatch);
+        }
+        let wanted = format!("file:{file_name}");
+        if !self.trusted_comment.split('\t').any(|t| t == wanted) {
+            return Err(SignatureError::WrongFile {
+                expected: file_name.to_owned(),
+                found: self.trusted_comment.clone(),
+            });
+        }
+        Ok(key)
+    }
+}
+
+/// BLAKE2b-512, fed as the artifact streams in, for prehashed signatures.
+#[derive(Clone, Default)]
+pub struct Prehash(Blake2b512);
+
+impl Prehash {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(self) -> [u8; 64] {
+        self.0.finalize().into()
+    }
+}
+
+/// An unencrypted minisign secret key (`minisign -G -W`), for `drover publish --sign`.
+pub struct SecretKey {
+    id: [u8; 8],
+    seed: [u8; 32],
+    public: [u8; 32],
+}
+
+impl SecretKey {
+    pub fn parse(text: &str) -> Result<Self, SignatureError> {
+        let bad = |why: &str| SignatureError::BadSecretKey(why.to_owned());
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+            .ok_or_else(|| bad("empty"))?;
+        let bytes = B64.decode(line).map_err(|_| bad("not base64"))?;
+        // "Ed", KDF algorithm[2], checksum algorithm[2], salt[32], opslimit[8], memlimit[8],
+        // then key id[8] ‖ secret key[64] ‖ checksum[32].
+        if bytes.len() != 158 || &bytes[..2] != b"Ed" || &bytes[4..6] != b"B2" {
+            return Err(bad("not an Ed25519 secret key of minisign's format"));
+        }
+        if &bytes[2..4] != b"\0\0" {
+            return Err(bad(
+                "the key is encrypted with a password; drover signs with unencrypted keys \
+                 (minisign -G -W), or sign with minisign -S itself",
+            ));
+        }
+        let body = &bytes[54..];
+        let (id, rest) = body.split_at(8);
+        let (secret, checksum) = rest.split_at(64);
+        let mut hasher = blake2::Blake2b::<blake2::digest::consts::U32>::new();
+        hasher.update(&bytes[..2]);
+        hasher.update(id);
+        hasher.update(secret);
+        // minisign leaves the checksum of an unencrypted key zero; ring checks below that the
+        // secret and public halves belong together either way.
+        if checksum.iter().any(|&b| b != 0) && hasher.finalize().as_slice() != checksum {
+            return Err(bad("checksum mismatch: the key is damaged"));
+        }
+        let mut key = Self {
+            id: [0; 8],
+            seed: [0; 32],
+            public: [0; 32],
+        };
+        key.id.copy_from_slice(id);
+        key.seed.copy_from_slice(&secret[..32]);
+        key.public.copy_from_slice(&secret[32..]);
+        Ok(key)
+    }
+
+    /// The key's id, as minisign prints it.
+    pub fn key_id_hex(&self) -> String {
+        key_id_hex(&self.id)
+    }
+
+    /// The matching public key, as the base64 line of a `minisign.pub`.
+    pub fn public_key_line(&self) -> String {
+        let mut bytes = b"Ed".to_vec();
+        bytes.extend_from_slice(&self.id);
+        bytes.extend_from_slice(&self.public);
+        B64.encode(bytes)
+    }
+
+    /// A prehashed signature file for the artifact named `file_name` with BLAKE2b-512 `digest`,
+    /// with minisign's default trusted comment.
+    pub fn sign(
+        &self,
+        digest: &[u8; 64],
+        file_name: &str,
+        timestamp: u64,
+    ) -> Result<String, SignatureError> {
+        let pair =
+            ring::signature::Ed25519KeyPair::from_seed_and_public_key(&self.seed, &self.public)
+                .map_err(|_| {
+                    SignatureError::BadSecretKey("the secret and public halves do not match".into())
+                })?;
+        let signature = pair.sign(digest);
+        let trusted = format!("timestamp:{timestamp}\tfile:{file_name}\thashed");
+        let mut global_message = signature.as_ref().to_vec();
+        global_message.extend_from_slice(trusted.as_bytes());
+        let global = pair.sign(&global_message);
+        let mut line = b"ED".to_vec();
+        line.extend_from_slice(&self.id);
+        line.extend_from_slice(signature.as_ref());
+        Ok(format!(
+            "untrusted comment: signature from drover secret key {}\n{}\ntrusted comment: {trusted}\n{}\n",
+            key_id_hex(&self.id),
+            B64.encode(line),
+            B64.encode(global.as_ref())
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Made by minisign 0.11: `minisign -G -W`, then `minisign -S` (prehashed) and `minisign -S -l`
+    // (legacy) of a file 1.4.2.tar.gz holding "hello drover\n".
+    const PUBLIC: &str = "untrusted comment: minisign public key 59A84E62A21966DF\n\
+        RWTfZhmiYk6oWS/UzQMB8jdJMz5Ppwfx1fz54iL+MZZj/+6kykRWEcXB\n";
+    const SECRET: &str = "untrusted comment: minisign encrypted secret key\n\
+        RWQAAEIyAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA32YZomJOqFnLGPctaQGi9rr/QEXo94JrESll5OT3X5aKVf5U3PtZmy/UzQMB8jdJMz5Ppwfx1fz54iL+MZZj/+6kykRWEcXBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+    const ENCRYPTED: &str = "untrusted comment: minisign encrypted secret key\n\
+        RWRTY0Iysu2nz+8vxwd/XUIaiOCX6Dd9WJCzcQH/MxbTJryeOPoAAAACAAAAAAAAAEAAAAAA1B7ODFeNcCNvLxhFsJkF6oRV6FVz9TPuFgz5r5E6HR/noBa4rSw61BO0Agr3/AQ0ENi3GXWuhof1LO8tYaavuug1GtzeNZJDgbOxGW50WeM1Tt/H/B5Fv5Dxevmwnc5NsqbOkZkN80s=\n";
+    const PREHASHED: &str = "untrusted comment: signature from minisign secret key\n\
+        RUTfZhmiYk6oWXEgH5IQ7zQM8oSNmjVHaphMM/GF0XK63gdg5zFPBHOg//1CsG7BrxG1jEW0Y5orani4Fuv3hIEFiHGveI3lTA8=\n\
+        trusted comment: timestamp:1796087862\tfile:1.4.2.tar.gz\thashed\n\
+        RBy3PFHVluVMenqAJujL73nK2ALv76M1pxcEGpIcDuiyGVJRQPGjlsNbctpkWoQAAU7tyMxGr+9zqd7XXN7AAQ==\n";
+    const LEGACY: &str = "untrusted comment: signature from minisign secret key\n\
+        RWTfZhmiYk6oWc4jnpx3rJ6afSjGgWEFEBycJxkNayJv3Px3sWfEf3e+BgHNVuRmjJWWCyh2XntlqU0YRxyKG/w1lo2bcbYK+QY=\n\
+        trusted comment: timestamp:1796087862\tfile:1.4.2.tar.gz\n\
+        tD17lo+lnNFBfAaHaFMl2Wk68F2hiVEoT66m3OOGvYmll8UwXLT6PDFbcHf9ZO65F/NOIPd8NfzzeWwtNIAaBQ==\n";
+    const DATA: &[u8] = b"hello drover\n";
+    /// Another key, made the same way.
+    const OTHER: &str = "RWTQsBtGE2aKf/EoOlpqupGfF+JUp1HDPiulpxOVbROJ0gpnptJUeyQn";
+
+    fn prehash(data: &[u8]) -> [u8; 64] {
+        let mut h = Prehash::default();
+        h.update(data);
+        h.finish()
+    }
+
+    #[test]
+    fn minisign_signatures_verify_prehashed_and_legacy() {
+        let keys = [
+            PublicKey::parse(OTHER).unwrap(),
+            PublicKey::parse(PUBLIC).unwrap(),
+        ];
+        assert_eq!(keys[1].id_hex(), "59A84E62A21966DF");
+        let sig = Signature::parse(PREHASHED).unwrap();
+        assert!(sig.is_prehashed());
+        let key = sig.verify(&keys, &prehash(DATA), "1.4.2.tar.gz").unwrap();
+        assert_eq!(key.id_hex(), "59A84E62A21966DF");
+        let legacy = Signature::parse(LEGACY).unwrap();
+        assert!(!legacy.is_prehashed());
+        legacy.verify(&keys, DATA, "1.4.2.tar.gz").unwrap();
+    }
+
+    #[test]
+    fn what_does_not_match_is_named() {
+        let keys = [PublicKey::parse(PUBLIC).unwrap()];
+        let sig = Signature::parse(PREHASHED).unwrap();
+        assert_eq!(
+            sig.verify(&keys, &prehash(b"hello drovers\n"), "1.4.2.tar.gz"),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            sig.verify(&keys, &prehash(DATA), "1.4.3.tar.gz"),
+            Err(SignatureError::WrongFile {
+                expected: "1.4.3.tar.gz".into(),
+                found: "timestamp:1796087862\tfile:1.4.2.tar.gz\thashed".into()
+            })
+        );
+        let other = [PublicKey::parse(OTHER).unwrap()];
+        assert_eq!(
+            sig.verify(&other, &prehash(DATA), "1.4.2.tar.gz"),
+            Err(SignatureError::UnknownKey("59A84E62A21966DF".into()))
+        );
+        // A trusted comment edited after signing (to name another file, say).
+        let edited = PREHASHED.replace("file:1.4.2.tar.gz", "file:1.4.3.tar.gz");
+        assert_eq!(
+            Signature::parse(&edited)
+                .unwrap()
+                .verify(&keys, &prehash(DATA), "1.4.3.tar.gz"),
+            Err(SignatureError::CommentMismatch)
+        );
+        for bad in [
+            "",
+            "untrusted comment: x\n",
+            "hello\nworld\n",
+            &PREHASHED[..150],
+        ] {
+            assert!(
+                matches!(Signature::parse(bad), Err(SignatureError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(PublicKey::parse("RWQ=").is_err());
+    }
+
+    #[test]
+    fn signs_like_minisign_with_an_unencrypted_key() {
+        let secret = SecretKey::parse(SECRET).unwrap();
+        assert_eq!(secret.public_key_line(), PUBLIC.lines().nth(1).unwrap());
+        let text = secret
+            .sign(&prehash(DATA), "1.4.2.tar.gz", 1_796_087_862)
+            .unwrap();
+        let keys = [PublicKey::parse(PUBLIC).unwrap()];
+        let sig = Signature::parse(&text).unwrap();
+        assert!(sig.is_prehashed());
+        sig.verify(&keys, &prehash(DATA), "1.4.2.tar.gz").unwrap();
+        // Ed25519 is deterministic: the same signature line as minisign's.
+        assert_eq!(text.lines().nth(1), PREHASHED.lines().nth(1));
+        let e = SecretKey::parse(ENCRYPTED).err().unwrap().to_string();
+        assert!(e.contains("encrypted with a password"), "{e}");
+    }
+}
