@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use drover_tests::release::app_dir;
-use drover_tests::userdata::WriteFile;
 use drover_tests::webhook::Receiver;
 use drover_tests::{Instance, World};
 
@@ -60,10 +59,7 @@ fn events_with(instance: &Instance, event: &str, key: &str, value: &str) -> Vec<
 #[test]
 fn hooks_environment_and_notices_through_a_real_instance() {
     let world = World::new("appside");
-    let env_path = format!(
-        "/drover-test/{}/env",
-        world.dir().file_name().unwrap().to_string_lossy()
-    );
+    let env_path = world.env_path();
     let moto = drover_tests::Moto::shared();
     moto.put_parameter(
         &format!("{env_path}/GREETING"),
@@ -72,25 +68,14 @@ fn hooks_environment_and_notices_through_a_real_instance() {
     moto.put_parameter_of_type(&format!("{env_path}/DB_PASSWORD"), SECRET, "SecureString");
     let receiver = Receiver::start(1); // the first notice is answered 500, then retried
 
-    let mut spec = world.boot_spec();
-    spec.config_toml.push_str(&format!(
-        "\n[hooks]\ntimeout = \"20s\"\nuser = \"nobody\"\n\n\
-         [environment]\npath = \"{env_path}\"\n\n\
-         [notify]\nwebhook_url = \"{}\"\n",
-        receiver.url()
-    ));
-    // The app's unit reads the file drover writes.
-    let unit = world.app_service().replace(
-        "[Service]\n",
-        "[Service]\nEnvironmentFile=-/var/lib/drover/app.env\n",
+    let spec = world.boot_spec_with_environment(
+        &env_path,
+        &format!(
+            "\n[hooks]\ntimeout = \"20s\"\nuser = \"nobody\"\n\n\
+             [notify]\nwebhook_url = \"{}\"\n",
+            receiver.url()
+        ),
     );
-    spec.extra_files
-        .retain(|f| f.path != "/etc/systemd/system/app.service");
-    spec.extra_files.push(WriteFile {
-        path: "/etc/systemd/system/app.service".into(),
-        mode: 0o644,
-        content: unit,
-    });
 
     // 1.0.0: every hook passes; pre-activate sees the deploy and the app's environment.
     let v1 = release_with_hooks(
@@ -218,7 +203,10 @@ fn hooks_environment_and_notices_through_a_real_instance() {
         "{reverted:?}"
     );
     assert_eq!(instance.served(), "1.0.0");
-    assert_eq!(env_var(&instance, "APP_PORT"), Some(world_port(&world)));
+    assert_eq!(
+        env_var(&instance, "APP_PORT"),
+        Some(world.app_port.to_string())
+    );
     assert!(
         !fs::read_to_string(instance.path("/var/lib/drover/app.env"))
             .unwrap()
@@ -237,16 +225,6 @@ fn hooks_environment_and_notices_through_a_real_instance() {
     for body in receiver.bodies() {
         assert!(!body.to_string().contains(SECRET));
     }
-}
-
-/// The port the world's app unit sets with `Environment=APP_PORT=`.
-fn world_port(world: &World) -> String {
-    let unit = world.app_service();
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("Environment=APP_PORT="))
-        .unwrap();
-    line.to_owned()
 }
 
 /// Webhook notices over https, trusting the system's roots: with the test CA among them the

@@ -208,3 +208,64 @@ fn a_flapping_parameter_restarts_at_most_once_per_poll() {
     // Neither release was downloaded again: both stayed on disk.
     assert_eq!(instance.journal_events("artifact_verified").len(), 2);
 }
+
+/// kill -9 right after a new environment file is written, before the units are restarted for it:
+/// the restarted agent puts the last good file back and restarts the app for it, then applies
+/// the change again through the health gate. A bad change ends reverted, a good one applied.
+#[test]
+fn kill_9_during_an_environment_change_puts_the_good_file_back() {
+    let world = World::new("crashenv");
+    let moto = drover_tests::Moto::shared();
+    let env = world.env_path();
+    moto.put_parameter(&format!("{env}/GREETING"), "first");
+    let mut spec = world.boot_spec_with_environment(&env, "");
+    spec.extra_files.push(WriteFile {
+        path: "/etc/systemd/system/drover.service.d/crash.conf".into(),
+        mode: 0o644,
+        content: format!(
+            "[Service]\nEnvironment=DROVER_CRASH_FILE={CRASH_FILE}\nRestartSec=200ms\n"
+        ),
+    });
+    world.release("1.0.0", true);
+    let instance = world.boot(spec);
+    instance.wait_for_events("deployed", 1, CONVERGE);
+    let env_file = instance.path("/var/lib/drover/app.env");
+
+    // A change that breaks the app (it would listen elsewhere), crashed after the write.
+    for point in failpoint::ENVIRONMENT {
+        std::fs::write(instance.path(CRASH_FILE), point).unwrap();
+    }
+    let before = restarts(&instance);
+    moto.put_parameter(
+        &format!("{env}/APP_PORT"),
+        &drover_tests::free_port().to_string(),
+    );
+    instance.wait_for_events("reverted", 1, CONVERGE);
+    assert!(restarts(&instance) > before, "the agent was killed");
+    assert!(!instance.path(CRASH_FILE).exists());
+    assert_eq!(instance.served(), "1.0.0");
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        !text.contains("APP_PORT") && text.contains("first"),
+        "{text}"
+    );
+    assert_eq!(
+        instance.status_json()["last"]["result"],
+        "environment_reverted"
+    );
+    moto.put_parameter(&format!("{env}/APP_PORT"), &world.app_port.to_string());
+
+    // A good change, crashed at the same point, ends applied.
+    std::fs::write(instance.path(CRASH_FILE), failpoint::ENVIRONMENT[0]).unwrap();
+    let before = restarts(&instance);
+    moto.put_parameter(&format!("{env}/GREETING"), "second");
+    wait_for(CONVERGE, "the second greeting to be applied", || {
+        let text = std::fs::read_to_string(&env_file).ok()?;
+        let status = instance.status_json();
+        (text.contains("second") && status["last"]["result"] == "environment_applied").then_some(())
+    });
+    assert!(restarts(&instance) > before, "the agent was killed");
+    assert_eq!(instance.served(), "1.0.0");
+    let good = std::fs::read_to_string(instance.path("/var/lib/drover/app.env.good")).unwrap();
+    assert!(good.contains("second"), "{good}");
+}

@@ -22,12 +22,18 @@ pub const ALL: &[&str] = &[
     "after_revert_switch",
 ];
 
+/// Crash points of a change of the app's environment alone (`[environment]`).
+pub const ENVIRONMENT: &[&str] = &["after_environment_written"];
+
 /// Kills the process here if the crash file names `point`.
 #[inline]
 pub fn hit(point: &'static str) {
     #[cfg(debug_assertions)]
     {
-        debug_assert!(ALL.contains(&point), "unknown crash point {point}");
+        debug_assert!(
+            ALL.contains(&point) || ENVIRONMENT.contains(&point),
+            "unknown crash point {point}"
+        );
         let Some(file) = std::env::var_os("DROVER_CRASH_FILE") else {
             return;
         };

@@ -229,6 +229,29 @@ endpoint_url = "{endpoint}"
         }
     }
 
+    /// [`World::boot_spec`] with `[environment] path = env_path` (and `extra` TOML after it),
+    /// and an app unit that reads the file drover writes.
+    pub fn boot_spec_with_environment(&self, env_path: &str, extra: &str) -> Boot {
+        let mut spec = self.boot_spec();
+        spec.config_toml
+            .push_str(&format!("\n[environment]\npath = \"{env_path}\"\n{extra}"));
+        let unit = self.app_service().replace(
+            "[Service]\n",
+            "[Service]\nEnvironmentFile=-/var/lib/drover/app.env\n",
+        );
+        for file in &mut spec.extra_files {
+            if file.path == "/etc/systemd/system/app.service" {
+                file.content = unit.clone();
+            }
+        }
+        spec
+    }
+
+    /// A parameter path for this world's `[environment]`.
+    pub fn env_path(&self) -> String {
+        format!("/drover-test/{}/env", self.name)
+    }
+
     /// Boots an instance the normal way (see [`World::boot_spec`]).
     pub fn boot_instance(&self) -> Instance {
         self.boot(self.boot_spec())

@@ -171,6 +171,7 @@ where
             let _ = self.save(state);
             return Some(Outcome::Retry);
         }
+        crate::failpoint::hit("after_environment_written");
         let gate = match self.activate(version.as_str(), &fields).await {
             Ok(()) => {
                 self.run_hook(Hook::Validate, version.as_str(), &fields)
