@@ -15,7 +15,8 @@ ROOTFS_TMP="$CACHE/rootfs-tmp"
 # container the host's curl and wget (the test image has neither, as Debian's minimal images).
 # minisign: tests/signing.rs makes keys and signatures with the reference tool, and checks
 # `drover publish --sign` with it.
-HOST_PACKAGES="systemd-container debootstrap cloud-init python3 python3-venv openssl curl wget minisign"
+# cmake: flate2's zlib-ng backend builds zlib-ng with it.
+HOST_PACKAGES="systemd-container debootstrap cloud-init python3 python3-venv openssl curl wget minisign cmake"
 MOTO_REQUIREMENT='moto[server]==5.2.5'
 
 # The root filesystem recipe. Any change here makes the next run rebuild the rootfs, because the
