@@ -6,7 +6,8 @@
 //! Environment: `DROVER_STATIC_BIN` (the binary measured), `BENCH_DIR` (scratch space, default
 //! /var/tmp/drover-bench), `BENCH_DEST` (where the local rows unpack, default `BENCH_DIR`; a
 //! tmpfs there takes the disk out of the figures), `BENCH_RUNS` (default 5), `BENCH_QUICK=1`
-//! (inputs a tenth the size), `BENCH_ONLY=local` (only the local verify + unpack rows).
+//! (inputs a tenth the size), `BENCH_ONLY=local,s3,daemon` (only those parts: the local verify +
+//! unpack rows, the S3 row, the daemon figures).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -603,7 +604,9 @@ fn main() {
     let dest = std::env::var_os("BENCH_DEST")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.clone());
-    let only_local = std::env::var_os("BENCH_ONLY").is_some_and(|v| v == "local");
+    // BENCH_ONLY=local,s3,daemon (any of them): only those parts; all by default.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
     let mut bench = Bench {
         drover,
         dest,
@@ -636,13 +639,19 @@ fn main() {
     head.push_str("|---|---|---|---|---|---|---|\n");
     eprint!("{head}");
 
-    bench.local_unpack(500, 20_000);
-    bench.local_unpack(100, 2_000);
-    bench.local_unpack(2000, 2_000);
-    if !only_local {
+    if part("local") {
+        bench.local_unpack(500, 20_000);
+        bench.local_unpack(100, 2_000);
+        bench.local_unpack(2000, 2_000);
+    }
+    if part("s3") || part("daemon") {
         let moto = drover_tests::Moto::start();
-        bench.s3_fetch(&moto);
-        bench.daemon_figures(&moto);
+        if part("s3") {
+            bench.s3_fetch(&moto);
+        }
+        if part("daemon") {
+            bench.daemon_figures(&moto);
+        }
     }
 
     let size = fs::metadata(&bench.drover).unwrap().len();
