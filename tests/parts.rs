@@ -71,3 +71,51 @@ fn sample_app_reports_its_version_and_health() {
     let other = http::get(port, "/").unwrap_or_else(|e| panic!("GET /: {e}"));
     assert_eq!(other.status, 404);
 }
+
+#[test]
+fn sample_app_answers_what_it_accepted_before_sigterm_then_exits() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let dir = release::app_dir(tmp.path(), "2.7.1", true);
+    let port = free_port();
+    let mut app = App(Command::new("/usr/bin/python3")
+        .arg(dir.join("app.py"))
+        .env("APP_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the sample app: {e}")));
+    wait_for(Duration::from_secs(10), "the sample app to answer", || {
+        http::get(port, "/version").ok()
+    });
+
+    // A request in flight: connected, its head not finished. The app accepts in order, so once
+    // a later request has been answered, this one has been accepted too.
+    let mut in_flight = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    in_flight
+        .write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    http::get(port, "/health").unwrap_or_else(|e| panic!("GET /health: {e}"));
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &app.0.id().to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+    assert!(kill.success());
+    // It stops accepting...
+    wait_for(Duration::from_secs(10), "the app to stop accepting", || {
+        http::get(port, "/version").is_err().then_some(())
+    });
+    // ...yet answers the request it had accepted, and only then exits, cleanly.
+    in_flight
+        .write_all(b"Connection: close\r\n\r\n")
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut answer = String::new();
+    in_flight
+        .read_to_string(&mut answer)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n2.7.1\n"), "{answer}");
+    let status = app.0.wait().unwrap_or_else(|e| panic!("wait: {e}"));
+    assert!(status.success(), "the app exited with {status}");
+}

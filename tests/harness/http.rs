@@ -37,9 +37,33 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
+    let timeouts = (Duration::from_secs(5), Duration::from_secs(30));
+    request_within(port, method, path, headers, body, timeouts)
+}
+
+/// `GET http://127.0.0.1:port/path`.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    request(port, "GET", path, &[], &[])
+}
+
+/// `GET http://127.0.0.1:port/path`, failing with `TimedOut` (or `WouldBlock`) when connecting
+/// takes longer than `timeout`, or the answer does not start or keep coming within it.
+pub fn get_within(port: u16, path: &str, timeout: Duration) -> std::io::Result<Response> {
+    request_within(port, "GET", path, &[], &[], (timeout, timeout))
+}
+
+/// [`request`] with these (connect, read) timeouts.
+fn request_within(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    (connect, read): (Duration, Duration),
+) -> std::io::Result<Response> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut stream = TcpStream::connect_timeout(&addr, connect)?;
+    stream.set_read_timeout(Some(read))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -53,11 +77,6 @@ pub fn request(
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse(&raw)
-}
-
-/// `GET http://127.0.0.1:port/path`.
-pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
-    request(port, "GET", path, &[], &[])
 }
 
 fn parse(raw: &[u8]) -> std::io::Result<Response> {

@@ -61,6 +61,26 @@ pub struct Boot {
     pub readiness: Readiness,
 }
 
+/// Where the app's units go on an instance.
+const UNIT_DIR: &str = "/etc/systemd/system/";
+/// The example units in `systemd/` for a socket-activated app (see [`World::app_socket_units`]).
+pub const APP_SOCKET_EXAMPLE: &str = include_str!("../../systemd/app.socket");
+pub const APP_SERVICE_EXAMPLE: &str = include_str!("../../systemd/app.service");
+
+impl Boot {
+    /// The same boot with `units` (files in `/etc/systemd/system`) as the app's units, all of
+    /// them enabled, instead of the plain `app.service`.
+    pub fn with_app_units(mut self, units: Vec<WriteFile>) -> Boot {
+        self.extra_files.retain(|f| !f.path.starts_with(UNIT_DIR));
+        self.enable_units = units
+            .iter()
+            .map(|u| u.path.trim_start_matches(UNIT_DIR).to_string())
+            .collect();
+        self.extra_files.extend(units);
+        self
+    }
+}
+
 impl World {
     /// Sets up a world for the test called `label`: requires the machine set-up, starts (or
     /// reuses) moto, creates the bucket and writes the host-side config.
@@ -153,6 +173,25 @@ endpoint_url = "{endpoint}"
         )
     }
 
+    /// The example units `systemd/app.socket` and `systemd/app.service` as an operator copies
+    /// them, with the socket on this world's app port: systemd holds the listening socket and
+    /// passes it to the sample app (socket activation). For [`Boot::with_app_units`].
+    pub fn app_socket_units(&self) -> Vec<WriteFile> {
+        let example = "ListenStream=127.0.0.1:8080\n";
+        assert!(
+            APP_SOCKET_EXAMPLE.contains(example),
+            "systemd/app.socket no longer has the line {example:?} that the tests replace"
+        );
+        let socket = APP_SOCKET_EXAMPLE.replace(
+            example,
+            &format!("ListenStream=127.0.0.1:{}\n", self.app_port),
+        );
+        vec![
+            unit_file("app.socket", socket),
+            unit_file("app.service", APP_SERVICE_EXAMPLE.to_string()),
+        ]
+    }
+
     /// Runs `drover --config HOST_CONFIG ARGS...` on the host with the test credentials.
     pub fn drover(&self, args: &[&str]) -> Output {
         let bin = crate::drover_bin();
@@ -214,11 +253,7 @@ endpoint_url = "{endpoint}"
                     mode: 0o600,
                     content: credentials,
                 },
-                WriteFile {
-                    path: "/etc/systemd/system/app.service".into(),
-                    mode: 0o644,
-                    content: self.app_service(),
-                },
+                unit_file("app.service", self.app_service()),
             ],
             enable_units: vec!["app.service".into()],
             source: None,
@@ -465,6 +500,12 @@ impl Instance {
     pub fn unit_property(&self, unit: &str, property: &str) -> String {
         self.container.unit_property(unit, property)
     }
+}
+
+/// `/etc/systemd/system/NAME`, as `drover user-data --app-unit` writes it.
+fn unit_file(name: &str, content: String) -> WriteFile {
+    drover::userdata::unit_file(name, content)
+        .unwrap_or_else(|e| panic!("not a unit file name: {name}: {e}"))
 }
 
 fn check(args: &[&str], out: &Output) {
