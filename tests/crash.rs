@@ -21,22 +21,20 @@ const CRASH_FILE: &str = "/var/lib/drover/crash-at";
 /// Points in the revert path: the version deployed for them is unhealthy.
 const REVERT_POINTS: &[&str] = &["after_failed_saved", "after_revert_switch"];
 
-fn boot(world: &World) -> Instance {
-    let mut spec = world.boot_spec();
-    spec.extra_files.push(WriteFile {
+/// The drop-in that arms the crash points and restarts the agent quickly.
+fn crash_dropin() -> WriteFile {
+    WriteFile {
         path: "/etc/systemd/system/drover.service.d/crash.conf".into(),
         mode: 0o644,
         content: format!(
             "[Service]\nEnvironment=DROVER_CRASH_FILE={CRASH_FILE}\nRestartSec=200ms\n"
         ),
-    });
-    // The sweep restarts the app about twice as often as systemd's default start limit (5 starts
-    // in 10 s) allows: a recovery restarts it once, the retried deploy again.
-    spec.extra_files.push(WriteFile {
-        path: "/etc/systemd/system/app.service.d/crash.conf".into(),
-        mode: 0o644,
-        content: "[Unit]\nStartLimitIntervalSec=0\n".into(),
-    });
+    }
+}
+
+fn boot(world: &World) -> Instance {
+    let mut spec = world.boot_spec();
+    spec.extra_files.push(crash_dropin());
     world.boot(spec)
 }
 
@@ -219,13 +217,7 @@ fn kill_9_during_an_environment_change_puts_the_good_file_back() {
     let env = world.env_path();
     moto.put_parameter(&format!("{env}/GREETING"), "first");
     let mut spec = world.boot_spec_with_environment(&env, "");
-    spec.extra_files.push(WriteFile {
-        path: "/etc/systemd/system/drover.service.d/crash.conf".into(),
-        mode: 0o644,
-        content: format!(
-            "[Service]\nEnvironment=DROVER_CRASH_FILE={CRASH_FILE}\nRestartSec=200ms\n"
-        ),
-    });
+    spec.extra_files.push(crash_dropin());
     world.release("1.0.0", true);
     let instance = world.boot(spec);
     instance.wait_for_events("deployed", 1, CONVERGE);

@@ -263,3 +263,28 @@ fn agent_restarted_while_idle_resumes_without_redeploying() {
     assert_eq!(field(&deployed[1], "VERSION"), "2.0.0");
     assert_eq!(instance.served(), "2.0.0");
 }
+
+/// Eight deploys back to back, each promoted as soon as the last is deployed: more app starts
+/// than systemd's default start limit allows in 10 s (5). drover clears the limit before each of
+/// its restarts, so none is refused; then a failing release still reverts cleanly.
+#[test]
+fn back_to_back_deploys_are_not_refused_by_the_start_limit() {
+    let world = World::new("rapid");
+    let instance = world.boot_instance();
+    let started = std::time::Instant::now();
+    for (n, version) in ["1", "2", "3", "4", "5", "6", "7", "8"].iter().enumerate() {
+        world.release(version, true);
+        let deployed = instance.wait_for_events("deployed", n + 1, DEPLOY);
+        assert_eq!(field(&deployed[n], "VERSION"), *version);
+    }
+    let took = started.elapsed();
+    assert_eq!(instance.served(), "8");
+    assert!(instance.journal_events("health_failed").is_empty());
+    eprintln!("8 deploys in {took:.1?}");
+
+    world.release("9", false);
+    let reverted = instance.wait_for_events("reverted", 1, DEPLOY);
+    assert_eq!(field(&reverted[0], "VERSION"), "9");
+    assert_eq!(instance.served(), "8");
+    assert!(instance.journal_events("revert_failed").is_empty());
+}

@@ -15,6 +15,7 @@ use crate::service::{ServiceManager, UnitError};
 )]
 trait Manager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn subscribe(&self) -> zbus::Result<()>;
 
@@ -99,6 +100,12 @@ impl ServiceManager for Systemd {
             .receive_job_removed()
             .await
             .map_err(|e| bus(unit, e))?;
+        // A deploy is a deliberate restart, like an operator's `systemctl reset-failed` then
+        // `restart`: clear the unit's failed state and its start rate limit first, or a few
+        // deploys in quick succession (5 starts in 10 s by default) get the restart refused and
+        // the revert's restart with it, leaving the app down. Not loaded or not failed: nothing
+        // to reset, which is not an error here.
+        let _ = manager.reset_failed_unit(unit).await;
         let job = manager
             .restart_unit(unit, "replace")
             .await

@@ -488,34 +488,8 @@ where
             return self.abort(state, request, &version, &fields, error);
         }
 
-        // 4. Switch, with the switch recorded first so that a crash can be undone; the app's new
-        // environment file, if its settings changed, goes in with it.
-        let new_environment = self.environment_change();
-        state.pending = Some(Pending {
-            version: version.to_string(),
-            request: Some(request.clone()),
-        });
-        state.environment_pending = new_environment.is_some();
-        if let Err(e) = self.save(state) {
-            tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
-            state.pending = None;
-            state.environment_pending = false;
-            return Outcome::Retry;
-        }
-        failpoint::hit("after_pending_saved");
-        if let Some(text) = &new_environment {
-            if let Err(e) = self.write_environment(text) {
-                tracing::error!(target: "drover", error = %e, "cannot write the environment file; nothing switched");
-                state.pending = None;
-                state.environment_pending = false;
-                let _ = self.save(state);
-                return Outcome::Retry;
-            }
-        }
-        if let Err(e) = self.layout.switch(version.as_str()) {
-            tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
-            state.pending = None;
-            let _ = self.save(state);
+        // 4. Switch.
+        if self.switch(state, &version, &request).is_err() {
             return Outcome::Retry;
         }
         emit(
@@ -554,6 +528,42 @@ where
                     .await
             }
         }
+    }
+
+    /// 4: points `current` at `version`, with the switch recorded first so that a crash can be
+    /// undone; the app's new environment file, if its settings changed, goes in with it. On
+    /// failure `current` is unchanged and the state says so (the error is logged).
+    fn switch(&self, state: &mut State, version: &Version, request: &Request) -> Result<(), ()> {
+        let new_environment = self.environment_change();
+        state.pending = Some(Pending {
+            version: version.to_string(),
+            request: Some(request.clone()),
+        });
+        state.environment_pending = new_environment.is_some();
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
+            state.pending = None;
+            state.environment_pending = false;
+            return Err(());
+        }
+        failpoint::hit("after_pending_saved");
+        if let Some(text) = &new_environment {
+            if let Err(e) = self.write_environment(text) {
+                tracing::error!(target: "drover", error = %e, "cannot write the environment file; nothing switched");
+                state.pending = None;
+                state.environment_pending = false;
+                let _ = self.save(state);
+                return Err(());
+            }
+        }
+        if let Err(e) = self.layout.switch(version.as_str()) {
+            // A new environment file stays pending: the next pass puts the good one back.
+            tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
+            state.pending = None;
+            let _ = self.save(state);
+            return Err(());
+        }
+        Ok(())
     }
 
     /// A fetch that produced no release: wait, retry later, or reject the request for good.
