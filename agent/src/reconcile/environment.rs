@@ -14,7 +14,7 @@ use crate::health::HealthProbe;
 use crate::hooks::Hook;
 use crate::service::ServiceManager;
 use crate::source::DesiredSource;
-use crate::state::{self, Result as Res, State};
+use crate::state::{Result as Res, State};
 use crate::store::ArtifactStore;
 use crate::version::Version;
 
@@ -182,7 +182,8 @@ where
         Some(match gate {
             Ok(()) => {
                 self.commit_environment(state);
-                self.finish_environment(state, Res::EnvironmentApplied, version, None);
+                let request = state.applied.clone();
+                self.record(state, Res::EnvironmentApplied, version, request, None);
                 self.announce(
                     Event::EnvironmentApplied,
                     &fields,
@@ -219,7 +220,14 @@ where
                     &fields.with_error(&error),
                     &format!("Reverted the app's environment on {version}: {error}"),
                 );
-                self.finish_environment(state, Res::EnvironmentReverted, version, Some(error));
+                let request = state.applied.clone();
+                self.record(
+                    state,
+                    Res::EnvironmentReverted,
+                    version,
+                    request,
+                    Some(error),
+                );
                 Outcome::Reverted
             }
             Err(e) => {
@@ -231,29 +239,10 @@ where
                         "Reverted the app's environment on {version}, but it is not healthy either"
                     ),
                 );
-                self.finish_environment(state, Res::RevertFailed, version, Some(why));
+                let request = state.applied.clone();
+                self.record(state, Res::RevertFailed, version, request, Some(why));
                 Outcome::RevertFailed
             }
-        }
-    }
-
-    fn finish_environment(
-        &self,
-        state: &mut State,
-        result: Res,
-        version: &Version,
-        error: Option<String>,
-    ) {
-        state.environment_pending = false;
-        state.last = Some(state::Outcome {
-            result,
-            version: Some(version.to_string()),
-            request: state.applied.clone(),
-            error,
-            at: state::now(),
-        });
-        if let Err(e) = self.save(state) {
-            tracing::error!(target: "drover", error = %e, "cannot save state");
         }
     }
 }
