@@ -552,7 +552,10 @@ impl Bench {
         fs::write(&agent.config, text).unwrap();
         let (archive, _) = self.artifact(100, 2_000);
         let size_mb = fs::metadata(&archive).unwrap().len() as f64 / 1e6;
-        for run in 0..self.runs {
+        // The wait for the next poll is uniform over the cycle: a median needs more samples than
+        // the other rows.
+        let samples = self.runs.max(11);
+        for run in 0..samples {
             let v = format!("lat-{run}");
             self.ok(
                 &agent,
@@ -563,7 +566,7 @@ impl Bench {
         let daemon = self.daemon(&agent, "latency");
         daemon.wait_for(&deployed("1"), 1, std::time::Duration::from_secs(60));
         let mut seconds = Vec::new();
-        for run in 0..self.runs {
+        for run in 0..samples {
             // Promote at a random point of the poll cycle, as an operator would.
             let phase = drover::plan::random_unit() * poll as f64;
             std::thread::sleep(std::time::Duration::from_secs_f64(1.0 + phase));
