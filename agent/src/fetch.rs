@@ -111,9 +111,7 @@ pub async fn expected_signature<S: ArtifactStore>(
     let text = String::from_utf8(bytes)
         .map_err(|_| rejected(SignatureError::Malformed("not text".into())))?;
     let signature = Signature::parse(&text).map_err(rejected)?;
-    if !keys.iter().any(|k| k.id_hex() == signature.key_id_hex()) {
-        return Err(rejected(SignatureError::UnknownKey(signature.key_id_hex())));
-    }
+    signature.signer(keys).map_err(rejected)?;
     Ok(signature)
 }
 

@@ -58,11 +58,7 @@ pub struct PublicKey {
 impl PublicKey {
     /// Parses the base64 line of a `minisign.pub` (the whole file is accepted too).
     pub fn parse(text: &str) -> Result<Self, SignatureError> {
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-            .ok_or_else(|| SignatureError::BadPublicKey("empty".into()))?;
+        let line = key_line(text).ok_or_else(|| SignatureError::BadPublicKey("empty".into()))?;
         let bytes = B64
             .decode(line)
             .map_err(|e| SignatureError::BadPublicKey(format!("{line:?}: {e}")))?;
@@ -88,6 +84,14 @@ impl PublicKey {
             .verify(message, signature)
             .is_ok()
     }
+}
+
+/// The base64 line of a minisign key file: the first that is not blank or the untrusted comment.
+/// A file of that line alone works too.
+fn key_line(text: &str) -> Option<&str> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
 }
 
 fn key_id_hex(id: &[u8; 8]) -> String {
@@ -162,6 +166,14 @@ impl Signature {
         key_id_hex(&self.key_id)
     }
 
+    /// The trusted key that made this signature, by its id; the signature itself is not
+    /// checked yet (that needs the artifact: [`Signature::verify`]).
+    pub fn signer<'k>(&self, keys: &'k [PublicKey]) -> Result<&'k PublicKey, SignatureError> {
+        keys.iter()
+            .find(|k| k.id == self.key_id)
+            .ok_or_else(|| SignatureError::UnknownKey(self.key_id_hex()))
+    }
+
     /// Checks the signature against the trusted keys, for the artifact named `file_name` whose
     /// content is `signed` (its BLAKE2b-512 digest when prehashed, else the whole file).
     /// Returns the key that signed it.
@@ -171,10 +183,7 @@ impl Signature {
         signed: &[u8],
         file_name: &str,
     ) -> Result<&'k PublicKey, SignatureError> {
-        let key = keys
-            .iter()
-            .find(|k| k.id == self.key_id)
-            .ok_or_else(|| SignatureError::UnknownKey(self.key_id_hex()))?;
+        let key = self.signer(keys)?;
         if !key.verify(signed, &self.signature) {
             return Err(SignatureError::Mismatch);
         }
@@ -218,11 +227,7 @@ pub struct SecretKey {
 impl SecretKey {
     pub fn parse(text: &str) -> Result<Self, SignatureError> {
         let bad = |why: &str| SignatureError::BadSecretKey(why.to_owned());
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-            .ok_or_else(|| bad("empty"))?;
+        let line = key_line(text).ok_or_else(|| bad("empty"))?;
         let bytes = B64.decode(line).map_err(|_| bad("not base64"))?;
         // "Ed", KDF algorithm[2], checksum algorithm[2], salt[32], opslimit[8], memlimit[8],
         // then key id[8] ‖ secret key[64] ‖ checksum[32].
