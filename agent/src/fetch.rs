@@ -61,12 +61,7 @@ pub async fn expected_digest<S: ArtifactStore>(
         return Ok(d);
     }
     let digest_key = format!("{key}.sha256");
-    let bytes = tokio::time::timeout(timeout, store::get_small(store, &digest_key, 4096))
-        .await
-        .map_err(|_| FetchError::Timeout {
-            key: digest_key.clone(),
-            seconds: timeout.as_secs(),
-        })??;
+    let bytes = get_small_within(store, &digest_key, 4096, timeout).await?;
     let text = String::from_utf8(bytes).map_err(|_| FetchError::BadDigestFile {
         key: digest_key.clone(),
         reason: "not text".into(),
@@ -75,6 +70,24 @@ pub async fn expected_digest<S: ArtifactStore>(
         key: digest_key,
         reason: e.to_string(),
     })
+}
+
+/// A small object beside the artifact (its `.sha256` or `.minisig`), at most `max` bytes, read
+/// within `timeout` (the download timeout: an object that trickles in a byte at a time must not
+/// hold the agent for longer than the tarball may).
+async fn get_small_within<S: ArtifactStore>(
+    store: &S,
+    key: &str,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, FetchError> {
+    match tokio::time::timeout(timeout, store::get_small(store, key, max)).await {
+        Ok(read) => Ok(read?),
+        Err(_) => Err(FetchError::Timeout {
+            key: key.to_owned(),
+            seconds: timeout.as_secs(),
+        }),
+    }
 }
 
 /// The signature an artifact must carry (`[artifact] trusted_keys`), read from `{key}.minisig`
@@ -91,17 +104,15 @@ pub async fn expected_signature<S: ArtifactStore>(
         key: sig_key.clone(),
         source,
     };
-    let read = tokio::time::timeout(
+    let read = get_small_within(
+        store,
+        &sig_key,
+        crate::signature::MAX_SIGNATURE_FILE,
         timeout,
-        store::get_small(store, &sig_key, crate::signature::MAX_SIGNATURE_FILE),
     )
-    .await
-    .map_err(|_| FetchError::Timeout {
-        key: sig_key.clone(),
-        seconds: timeout.as_secs(),
-    })?;
+    .await;
     let bytes = match read {
-        Err(StoreError::NotFound { .. }) => {
+        Err(FetchError::Store(StoreError::NotFound { .. })) => {
             return Err(rejected(SignatureError::Malformed(
                 "not found: the artifact is not signed".into(),
             )))
