@@ -11,7 +11,6 @@ use super::{Agent, Outcome};
 use crate::environment::{self, Settings};
 use crate::events::{emit, Event, Fields};
 use crate::health::HealthProbe;
-use crate::hooks::Hook;
 use crate::service::ServiceManager;
 use crate::source::DesiredSource;
 use crate::state::{Result as Res, State};
@@ -128,8 +127,10 @@ where
         version: &Version,
     ) -> Option<Outcome> {
         let text = self.environment_change()?;
-        let settings = self.settings.clone()?;
+        let settings = self.settings.as_ref()?;
         let fingerprint = settings.fingerprint();
+        let before = Settings::from_names(state.environment.as_deref().unwrap_or_default());
+        let changed = environment::changed_names(&before, settings).join(",");
         if state.environment_failed.as_deref() == Some(fingerprint.as_str()) {
             if self.reported_environment.as_deref() != Some(fingerprint.as_str()) {
                 emit(
@@ -144,8 +145,6 @@ where
             }
             return None;
         }
-        let before = Settings::from_names(state.environment.as_deref().unwrap_or_default());
-        let changed = environment::changed_names(&before, &settings).join(",");
         let fields = Fields {
             version: Some(version.as_str()),
             variables: Some(&changed),
@@ -172,13 +171,7 @@ where
             return Some(Outcome::Retry);
         }
         crate::failpoint::hit("after_environment_written");
-        let gate = match self.activate(version.as_str(), &fields).await {
-            Ok(()) => {
-                self.run_hook(Hook::Validate, version.as_str(), &fields)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let gate = self.activate_and_validate(version.as_str(), &fields).await;
         Some(match gate {
             Ok(()) => {
                 self.commit_environment(state);

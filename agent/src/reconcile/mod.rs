@@ -500,14 +500,7 @@ where
         failpoint::hit("after_switch");
 
         // 5 and 6. Restart and health, then the new release's validate hook (smoke tests).
-        let gate = match self.activate(version.as_str(), &fields).await {
-            Ok(()) => {
-                self.run_hook(Hook::Validate, version.as_str(), &fields)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match gate {
+        match self.activate_and_validate(version.as_str(), &fields).await {
             Ok(()) => {
                 // 7. Commit.
                 failpoint::hit("before_commit");
@@ -857,6 +850,16 @@ where
                 Err(error)
             }
         }
+    }
+
+    /// The whole gate a change must pass: [`Agent::activate`], then `version`'s validate hook.
+    async fn activate_and_validate(
+        &self,
+        version: &str,
+        fields: &Fields<'_>,
+    ) -> Result<(), String> {
+        self.activate(version, fields).await?;
+        self.run_hook(Hook::Validate, version, fields).await
     }
 
     async fn restart_units(&self, fields: &Fields<'_>) -> Result<(), String> {
