@@ -87,7 +87,15 @@ impl Settings {
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// What the state remembers of a file (`NAME@version`), without values.
+    /// What the state remembers of these settings: `NAME@version`, without values.
+    pub fn remembered(&self) -> Vec<String> {
+        self.variables
+            .iter()
+            .map(|v| format!("{}@{}", v.name, v.version))
+            .collect()
+    }
+
+    /// The settings back from [`Settings::remembered`], with empty values.
     pub fn from_names(entries: &[String]) -> Self {
         let variables = entries
             .iter()
@@ -142,9 +150,10 @@ fn is_variable_name(name: &str) -> bool {
         && name.len() <= 255
 }
 
-/// Replaces `file` with `text` atomically, mode 0600, flushed.
-pub fn write(file: &Path, text: &str) -> Result<(), PathError> {
-    fsutil::write_atomic(file, text.as_bytes(), 0o600)
+/// Replaces `file` (the environment file or its good copy) with `bytes` atomically, mode 0600,
+/// flushed.
+pub fn write(file: &Path, bytes: &[u8]) -> Result<(), PathError> {
+    fsutil::write_atomic(file, bytes, 0o600)
 }
 
 /// The names that differ between two reads: added, removed or given a new version.
@@ -226,7 +235,8 @@ mod tests {
         assert_eq!(changed_names(&a, &c), ["SECRET"]);
         assert_eq!(changed_names(&a, &Settings::default()), ["SECRET"]);
         assert!(changed_names(&a, &a).is_empty());
-        let remembered = Settings::from_names(&["SECRET@1".into()]);
+        assert_eq!(a.remembered(), ["SECRET@1"]);
+        let remembered = Settings::from_names(&a.remembered());
         assert!(changed_names(&remembered, &a).is_empty());
         assert_eq!(changed_names(&remembered, &c), ["SECRET"]);
     }

@@ -67,7 +67,7 @@ where
     /// Writes the file; the caller has saved `environment_pending` first.
     pub(super) fn write_environment(&self, text: &str) -> Result<(), String> {
         let env = self.config.environment.as_ref().ok_or("no [environment]")?;
-        environment::write(&env.file, text).map_err(|e| e.to_string())
+        environment::write(&env.file, text.as_bytes()).map_err(|e| e.to_string())
     }
 
     /// Puts the last good file back, or removes the file when there never was a good one.
@@ -76,9 +76,7 @@ where
             return Ok(());
         };
         match std::fs::read(good_copy(&env.file)) {
-            Ok(bytes) => {
-                crate::fsutil::write_atomic(&env.file, &bytes, 0o600).map_err(|e| e.to_string())
-            }
+            Ok(bytes) => environment::write(&env.file, &bytes).map_err(|e| e.to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 match std::fs::remove_file(&env.file) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -100,20 +98,13 @@ where
             let copied = std::fs::read(&env.file)
                 .map_err(|e| e.to_string())
                 .and_then(|b| {
-                    crate::fsutil::write_atomic(&good_copy(&env.file), &b, 0o600)
-                        .map_err(|e| e.to_string())
+                    environment::write(&good_copy(&env.file), &b).map_err(|e| e.to_string())
                 });
             if let Err(e) = copied {
                 tracing::error!(target: "drover", error = %e, "cannot keep a copy of the good environment file");
             }
         }
-        state.environment = Some(
-            settings
-                .variables
-                .iter()
-                .map(|v| format!("{}@{}", v.name, v.version))
-                .collect(),
-        );
+        state.environment = Some(settings.remembered());
         state.environment_failed = None;
         state.environment_pending = false;
     }
