@@ -308,7 +308,9 @@ where
             self.recover(&mut state, &pending).await;
             self.save(&state)?;
         } else if state.environment_pending {
-            self.recover_environment(&mut state).await;
+            if self.put_back_environment(&mut state) {
+                let _ = self.restart_units(&Fields::default()).await;
+            }
             self.save(&state)?;
         }
         Ok(state)
@@ -318,15 +320,15 @@ where
     /// whichever way `current` points now: they may be running the interrupted version's code
     /// (a crash after the switch back but before the restart leaves exactly that).
     async fn recover(&mut self, state: &mut State, pending: &Pending) {
-        if state.environment_pending {
-            self.recover_environment(state).await;
-        }
-        let Some(good) = state.good.clone() else {
-            return; // a first deploy: nothing to go back to, the next pass tries again
-        };
-        if !self.layout.has_release(&good) {
+        let environment_back = state.environment_pending && self.put_back_environment(state);
+        // Without a good release on disk (a first deploy), nothing to go back to: the next pass
+        // tries again; only a restored environment file needs the units restarted.
+        let Some(good) = state.good.clone().filter(|g| self.layout.has_release(g)) else {
+            if environment_back {
+                let _ = self.restart_units(&Fields::default()).await;
+            }
             return;
-        }
+        };
         let fields = Fields {
             version: Some(&pending.version),
             previous_version: Some(&good),
@@ -352,16 +354,18 @@ where
     }
 
     /// A new environment file was in place, not yet committed, when the agent stopped: the last
-    /// good one goes back, and the units are restarted for it. The next pass tries again.
-    async fn recover_environment(&mut self, state: &mut State) {
+    /// good one goes back (the caller restarts the units for it, once) and the next pass tries
+    /// again. Returns whether the file was put back.
+    fn put_back_environment(&self, state: &mut State) -> bool {
         state.environment_pending = false;
         match self.restore_environment() {
             Ok(()) => {
                 tracing::warn!(target: "drover", "An environment change was interrupted; put the last good environment file back");
-                let _ = self.restart_units(&Fields::default()).await;
+                true
             }
             Err(e) => {
-                tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back")
+                tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back");
+                false
             }
         }
     }
