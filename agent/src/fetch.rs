@@ -215,26 +215,46 @@ async fn stream_to_file<S: ArtifactStore>(
         .open(dest)
         .at("create", dest)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = Hasher::default();
-    let mut blake = prehash.then(Prehash::default);
+    let mut digests = Digests::new(prehash);
     let mut len = 0u64;
     while let Some(chunk) = body.next_chunk().await? {
         len += chunk.len() as u64;
         if len > max_size {
             return Err(too_large());
         }
-        hasher.update(&chunk);
-        if let Some(b) = blake.as_mut() {
-            b.update(&chunk);
-        }
+        digests.update(&chunk);
         out.write_all(&chunk).at("write", dest)?;
     }
     out.flush().at("write", dest)?;
-    let downloaded = Downloaded {
-        len,
-        prehash: blake.map(Prehash::finish),
-    };
-    Ok((hasher.finish(), downloaded))
+    let (sha256, prehash) = digests.finish();
+    Ok((sha256, Downloaded { len, prehash }))
+}
+
+/// The digests an artifact is checked by, in one pass over its bytes: SHA-256 always, and the
+/// BLAKE2b-512 a prehashed signature covers when asked for.
+pub struct Digests {
+    sha256: Hasher,
+    prehash: Option<Prehash>,
+}
+
+impl Digests {
+    pub fn new(prehash: bool) -> Self {
+        Self {
+            sha256: Hasher::default(),
+            prehash: prehash.then(Prehash::default),
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        if let Some(p) = self.prehash.as_mut() {
+            p.update(bytes);
+        }
+    }
+
+    pub fn finish(self) -> (Sha256Digest, Option<[u8; 64]>) {
+        (self.sha256.finish(), self.prehash.map(Prehash::finish))
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::aws::{S3Store, SsmSource};
 use crate::config::Config;
-use crate::digest::{Hasher, Sha256Digest};
+use crate::digest::Sha256Digest;
 use crate::releases::Layout;
 use crate::state::{State, StateFile};
 use crate::version::Version;
@@ -106,18 +106,12 @@ fn pack_dir(dir: &Path, out: &Path) -> Result<(), String> {
 /// The file's SHA-256, and with `prehash` its BLAKE2b-512 (what a minisign signature covers).
 fn hash_file(path: &Path, prehash: bool) -> Result<(Sha256Digest, Option<[u8; 64]>), String> {
     let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut hasher = Hasher::default();
-    let mut blake = prehash.then(crate::signature::Prehash::default);
+    let mut digests = crate::fetch::Digests::new(prehash);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         match file.read(&mut buf) {
-            Ok(0) => return Ok((hasher.finish(), blake.map(|b| b.finish()))),
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                if let Some(b) = blake.as_mut() {
-                    b.update(&buf[..n]);
-                }
-            }
+            Ok(0) => return Ok(digests.finish()),
+            Ok(n) => digests.update(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
