@@ -164,11 +164,18 @@ impl SsmSource {
 
 impl DesiredSource for SsmSource {
     async fn read(&self) -> Result<Parameter, SourceError> {
+        // One request per poll: a throttled or failed read is retried by the poll loop, with
+        // full jitter (`plan::next_delay`), not by the SDK within the poll.
         let out = self
             .client
             .get_parameter()
             .name(&self.name)
             .with_decryption(true)
+            .customize()
+            .config_override(
+                aws_sdk_ssm::config::Builder::default()
+                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1)),
+            )
             .send()
             .await
             .map_err(|e| self.error(e))?;

@@ -70,17 +70,23 @@ pub fn prune_plan(releases: &[(String, SystemTime)], keep: usize, protect: &[&st
 }
 
 /// The pause before the next poll: `poll_interval` plus up to 10 % jitter when all is well;
-/// after `failures` consecutive transient errors, an exponential backoff (capped at 32 polls)
-/// with equal jitter, so a fleet does not retry in lockstep.
+/// after `failures` consecutive transient errors (throttling among them), "full jitter": a
+/// uniform pick in `[0, min(poll · 2^failures, 32 · poll))`. Spread evenly over a window that
+/// doubles, a fleet that was throttled together comes back spread out, and asks for less the
+/// longer the service says no (see docs/FLEET.md).
 /// `random` is uniform in [0, 1).
 pub fn next_delay(poll_interval: Duration, failures: u32, random: f64) -> Duration {
     let random = random.clamp(0.0, 1.0);
     if failures == 0 {
         return poll_interval + poll_interval.mul_f64(0.1 * random);
     }
+    backoff_window(poll_interval, failures).mul_f64(random)
+}
+
+/// The window full jitter picks from after `failures` (at least 1) failures in a row.
+pub fn backoff_window(poll_interval: Duration, failures: u32) -> Duration {
     let cap = poll_interval.saturating_mul(32);
-    let base = std::cmp::min(poll_interval.saturating_mul(1 << failures.min(16)), cap);
-    base / 2 + (base / 2).mul_f64(random)
+    std::cmp::min(poll_interval.saturating_mul(1 << failures.min(16)), cap)
 }
 
 /// A random number in [0, 1) from the standard library's per-process random hash keys; good
@@ -201,14 +207,17 @@ mod tests {
     }
 
     #[test]
-    fn delay_backs_off_exponentially_with_a_cap() {
+    fn delay_backs_off_with_full_jitter_in_a_doubling_window_with_a_cap() {
         let p = Duration::from_secs(30);
-        assert_eq!(next_delay(p, 1, 0.0), Duration::from_secs(30));
+        assert_eq!(next_delay(p, 1, 0.0), Duration::ZERO);
+        assert_eq!(next_delay(p, 1, 0.5), Duration::from_secs(30));
         assert_eq!(next_delay(p, 1, 0.999_999).as_secs(), 59);
-        assert_eq!(next_delay(p, 3, 0.0), Duration::from_secs(120));
-        assert_eq!(next_delay(p, 30, 0.0), Duration::from_secs(30 * 32 / 2));
+        assert_eq!(next_delay(p, 3, 0.5), Duration::from_secs(120));
+        assert_eq!(backoff_window(p, 5), p * 32);
+        assert_eq!(backoff_window(p, 30), p * 32);
+        assert_eq!(next_delay(p, 30, 0.25), p * 8);
         let short = Duration::from_secs(1);
-        assert_eq!(next_delay(short, 30, 0.0), Duration::from_secs(16));
+        assert_eq!(backoff_window(short, u32::MAX), Duration::from_secs(32));
     }
 
     #[test]
