@@ -37,6 +37,29 @@ pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
     loader.load().await
 }
 
+/// IMDSv2, for the instance id (`[fleet]` and rollouts): quick to give up off EC2.
+pub fn imds_client(
+    sdk: &aws_config::SdkConfig,
+    cfg: &AwsConfig,
+) -> Result<aws_config::imds::Client, String> {
+    let mut provider = aws_config::provider_config::ProviderConfig::empty();
+    if let Some(http) = sdk.http_client() {
+        provider = provider.with_http_client(http);
+    }
+    if let Some(sleep) = sdk.sleep_impl() {
+        provider = provider.with_sleep_impl(sleep);
+    }
+    let mut builder = aws_config::imds::Client::builder()
+        .configure(&provider)
+        .max_attempts(2);
+    if let Some(url) = &cfg.metadata_endpoint_url {
+        builder = builder
+            .endpoint(url)
+            .map_err(|e| format!("aws.metadata_endpoint_url {url:?}: {e}"))?;
+    }
+    Ok(builder.build())
+}
+
 pub fn s3_client(sdk: &aws_config::SdkConfig, cfg: &AwsConfig) -> aws_sdk_s3::Client {
     let s3 = aws_sdk_s3::config::Builder::from(sdk)
         // Emulators answer on one host; virtual-hosted buckets need DNS they do not have.
@@ -186,6 +209,9 @@ impl DesiredSource for SsmSource {
         Ok(Parameter {
             value: p.value().unwrap_or_default().to_owned(),
             version: p.version(),
+            modified: p
+                .last_modified_date()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
         })
     }
 
@@ -363,6 +389,35 @@ impl ArtifactStore for S3Store {
             key: key.to_owned(),
             stall_timeout: self.stall_timeout,
         })
+    }
+
+    async fn put_small(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        self.put_bytes(key, body).await
+    }
+
+    async fn list_keys(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(i32::try_from(max.min(1000)).unwrap_or(1000))
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error(prefix, e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            if keys.len() >= max {
+                keys.truncate(max);
+                break;
+            }
+        }
+        Ok(keys)
     }
 }
 

@@ -55,12 +55,26 @@ enum Command {
     },
     /// Put VERSION into the parameter.
     Promote { version: String },
+    /// The fleet, from the instances' status objects ([fleet] status_prefix).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Check config, credentials, parameter, artifact, units, disk space; say what to fix.
     Doctor,
     /// Print cloud-init user-data that installs drover on a new instance (reads no --config).
     UserData(UserDataArgs),
     /// Verify and unpack a local .tar.gz exactly as an instance would, into the new DEST.
     Unpack(UnpackArgs),
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// How many instances run which version, and for VERSION (default: the parameter's): how
+    /// many run it, wait for their turn, halted, failed.
+    Status {
+        version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -194,6 +208,24 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
         }
         Command::UserData(args) => Ok(user_data(&args)),
         Command::Unpack(args) => Ok(unpack(&args, config_path)),
+        Command::Fleet(FleetCommand::Status { version, json }) => {
+            let sdk = aws::sdk_config(&config.aws).await;
+            let store = S3Store::new(aws::s3_client(&sdk, &config.aws), &config.artifact.bucket);
+            let source = SsmSource::new(&sdk, &config.source.parameter);
+            operator::fleet_status(&config, &store, &source, version.as_deref())
+                .await
+                .map(|summary| {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&summary).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", summary.render());
+                    }
+                    ExitCode::SUCCESS
+                })
+        }
         Command::Promote { version } => {
             let sdk = aws::sdk_config(&config.aws).await;
             let source = SsmSource::new(&sdk, &config.source.parameter);
@@ -356,7 +388,9 @@ async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
     let webhook = (config.notify.webhook_url.as_deref())
         .map(crate::webhook::Webhook::new)
         .transpose()?;
-    let agent = Agent::new(config, source, store, services, probe, mode);
+    // Asked only when a rollout or [fleet] needs the instance id.
+    let identity = crate::fleet::Identity::imds(aws::imds_client(&sdk, &config.aws)?);
+    let agent = Agent::new(config, source, store, services, probe, mode).with_identity(identity);
     Ok(match webhook {
         Some(webhook) => agent.with_webhook(webhook),
         None => agent,

@@ -44,6 +44,7 @@ pub struct Config {
     pub hooks: Hooks,
     pub environment: Option<Environment>,
     pub notify: Notify,
+    pub fleet: Fleet,
 }
 
 #[derive(Clone, Debug)]
@@ -122,10 +123,22 @@ pub struct Notify {
     pub webhook_url: Option<String>,
 }
 
+/// `[fleet]`: status objects and the fleet-wide halt (docs/FLEET.md).
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    /// Key prefix in `[artifact] bucket` for the instances' status objects; `None`: none are
+    /// written and nothing halts.
+    pub status_prefix: Option<String>,
+    /// Failures reported for one request that hold every instance whose turn comes later.
+    pub max_failures: u32,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Aws {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// The instance metadata service (IMDSv2), for an emulator; default: the EC2 one.
+    pub metadata_endpoint_url: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +171,15 @@ mod raw {
         pub environment: Option<Environment>,
         #[serde(default)]
         pub notify: Notify,
+        #[serde(default)]
+        pub fleet: Fleet,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Fleet {
+        pub status_prefix: Option<String>,
+        pub max_failures: Option<i64>,
     }
 
     #[derive(Deserialize, Default)]
@@ -228,6 +250,7 @@ mod raw {
     pub struct Aws {
         pub region: Option<String>,
         pub endpoint_url: Option<String>,
+        pub metadata_endpoint_url: Option<String>,
     }
 
     #[derive(Deserialize, Default)]
@@ -460,6 +483,37 @@ impl Config {
                 ));
             }
         }
+        if let Some(url) = &raw.aws.metadata_endpoint_url {
+            if !url.starts_with("http://") {
+                return Err(invalid(
+                    "aws.metadata_endpoint_url",
+                    format!("{url:?} is not an http:// URL (IMDS speaks plain HTTP)"),
+                ));
+            }
+        }
+
+        let status_prefix = raw.fleet.status_prefix.filter(|p| !p.is_empty());
+        if let Some(prefix) = &status_prefix {
+            if prefix.starts_with('/') || prefix.split('/').any(|part| part == "..") {
+                return Err(invalid(
+                    "fleet.status_prefix",
+                    format!("{prefix:?} is not a key prefix (write it like drover/status/)"),
+                ));
+            }
+        }
+        let fleet = Fleet {
+            status_prefix,
+            max_failures: match raw.fleet.max_failures {
+                None => 1,
+                Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+                Some(n) => {
+                    return Err(invalid(
+                        "fleet.max_failures",
+                        format!("{n} is out of range 1..=1000000"),
+                    ))
+                }
+            },
+        };
 
         let state_dir = PathBuf::from(
             raw.agent
@@ -542,7 +596,9 @@ impl Config {
             aws: Aws {
                 region: raw.aws.region,
                 endpoint_url: raw.aws.endpoint_url,
+                metadata_endpoint_url: raw.aws.metadata_endpoint_url,
             },
+            fleet,
             agent: Agent { state_dir },
         })
     }
@@ -673,6 +729,35 @@ mod tests {
                 !e.contains("secret"),
                 "the webhook URL is not repeated: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn fleet_section() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!((c.fleet.status_prefix, c.fleet.max_failures), (None, 1));
+        let c = parse(&format!(
+            "{MINIMAL}[fleet]\nstatus_prefix = \"drover/status/\"\nmax_failures = 3\n\
+             [aws]\nmetadata_endpoint_url = \"http://127.0.0.1:1338\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.fleet.status_prefix.as_deref(), Some("drover/status/"));
+        assert_eq!(c.fleet.max_failures, 3);
+        assert!(c.aws.metadata_endpoint_url.is_some());
+        for (text, key) in [
+            ("[fleet]\nstatus_prefix = \"/s\"\n", "fleet.status_prefix"),
+            (
+                "[fleet]\nstatus_prefix = \"a/../b\"\n",
+                "fleet.status_prefix",
+            ),
+            ("[fleet]\nmax_failures = 0\n", "fleet.max_failures"),
+            (
+                "[aws]\nmetadata_endpoint_url = \"https://x\"\n",
+                "aws.metadata_endpoint_url",
+            ),
+        ] {
+            let e = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+            assert!(e.contains(&format!("key {key}:")), "{text}: {e}");
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Each event is one journal entry with `EVENT` and the fields that apply (`VERSION`,
 //! `PREVIOUS_VERSION`, `PARAMETER_VERSION`, `UNIT`, `SHA256`, `ERROR`; `HOOK` for hooks and
-//! `VARIABLES` for the app's environment). Fields that do not apply are left out rather than
+//! `VARIABLES` for the app's environment; `POSITION` and `FAILURES` for rollouts). Fields that do not apply are left out rather than
 //! written empty. Errors log at `err`, reverts and failed notices at `warning`, the rest at
 //! `info`. [`crate::logging`] decides whether they go to journald or to stderr.
 
@@ -31,6 +31,10 @@ pub enum Event {
     /// Those changes passed the health gate.
     EnvironmentApplied,
     NotifyFailed,
+    /// A rollout is under way and this instance's turn has not come yet.
+    RolloutWaiting,
+    /// Enough instances reported failing this request: this one holds instead of adopting it.
+    RolloutHalted,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +66,8 @@ impl Event {
             Event::EnvironmentChanged => "environment_changed",
             Event::EnvironmentApplied => "environment_applied",
             Event::NotifyFailed => "notify_failed",
+            Event::RolloutWaiting => "rollout_waiting",
+            Event::RolloutHalted => "rollout_halted",
         }
     }
 
@@ -73,7 +79,7 @@ impl Event {
             | Event::RevertFailed
             | Event::HookFailed
             | Event::DeployAborted => Severity::Error,
-            Event::Reverted | Event::NotifyFailed => Severity::Warning,
+            Event::Reverted | Event::NotifyFailed | Event::RolloutHalted => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -92,6 +98,10 @@ pub struct Fields<'a> {
     pub hook: Option<&'a str>,
     /// `VARIABLES`: names (never values) of environment variables that changed.
     pub variables: Option<&'a str>,
+    /// `POSITION`: this instance's place in a rollout, in [0, 1).
+    pub position: Option<f64>,
+    /// `FAILURES`: how many instances reported failing the request.
+    pub failures: Option<u64>,
 }
 
 impl<'a> Fields<'a> {
@@ -117,6 +127,8 @@ macro_rules! event_at {
             error = $f.error,
             hook = $f.hook,
             variables = $f.variables,
+            position = $f.position,
+            failures = $f.failures,
             "{}",
             $message
         )

@@ -286,6 +286,21 @@ pub(crate) mod tests {
             let chunks = data.chunks(7).map(bytes::Bytes::copy_from_slice).collect();
             Ok(MemBody(chunks, data.len() as u64))
         }
+
+        /// Status objects are not kept: the reconcile tests seed the keys they list.
+        async fn put_small(&self, _: &str, _: Vec<u8>) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn list_keys(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError> {
+            let mut keys: Vec<String> = (self.0.keys())
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect();
+            keys.sort();
+            keys.truncate(max);
+            Ok(keys)
+        }
     }
 
     fn store(objects: &[(&str, &[u8])]) -> MemStore {
@@ -333,6 +348,12 @@ pub(crate) mod tests {
         type Body = StalledStore;
         async fn get(&self, _: &str) -> Result<StalledStore, StoreError> {
             Ok(StalledStore)
+        }
+        async fn put_small(&self, _: &str, _: Vec<u8>) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+        async fn list_keys(&self, _: &str, _: usize) -> Result<Vec<String>, StoreError> {
+            std::future::pending().await
         }
     }
 

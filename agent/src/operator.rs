@@ -124,6 +124,54 @@ pub async fn promote(source: &SsmSource, version: &str) -> Result<i64, String> {
     source.put(version).await.map_err(|e| e.to_string())
 }
 
+/// `drover fleet status [VERSION]`: every instance's status object under `[fleet]
+/// status_prefix`, summed up for `version` (default: the one the parameter asks for).
+pub async fn fleet_status(
+    config: &Config,
+    store: &S3Store,
+    source: &SsmSource,
+    version: Option<&str>,
+) -> Result<crate::fleet::Summary, String> {
+    use crate::source::DesiredSource;
+    use crate::store::ArtifactStore;
+    use futures_util::StreamExt;
+    let prefix = (config.fleet.status_prefix.as_deref())
+        .ok_or("[fleet] status_prefix is not set in the config: instances write no status")?;
+    let version = match version {
+        Some(v) => Version::parse(v).map_err(|e| e.to_string())?,
+        None => {
+            let parameter = source.read().await.map_err(|e| e.to_string())?;
+            crate::version::parse_value(&parameter.value)
+                .map_err(|e| format!("{}: {e}", config.source.parameter))?
+                .version
+        }
+    };
+    let keys = store
+        .list_keys(&crate::fleet::instances_prefix(prefix), usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A few at a time: a fleet of 10,000 is 10,000 small GETs.
+    let reports: Vec<_> = futures_util::stream::iter(keys)
+        .map(|key| async move {
+            let body = crate::store::get_small(store, &key, 64 << 10)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::from_slice::<crate::fleet::Report>(&body).map_err(|e| format!("{key}: {e}"))
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let mut good = Vec::with_capacity(reports.len());
+    for report in reports {
+        match report {
+            Ok(r) => good.push(r),
+            Err(e) => eprintln!("drover: skipping a status object: {e}"),
+        }
+    }
+    good.sort_by(|a, b| a.instance.cmp(&b.instance));
+    Ok(crate::fleet::Summary::of(version.as_str(), &good))
+}
+
 /// `drover unpack`: checks a local `.tar.gz` against `expected` (when given) and unpacks it
 /// into the new directory `dest`, with the agent's own checks and `limits`: what an instance
 /// would do with this artifact, without S3. On any failure `dest` is removed again.

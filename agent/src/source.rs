@@ -7,6 +7,8 @@ use std::future::Future;
 pub struct Parameter {
     pub value: String,
     pub version: i64,
+    /// When the value was put (`LastModifiedDate`): where a rollout without a `start` begins.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,16 @@ pub trait ArtifactStore {
 
     /// Starts reading the object at `key` in the configured bucket.
     fn get(&self, key: &str) -> impl Future<Output = Result<Self::Body, StoreError>>;
+
+    /// Writes (or replaces) a small object: the instances' status objects (`[fleet]`).
+    fn put_small(&self, key: &str, body: Vec<u8>) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Up to `max` keys under `prefix`, in key order.
+    fn list_keys(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>>;
 }
 
 /// Reads a small object whole, refusing more than `max` bytes.

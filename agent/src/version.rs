@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::digest::Sha256Digest;
+use crate::rollout::{Rollout, RolloutError};
 
 /// A release version: `^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`. Always safe as one path component.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,11 +54,13 @@ impl fmt::Display for Version {
 }
 
 /// What the parameter asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
     pub version: Version,
     /// The tarball's digest, when the value carries one; otherwise it comes from `{key}.sha256`.
     pub sha256: Option<Sha256Digest>,
+    /// A staged rollout: when each instance adopts the version (docs/FLEET.md).
+    pub rollout: Option<Rollout>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -74,10 +77,13 @@ pub enum ValueError {
     BadSha256(String),
     #[error(transparent)]
     Version(#[from] VersionError),
+    #[error("parameter value field {0}")]
+    Rollout(#[from] RolloutError),
 }
 
 /// Parses a parameter value: `1.4.2`, or `{"version": "1.4.2", "sha256": "…", …}`.
-/// Unknown JSON fields are ignored, so rollout settings can be added without breaking old agents.
+/// Unknown JSON fields are ignored, so that new settings do not break older agents; a `rollout`
+/// must be valid (see [`crate::rollout`]).
 pub fn parse_value(value: &str) -> Result<Desired, ValueError> {
     let value = value.trim();
     if value.is_empty() {
@@ -87,6 +93,7 @@ pub fn parse_value(value: &str) -> Result<Desired, ValueError> {
         return Ok(Desired {
             version: Version::parse(value)?,
             sha256: None,
+            rollout: None,
         });
     }
     let json: serde_json::Value =
@@ -104,9 +111,14 @@ pub fn parse_value(value: &str) -> Result<Desired, ValueError> {
         ),
         Some(_) => return Err(ValueError::BadSha256("not a string".into())),
     };
+    let rollout = match object.get("rollout") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(r) => Some(crate::rollout::parse(r)?),
+    };
     Ok(Desired {
         version: Version::parse(version)?,
         sha256,
+        rollout,
     })
 }
 
@@ -159,11 +171,12 @@ mod tests {
     fn json_value_with_digest_and_extra_fields() {
         let hex = "ab".repeat(32);
         let d = parse_value(&format!(
-            r#"{{"version":"2.0","sha256":"{hex}","rollout":{{}}}}"#
+            r#"{{"version":"2.0","sha256":"{hex}","notes":{{}},"rollout":{{"duration":"1m"}}}}"#
         ))
         .unwrap();
         assert_eq!(d.version.as_str(), "2.0");
         assert_eq!(d.sha256.unwrap().to_string(), hex);
+        assert!(d.rollout.is_some());
     }
 
     #[test]
@@ -181,5 +194,11 @@ mod tests {
             Err(ValueError::Version(_))
         ));
         assert!(matches!(parse_value("1 2"), Err(ValueError::Version(_))));
+        assert_eq!(
+            parse_value(r#"{"version":"1","rollout":{}}"#)
+                .unwrap_err()
+                .to_string(),
+            "parameter value field \"rollout\" needs \"duration\" or \"waves\""
+        );
     }
 }

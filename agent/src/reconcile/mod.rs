@@ -9,6 +9,7 @@
 //! a switch in flight is recorded first, so an agent killed at any point finds its way back.
 
 mod environment;
+mod fleet;
 mod hooks;
 
 use std::path::PathBuf;
@@ -55,6 +56,10 @@ pub enum Outcome {
     Aborted,
     /// The version was in sync; the app's new environment passed the health gate.
     EnvironmentApplied,
+    /// A rollout is under way and this instance's turn has not come.
+    AwaitingTurn,
+    /// Enough of the fleet failed the request: this instance holds at what it runs.
+    Halted,
 }
 
 impl Outcome {
@@ -73,6 +78,8 @@ impl Outcome {
             Outcome::Retry => "retrying after an error",
             Outcome::Aborted => "aborted by the pre-activate hook",
             Outcome::EnvironmentApplied => "applied a new environment",
+            Outcome::AwaitingTurn => "waiting for this instance's turn in the rollout",
+            Outcome::Halted => "rollout halted: too many instances failed the version",
         }
     }
 
@@ -109,6 +116,19 @@ pub struct Agent<S, A, M, H> {
     /// The failed settings last reported as skipped.
     reported_environment: Option<String>,
     webhook: Option<Webhook>,
+    /// `[fleet]` and rollouts: where this instance's id comes from.
+    identity: Option<crate::fleet::Identity>,
+    /// This pass's place in a rollout.
+    place: fleet::Place,
+    /// The last wait or halt reported, per request.
+    reported_hold: Option<(Request, Event)>,
+    /// What the status object last written says: outcome, running release, request, turn.
+    reported_status: Option<(
+        &'static str,
+        Option<String>,
+        i64,
+        Option<std::time::SystemTime>,
+    )>,
 }
 
 /// Why a download or unpack did not produce a release.
@@ -177,7 +197,17 @@ where
             settings: None,
             reported_environment: None,
             webhook: None,
+            identity: None,
+            place: fleet::Place::default(),
+            reported_hold: None,
+            reported_status: None,
         }
+    }
+
+    /// Where the instance id comes from, for rollouts and `[fleet]` status objects.
+    pub fn with_identity(mut self, identity: crate::fleet::Identity) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// Sends `deployed`, `reverted`, `revert_failed` and `deploy_aborted` to `[notify]`'s webhook.
@@ -251,6 +281,7 @@ where
         if let Err(outcome) = self.read_settings().await {
             return outcome;
         }
+        let put_at = parameter.modified;
         let request = Request {
             value: parameter.value,
             parameter_version: parameter.version,
@@ -269,21 +300,34 @@ where
             on_disk: self.layout.has_release(desired.version.as_str()),
         });
         tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
-        match step {
+        let outcome = match step {
             Step::SkipFailed => {
                 let skipped = self.skip(&request, &desired.version);
-                // What runs is still the last good version; its settings may change.
-                match active.as_deref().map(Version::parse) {
-                    Some(Ok(running)) if state.good.as_deref() == Some(running.as_str()) => self
-                        .apply_environment(&mut state, &running)
-                        .await
-                        .unwrap_or(skipped),
-                    _ => skipped,
-                }
+                self.hold(&mut state, active.as_deref(), skipped).await
             }
-            Step::InSync => self.in_sync(&mut state, request, &desired.version).await,
-            Step::Switch => self.deploy(&mut state, request, desired, false).await,
-            Step::Fetch => self.deploy(&mut state, request, desired, true).await,
+            Step::InSync => (self.in_sync(&mut state, request.clone(), &desired.version)).await,
+            // Across a fleet: this instance's turn in a rollout, and no fleet-wide halt.
+            Step::Switch | Step::Fetch => match self.gate(&request, &desired, put_at).await {
+                Err(held) => self.hold(&mut state, active.as_deref(), held).await,
+                Ok(()) => {
+                    let download = step == Step::Fetch;
+                    (self.deploy(&mut state, request.clone(), desired.clone(), download)).await
+                }
+            },
+        };
+        self.report(&state, &request, &desired, outcome).await;
+        outcome
+    }
+
+    /// Not adopting the desired version (`outcome` says why): what runs is still the last good
+    /// version, and its settings may change.
+    async fn hold(&mut self, state: &mut State, active: Option<&str>, outcome: Outcome) -> Outcome {
+        match active.map(Version::parse) {
+            Some(Ok(running)) if state.good.as_deref() == Some(running.as_str()) => self
+                .apply_environment(state, &running)
+                .await
+                .unwrap_or(outcome),
+            _ => outcome,
         }
     }
 
@@ -1093,11 +1137,16 @@ mod tests {
 
     impl World {
         fn new(releases: &[(&str, bool)]) -> Self {
+            Self::with_config(releases, "")
+        }
+
+        /// With `extra` config sections, and the instance id `i-test`.
+        fn with_config(releases: &[(&str, bool)], extra: &str) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("app");
             let text = format!(
                 "[artifact]\nbucket = \"b\"\n[release]\nroot = \"{}\"\nkeep = 2\n[agent]\nstate_dir = \"{}\"\n\
-                 [health]\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"3s\"\ninterval = \"1s\"\nsuccesses = 2\n",
+                 [health]\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"3s\"\ninterval = \"1s\"\nsuccesses = 2\n{extra}",
                 root.display(),
                 dir.path().join("state").display()
             );
@@ -1114,6 +1163,7 @@ mod tests {
             let parameter = Rc::new(RefCell::new(Parameter {
                 value: String::new(),
                 version: 0,
+                modified: Some(std::time::SystemTime::now()),
             }));
             let units = Rc::new(FakeUnits::default());
             let agent = Agent::new(
@@ -1123,7 +1173,8 @@ mod tests {
                 units.clone(),
                 Some(ReleaseProbe(root.clone())),
                 Mode::Daemon,
-            );
+            )
+            .with_identity(crate::fleet::Identity::Fixed("i-test".into()));
             World {
                 _dir: dir,
                 root,
@@ -1178,6 +1229,52 @@ mod tests {
         );
         assert_eq!(s.last.unwrap().result, Res::Deployed);
         assert!(s.pending.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollout_waits_for_this_instance_s_turn() {
+        let mut w = World::new(&[("1", true), ("2", true)]);
+        w.put("1");
+        w.agent.reconcile().await;
+        // A whole day to spread over, starting now: position 0.0… would be the only one in.
+        let position = crate::rollout::position("i-test", &Version::parse("2").unwrap());
+        assert!(position > 0.001, "{position}");
+        w.put(r#"{"version": "2", "rollout": {"duration": "1d"}}"#);
+        assert_eq!(w.agent.reconcile().await, Outcome::AwaitingTurn);
+        assert_eq!(w.active().as_deref(), Some("1"));
+        assert_eq!(w.units.restarts.get(), 1);
+        // The same rollout, started a day ago: everyone's turn has come.
+        w.put(
+            r#"{"version": "2", "rollout": {"start": "2000-01-01T00:00:00Z", "duration": "1d"}}"#,
+        );
+        assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
+        assert_eq!(w.active().as_deref(), Some("2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_reported_by_the_fleet_halt_the_request_until_it_is_put_again() {
+        let mut w = World::with_config(
+            &[("1", true), ("2", true)],
+            "[fleet]\nstatus_prefix = \"status/\"\nmax_failures = 2\n",
+        );
+        w.put("1");
+        w.agent.reconcile().await;
+        w.put("2");
+        let n = w.parameter.borrow().version;
+        for instance in ["i-a", "i-b"] {
+            let key = crate::fleet::failure_key("status/", "2", n, instance);
+            w.store_mut().insert(key, b"{}".to_vec());
+        }
+        assert_eq!(w.agent.reconcile().await, Outcome::Halted);
+        assert_eq!(w.active().as_deref(), Some("1"));
+        // The rollout's own threshold wins over the config's.
+        w.put(r#"{"version": "2", "rollout": {"duration": "0s", "max_failures": 3}}"#);
+        let n = w.parameter.borrow().version;
+        for instance in ["i-a", "i-b"] {
+            let key = crate::fleet::failure_key("status/", "2", n, instance);
+            w.store_mut().insert(key, b"{}".to_vec());
+        }
+        assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
     }
 
     #[tokio::test(start_paused = true)]

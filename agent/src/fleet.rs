@@ -1,0 +1,279 @@
+//! The fleet's memory, without a server: each instance writes small status objects under
+//! `[fleet] status_prefix` in the artifact bucket, and reads the failures of a request before it
+//! adopts it. `drover fleet status` reads them back for operators.
+//!
+//! Layout, under the prefix (docs/FLEET.md):
+//! - `instances/{instance}.json`: what the instance runs and how its last pass ended, replaced
+//!   whenever that changes;
+//! - `failures/{version}/{parameter version}/{instance}.json`: written once when a deploy of that
+//!   request fails on the instance. Counting these is one `ListObjectsV2` of at most
+//!   `max_failures` keys, however large the fleet.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// What one instance says about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub instance: String,
+    /// The release `current` points at.
+    pub running: Option<String>,
+    /// The version the parameter asks for, and the request's parameter version.
+    pub desired: Option<String>,
+    pub parameter_version: Option<i64>,
+    /// How the last pass ended: one of [`Report::FAILED`], `deployed`, `in_sync`, `waiting`,
+    /// `halted`, `skipped`.
+    pub outcome: String,
+    /// Its place in the rollout of `desired`, and when its turn comes, while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+impl Report {
+    /// The outcomes that count against a request.
+    pub const FAILED: [&'static str; 5] =
+        ["reverted", "failed", "revert_failed", "rejected", "aborted"];
+
+    pub fn is_failure(&self) -> bool {
+        Self::FAILED.contains(&self.outcome.as_str())
+    }
+}
+
+/// `prefix` as configured, ending in `/` unless empty.
+fn dir(prefix: &str) -> String {
+    match prefix {
+        "" => String::new(),
+        p if p.ends_with('/') => p.to_owned(),
+        p => format!("{p}/"),
+    }
+}
+
+pub fn instances_prefix(prefix: &str) -> String {
+    format!("{}instances/", dir(prefix))
+}
+
+pub fn instance_key(prefix: &str, instance: &str) -> String {
+    format!("{}{instance}.json", instances_prefix(prefix))
+}
+
+pub fn failures_prefix(prefix: &str, version: &str, parameter_version: i64) -> String {
+    format!("{}failures/{version}/{parameter_version}/", dir(prefix))
+}
+
+pub fn failure_key(prefix: &str, version: &str, parameter_version: i64, instance: &str) -> String {
+    format!(
+        "{}{instance}.json",
+        failures_prefix(prefix, version, parameter_version)
+    )
+}
+
+/// `t` as RFC 3339 in UTC, whole seconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    use aws_sdk_ssm::primitives::{DateTime, DateTimeFormat};
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    DateTime::from_secs(secs)
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap_or_default()
+}
+
+/// Where this instance's id comes from.
+pub enum Identity {
+    /// Given (tests of the reconcile loop).
+    Fixed(String),
+    /// IMDSv2, asked once and remembered.
+    Imds {
+        client: aws_config::imds::Client,
+        known: Option<String>,
+    },
+}
+
+impl Identity {
+    pub fn imds(client: aws_config::imds::Client) -> Self {
+        Identity::Imds {
+            client,
+            known: None,
+        }
+    }
+
+    pub async fn instance_id(&mut self) -> Result<String, String> {
+        match self {
+            Identity::Fixed(id) => Ok(id.clone()),
+            Identity::Imds {
+                known: Some(id), ..
+            } => Ok(id.clone()),
+            Identity::Imds { client, known } => {
+                let id = client
+                    .get("/latest/meta-data/instance-id")
+                    .await
+                    .map_err(|e| format!("cannot read the instance id from IMDS: {e}"))?;
+                let id = id.as_ref().trim().to_owned();
+                // It becomes part of object keys: an instance id is `i-` and hex digits.
+                if id.is_empty()
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(format!(
+                        "IMDS gave an instance id of an unexpected form: {id:?}"
+                    ));
+                }
+                *known = Some(id.clone());
+                Ok(id)
+            }
+        }
+    }
+}
+
+/// `drover fleet status`: the instances' reports, summed up for one version.
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub version: String,
+    pub instances: usize,
+    /// How many instances run each version.
+    pub running: BTreeMap<String, usize>,
+    /// Running `version`.
+    pub on_version: usize,
+    /// Asked for `version`, waiting for their turn in the rollout.
+    pub waiting: usize,
+    /// Asked for `version`, holding because too many instances failed it.
+    pub halted: usize,
+    /// Failed `version` (and went back, or not).
+    pub failed: Vec<Report>,
+    /// Have not reported on `version` yet.
+    pub not_reported: usize,
+}
+
+impl Summary {
+    pub fn of(version: &str, reports: &[Report]) -> Summary {
+        let mut s = Summary {
+            version: version.to_owned(),
+            instances: reports.len(),
+            ..Summary::default()
+        };
+        for r in reports {
+            let running = r.running.clone().unwrap_or_else(|| "(none)".into());
+            *s.running.entry(running).or_default() += 1;
+            let asked = r.desired.as_deref() == Some(version);
+            if r.running.as_deref() == Some(version) && !r.is_failure() {
+                s.on_version += 1;
+            } else if asked && r.is_failure() {
+                s.failed.push(r.clone());
+            } else if asked && r.outcome == "halted" {
+                s.halted += 1;
+            } else if asked && r.outcome == "waiting" {
+                s.waiting += 1;
+            } else {
+                s.not_reported += 1;
+            }
+        }
+        s
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = format!("{} instances reporting\n", self.instances);
+        out.push_str("running:\n");
+        for (version, n) in &self.running {
+            out.push_str(&format!("  {version:<24} {n}\n"));
+        }
+        out.push_str(&format!("{}:\n", self.version));
+        for (what, n) in [
+            ("on it", self.on_version),
+            ("waiting for their turn", self.waiting),
+            ("halted", self.halted),
+            ("failed", self.failed.len()),
+            ("not reported yet", self.not_reported),
+        ] {
+            out.push_str(&format!("  {what:<24} {n}\n"));
+        }
+        for r in &self.failed {
+            out.push_str(&format!(
+                "  {} {} at {}: {}\n",
+                r.instance,
+                r.outcome,
+                r.at,
+                r.error.as_deref().unwrap_or("")
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(instance: &str, running: &str, desired: &str, outcome: &str) -> Report {
+        Report {
+            instance: instance.into(),
+            running: Some(running.into()),
+            desired: Some(desired.into()),
+            parameter_version: Some(3),
+            outcome: outcome.into(),
+            position: None,
+            turn_at: None,
+            error: None,
+            at: "2026-12-01T10:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn keys_live_under_the_prefix() {
+        assert_eq!(instance_key("fleet", "i-1"), "fleet/instances/i-1.json");
+        assert_eq!(instance_key("fleet/", "i-1"), "fleet/instances/i-1.json");
+        assert_eq!(
+            failure_key("s/", "2.0.0", 7, "i-1"),
+            "s/failures/2.0.0/7/i-1.json"
+        );
+        assert!(failure_key("s", "2.0.0", 7, "i-1").starts_with(&failures_prefix("s", "2.0.0", 7)));
+        assert_ne!(
+            failures_prefix("s", "2.0.0", 7),
+            failures_prefix("s", "2.0.0", 8)
+        );
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_583_200);
+        assert_eq!(rfc3339(t), "2025-12-01T10:00:00Z");
+    }
+
+    #[test]
+    fn summary_counts_each_instance_once_for_the_version() {
+        let reports = [
+            report("i-1", "2", "2", "deployed"),
+            report("i-2", "1", "2", "reverted"),
+            report("i-3", "1", "2", "halted"),
+            report("i-4", "1", "2", "waiting"),
+            report("i-5", "1", "1", "in_sync"),
+        ];
+        let s = Summary::of("2", &reports);
+        assert_eq!(
+            (
+                s.instances,
+                s.on_version,
+                s.waiting,
+                s.halted,
+                s.not_reported
+            ),
+            (5, 1, 1, 1, 1)
+        );
+        assert_eq!(s.failed.len(), 1);
+        assert_eq!(s.running.get("1"), Some(&4));
+        let text = s.render();
+        assert!(text.contains("i-2 reverted"), "{text}");
+        let back: Report =
+            serde_json::from_str(&serde_json::to_string(&reports[1]).unwrap()).unwrap();
+        assert_eq!(back, reports[1]);
+    }
+}

@@ -1,0 +1,273 @@
+//! The fleet's part of a pass (see [`crate::rollout`] and [`crate::fleet`]): before adopting a
+//! version, wait for this instance's turn and hold if enough of the fleet failed it; after the
+//! pass, leave what happened in the instance's status object.
+
+use std::time::{Duration, SystemTime};
+
+use super::{Agent, Outcome};
+use crate::events::{emit, Event, Fields};
+use crate::fleet::{self, Report};
+use crate::health::HealthProbe;
+use crate::rollout;
+use crate::service::ServiceManager;
+use crate::source::DesiredSource;
+use crate::state::{Request, State};
+use crate::store::ArtifactStore;
+use crate::version::Desired;
+
+/// How long writing or listing status objects may take before the pass goes on without it.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the last pass learnt about this instance's turn, for its status object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Place {
+    pub position: Option<f64>,
+    pub turn_at: Option<SystemTime>,
+}
+
+impl<S, A, M, H> Agent<S, A, M, H>
+where
+    S: DesiredSource,
+    A: ArtifactStore,
+    M: ServiceManager,
+    H: HealthProbe,
+{
+    /// This instance's id, when the fleet features need one.
+    async fn instance_id(&mut self) -> Result<String, String> {
+        match self.identity.as_mut() {
+            Some(identity) => identity.instance_id().await,
+            None => Err("no instance identity is configured".into()),
+        }
+    }
+
+    /// Whether this instance may adopt `desired` now: its turn has come, and fewer instances
+    /// than `max_failures` reported failing the request. `Err` is the pass's outcome, already
+    /// in the journal.
+    pub(super) async fn gate(
+        &mut self,
+        request: &Request,
+        desired: &Desired,
+        put_at: Option<SystemTime>,
+    ) -> Result<(), Outcome> {
+        self.place = Place::default();
+        let version = desired.version.as_str();
+        let fields = Fields {
+            version: Some(version),
+            parameter_version: Some(request.parameter_version),
+            ..Fields::default()
+        };
+        if let Some(rollout) = &desired.rollout {
+            let id = match self.instance_id().await {
+                Ok(id) => id,
+                Err(e) => {
+                    let message = format!("Cannot place this instance in the rollout: {e}");
+                    emit(Event::PollFailed, &fields.with_error(&e), &message);
+                    return Err(Outcome::Retry);
+                }
+            };
+            let position = rollout::position(&id, &desired.version);
+            // Without a start or a LastModifiedDate (some emulators), the rollout has begun.
+            let turn = rollout.turn(position, put_at.unwrap_or(SystemTime::UNIX_EPOCH));
+            self.place.position = Some(position);
+            if SystemTime::now() < turn.at {
+                self.place.turn_at = Some(turn.at);
+                if self.should_report_hold(request, Event::RolloutWaiting) {
+                    let wave = turn
+                        .wave
+                        .map(|w| format!(" (wave {w})"))
+                        .unwrap_or_default();
+                    emit(
+                        Event::RolloutWaiting,
+                        &Fields {
+                            position: Some(position),
+                            ..fields
+                        },
+                        &format!(
+                            "Waiting for this instance's turn to adopt {version}: position \
+                             {position:.4}{wave}, at {}",
+                            fleet::rfc3339(turn.at)
+                        ),
+                    );
+                }
+                return Err(Outcome::AwaitingTurn);
+            }
+        }
+        let Some(prefix) = self.config.fleet.status_prefix.clone() else {
+            return Ok(());
+        };
+        let max = (desired.rollout.as_ref())
+            .and_then(|r| r.max_failures)
+            .unwrap_or(self.config.fleet.max_failures);
+        let failures_prefix = fleet::failures_prefix(&prefix, version, request.parameter_version);
+        let listed = tokio::time::timeout(
+            STATUS_TIMEOUT,
+            self.store.list_keys(&failures_prefix, max as usize),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::store::StoreError::Failed {
+                bucket: String::new(),
+                key: failures_prefix.clone(),
+                message: format!("no answer within {} s", STATUS_TIMEOUT.as_secs()),
+            })
+        });
+        match listed {
+            Err(e) => {
+                // Not knowing is not a go-ahead.
+                let error = format!("cannot count the fleet's failures: {e}");
+                emit(
+                    Event::PollFailed,
+                    &fields.with_error(&error),
+                    &format!("Not adopting {version} yet: {error}"),
+                );
+                Err(Outcome::Retry)
+            }
+            Ok(keys) if keys.len() >= max as usize => {
+                if self.should_report_hold(request, Event::RolloutHalted) {
+                    let n = keys.len() as u64;
+                    emit(
+                        Event::RolloutHalted,
+                        &Fields {
+                            failures: Some(n),
+                            position: self.place.position,
+                            ..fields
+                        },
+                        &format!(
+                            "Holding at the running version: {n} instance(s) failed {version} \
+                             (max_failures {max}); put the parameter again to retry it"
+                        ),
+                    );
+                }
+                Err(Outcome::Halted)
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// A wait or a halt is reported once per request, not every poll (in `once`, every time).
+    fn should_report_hold(&mut self, request: &Request, event: Event) -> bool {
+        let key = (request.clone(), event);
+        if self.mode == super::Mode::Daemon && self.reported_hold.as_ref() == Some(&key) {
+            return false;
+        }
+        self.reported_hold = Some(key);
+        true
+    }
+
+    /// Leaves the pass's outcome in this instance's status object when it changed, and a failure
+    /// object when a deploy of the request failed here. Best effort: the pass stands either way.
+    pub(super) async fn report(
+        &mut self,
+        state: &State,
+        request: &Request,
+        desired: &Desired,
+        outcome: Outcome,
+    ) {
+        let Some(prefix) = self.config.fleet.status_prefix.clone() else {
+            return;
+        };
+        let Some(name) = status_name(outcome) else {
+            return;
+        };
+        let running = self.layout.active().ok().flatten();
+        let remembered = (
+            name,
+            running.clone(),
+            request.parameter_version,
+            self.place.turn_at,
+        );
+        if self.reported_status.as_ref() == Some(&remembered) {
+            return;
+        }
+        let id = match self.instance_id().await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(target: "drover", error = %e, "cannot write the status object");
+                return;
+            }
+        };
+        let error = (state.last.as_ref())
+            .filter(|last| last.request.as_ref() == Some(request))
+            .and_then(|last| last.error.clone());
+        let report = Report {
+            instance: id.clone(),
+            running,
+            desired: Some(desired.version.to_string()),
+            parameter_version: Some(request.parameter_version),
+            outcome: name.to_owned(),
+            position: self.place.position,
+            turn_at: self.place.turn_at.map(fleet::rfc3339),
+            error,
+            at: fleet::rfc3339(SystemTime::now()),
+        };
+        let body = serde_json::to_vec(&report).unwrap_or_default();
+        let mut keys = vec![fleet::instance_key(&prefix, &id)];
+        if report.is_failure() {
+            keys.push(fleet::failure_key(
+                &prefix,
+                desired.version.as_str(),
+                request.parameter_version,
+                &id,
+            ));
+        }
+        // The failure first: it is what the rest of the fleet counts.
+        for key in keys.into_iter().rev() {
+            let put =
+                tokio::time::timeout(STATUS_TIMEOUT, self.store.put_small(&key, body.clone()));
+            match put.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "drover", key = %key, error = %e, "cannot write the status object");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(target: "drover", key = %key, "writing the status object timed out");
+                    return;
+                }
+            }
+        }
+        self.reported_status = Some(remembered);
+    }
+}
+
+/// The name a pass's outcome has in a status object; `None` for passes that say nothing new
+/// (a transient error, an artifact not there yet, an invalid value).
+fn status_name(outcome: Outcome) -> Option<&'static str> {
+    Some(match outcome {
+        Outcome::Deployed => "deployed",
+        Outcome::InSync | Outcome::EnvironmentApplied => "in_sync",
+        Outcome::Reverted => "reverted",
+        Outcome::Failed => "failed",
+        Outcome::RevertFailed => "revert_failed",
+        Outcome::Rejected => "rejected",
+        Outcome::Aborted => "aborted",
+        Outcome::Skipped => "skipped",
+        Outcome::Unhealthy => "unhealthy",
+        Outcome::AwaitingTurn => "waiting",
+        Outcome::Halted => "halted",
+        Outcome::Invalid | Outcome::Waiting | Outcome::Retry => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_in_status_objects_are_the_failed_outcomes() {
+        for outcome in [
+            Outcome::Reverted,
+            Outcome::Failed,
+            Outcome::RevertFailed,
+            Outcome::Rejected,
+            Outcome::Aborted,
+        ] {
+            let name = status_name(outcome).unwrap();
+            assert!(Report::FAILED.contains(&name), "{name}");
+        }
+        for outcome in [Outcome::Deployed, Outcome::Halted, Outcome::AwaitingTurn] {
+            let name = status_name(outcome).unwrap();
+            assert!(!Report::FAILED.contains(&name), "{name}");
+        }
+    }
+}
