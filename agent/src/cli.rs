@@ -54,7 +54,13 @@ enum Command {
         path: PathBuf,
     },
     /// Put VERSION into the parameter.
-    Promote { version: String },
+    Promote {
+        version: String,
+        /// A staged rollout, as JSON: '{"duration":"30m"}' or
+        /// '{"waves":[{"fraction":0.05,"after":"0s"},{"fraction":1,"after":"20m"}]}'.
+        #[arg(long, value_name = "JSON")]
+        rollout: Option<String>,
+    },
     /// The fleet, from the instances' status objects ([fleet] status_prefix).
     #[command(subcommand)]
     Fleet(FleetCommand),
@@ -226,16 +232,18 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
                     ExitCode::SUCCESS
                 })
         }
-        Command::Promote { version } => {
+        Command::Promote { version, rollout } => {
             let sdk = aws::sdk_config(&config.aws).await;
             let source = SsmSource::new(&sdk, &config.source.parameter);
-            operator::promote(&source, &version).await.map(|n| {
-                println!(
-                    "{} = {version} (parameter version {n})",
-                    config.source.parameter
-                );
-                ExitCode::SUCCESS
-            })
+            operator::promote(&source, &version, rollout.as_deref())
+                .await
+                .map(|n| {
+                    println!(
+                        "{} = {version} (parameter version {n})",
+                        config.source.parameter
+                    );
+                    ExitCode::SUCCESS
+                })
         }
     };
     result.unwrap_or_else(|e| {

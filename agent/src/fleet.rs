@@ -23,8 +23,8 @@ pub struct Report {
     /// The version the parameter asks for, and the request's parameter version.
     pub desired: Option<String>,
     pub parameter_version: Option<i64>,
-    /// How the last pass ended: one of [`Report::FAILED`], `deployed`, `in_sync`, `waiting`,
-    /// `halted`, `skipped`.
+    /// How the last pass that changed something ended: one of [`Report::FAILED`], `deployed`,
+    /// `in_sync`, `unhealthy`, `waiting`, `halted`.
     pub outcome: String,
     /// Its place in the rollout of `desired`, and when its turn comes, while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]

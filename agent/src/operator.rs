@@ -118,10 +118,29 @@ fn hash_file(path: &Path, prehash: bool) -> Result<(Sha256Digest, Option<[u8; 64
     }
 }
 
-/// Puts `version` into the parameter; returns the parameter's new version number.
-pub async fn promote(source: &SsmSource, version: &str) -> Result<i64, String> {
+/// Puts `version` into the parameter, with `rollout` (its JSON, docs/FLEET.md) as a staged
+/// rollout when given; returns the parameter's new version number.
+pub async fn promote(
+    source: &SsmSource,
+    version: &str,
+    rollout: Option<&str>,
+) -> Result<i64, String> {
+    let value = promote_value(version, rollout)?;
+    source.put(&value).await.map_err(|e| e.to_string())
+}
+
+/// The parameter value `drover promote` puts: the bare version, or a JSON object with the
+/// rollout, checked as an instance will read it.
+pub fn promote_value(version: &str, rollout: Option<&str>) -> Result<String, String> {
     Version::parse(version).map_err(|e| e.to_string())?;
-    source.put(version).await.map_err(|e| e.to_string())
+    let Some(rollout) = rollout else {
+        return Ok(version.to_owned());
+    };
+    let rollout: serde_json::Value =
+        serde_json::from_str(rollout).map_err(|e| format!("--rollout is not JSON: {e}"))?;
+    let value = serde_json::json!({ "version": version, "rollout": rollout }).to_string();
+    crate::version::parse_value(&value).map_err(|e| format!("--rollout: {e}"))?;
+    Ok(value)
 }
 
 /// `drover fleet status [VERSION]`: every instance's status object under `[fleet]
@@ -291,5 +310,26 @@ impl Status {
             out += &format!("environment: {}\n", vars.join(" "));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promote_puts_the_bare_version_or_a_checked_rollout() {
+        assert_eq!(promote_value("1.4.2", None).unwrap(), "1.4.2");
+        let value = promote_value("2.0.0", Some(r#"{"duration":"30m"}"#)).unwrap();
+        let desired = crate::version::parse_value(&value).unwrap();
+        assert_eq!(desired.version.as_str(), "2.0.0");
+        assert!(desired.rollout.is_some());
+        assert!(promote_value("2.0.0", Some("{"))
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(promote_value("2.0.0", Some(r#"{"durration":"1m"}"#))
+            .unwrap_err()
+            .contains("\"durration\""));
+        assert!(promote_value("../x", None).is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod faultproxy;
 pub mod host;
 pub mod http;
 pub mod https;
+pub mod imds;
 pub mod moto;
 pub mod release;
 pub mod userdata;

@@ -231,7 +231,8 @@ where
 }
 
 /// The name a pass's outcome has in a status object; `None` for passes that say nothing new
-/// (a transient error, an artifact not there yet, an invalid value).
+/// (a transient error, an artifact not there yet, an invalid value, and a request that failed
+/// here before, whose failure the object already tells).
 fn status_name(outcome: Outcome) -> Option<&'static str> {
     Some(match outcome {
         Outcome::Deployed => "deployed",
@@ -241,11 +242,10 @@ fn status_name(outcome: Outcome) -> Option<&'static str> {
         Outcome::RevertFailed => "revert_failed",
         Outcome::Rejected => "rejected",
         Outcome::Aborted => "aborted",
-        Outcome::Skipped => "skipped",
         Outcome::Unhealthy => "unhealthy",
         Outcome::AwaitingTurn => "waiting",
         Outcome::Halted => "halted",
-        Outcome::Invalid | Outcome::Waiting | Outcome::Retry => return None,
+        Outcome::Skipped | Outcome::Invalid | Outcome::Waiting | Outcome::Retry => return None,
     })
 }
 
