@@ -11,7 +11,7 @@ import sys
 import yaml
 
 PLACEHOLDERS = {"Partition", "Region", "AccountId", "BucketName", "ReleasePrefix",
-                "ParameterName", "KmsKeyId"}
+                "ParameterName", "KmsKeyId", "StatusPrefix"}
 # The JSON files' account-level placeholders are CloudFormation pseudo parameters in the template.
 PSEUDO = {"Partition": "AWS::Partition", "Region": "AWS::Region", "AccountId": "AWS::AccountId"}
 
