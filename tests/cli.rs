@@ -310,3 +310,162 @@ fn unpack_checks_a_local_artifact_as_an_instance_would() {
     assert_eq!(out.status.code(), Some(1), "DEST exists already");
     assert!(stderr(&out).contains("File exists"), "{}", stderr(&out));
 }
+
+/// The host's config with `[aws] metadata_endpoint_url` and `[fleet]` added.
+fn fleet_host(label: &str, imds: &drover_tests::imds::Imds) -> Host {
+    let world = drover_tests::World::new(label);
+    let endpoint = world.moto.endpoint();
+    let host = Host::with_config(world, &endpoint, "[fleet]\nstatus_prefix = \"status\"\n");
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    let line = format!("endpoint_url = \"{endpoint}\"\n");
+    let with_imds = text.replacen(
+        &line,
+        &format!("{line}metadata_endpoint_url = \"{}\"\n", imds.endpoint()),
+        1,
+    );
+    assert_ne!(text, with_imds);
+    std::fs::write(&host.config, with_imds).unwrap();
+    host
+}
+
+fn status_object(host: &Host, key: &str) -> serde_json::Value {
+    let body = (host.world.moto)
+        .get_object(&host.world.bucket, key)
+        .unwrap_or_else(|| panic!("no status object {key}"));
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[test]
+fn once_waits_for_its_turn_in_a_rollout_and_reports_it() {
+    let imds = drover_tests::imds::Imds::start("i-0c11000000000001");
+    let host = fleet_host("rollout_once", &imds);
+    let key = "status/instances/i-0c11000000000001.json";
+    host.world.release("1.0.0", true);
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(status_object(&host, key)["outcome"], "deployed");
+
+    // Spread over a day from now: this instance's turn is hours away.
+    let v2 = drover::version::Version::parse("2.0.0").unwrap();
+    let position = drover::rollout::position(imds.instance_id(), &v2);
+    assert!(position > 0.01, "{position}");
+    let tarball = host.world.app_tarball("2.0.0", true);
+    host.world.publish("2.0.0", &tarball);
+    let promoted = host.drover(&["promote", "2.0.0", "--rollout", r#"{"duration": "1d"}"#]);
+    assert_eq!(promoted.status.code(), Some(0), "{}", stderr(&promoted));
+    let out = host.drover(&["once"]);
+    eprintln!("{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rollout_waiting")
+            && stderr(&out).contains(&format!("position {position:.4}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.current(), "releases/1.0.0");
+    let waiting = status_object(&host, key);
+    assert_eq!(
+        (
+            &waiting["outcome"],
+            &waiting["desired"],
+            &waiting["running"]
+        ),
+        (&"waiting".into(), &"2.0.0".into(), &"1.0.0".into()),
+        "{waiting:#}"
+    );
+    assert!(waiting["turn_at"].is_string(), "{waiting:#}");
+    let summary = host.drover(&["fleet", "status", "--json"]);
+    assert_eq!(summary.status.code(), Some(0), "{}", stderr(&summary));
+    let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+    assert_eq!(
+        (&summary["version"], &summary["waiting"]),
+        (&"2.0.0".into(), &1.into())
+    );
+
+    // A rollout that started a day ago has reached everyone.
+    let (_, before) = host
+        .world
+        .moto
+        .get_parameter(&host.world.parameter)
+        .unwrap();
+    let bad = host.drover(&[
+        "promote",
+        "2.0.0",
+        "--rollout",
+        r#"{"waves": [{"fraction": 0.5}]}"#,
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("must reach 1"), "{}", stderr(&bad));
+    let (_, after) = host
+        .world
+        .moto
+        .get_parameter(&host.world.parameter)
+        .unwrap();
+    assert_eq!(before, after, "a refused rollout was put");
+    let started = r#"{"start": "2020-01-01T00:00:00Z", "duration": "1d"}"#;
+    let out = host.drover(&["promote", "2.0.0", "--rollout", started]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(host.current(), "releases/2.0.0");
+    assert_eq!(status_object(&host, key)["outcome"], "deployed");
+    assert!(imds.gets() >= 1);
+}
+
+#[test]
+fn a_bad_rollout_or_a_missing_imds_changes_nothing_and_says_why() {
+    let imds = drover_tests::imds::Imds::start("i-0c11000000000002");
+    let host = fleet_host("rollout_bad", &imds);
+    host.world.release("1.0.0", true);
+    assert_eq!(host.drover(&["once"]).status.code(), Some(0));
+    host.world
+        .publish("2.0.0", &host.world.app_tarball("2.0.0", true));
+
+    // Put by another tool, past `promote`'s check: the agent names the field and does nothing.
+    let world = &host.world;
+    let value = r#"{"version": "2.0.0", "rollout": {"waves": [{"fraction": 0.5, "after": "1m"}]}}"#;
+    world.moto.put_parameter(&world.parameter, value);
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("poll_failed") && stderr(&out).contains("rollout.waves[0].fraction"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.current(), "releases/1.0.0");
+
+    // No metadata service (a closed port): no position, so no adoption.
+    drop(imds);
+    let value = r#"{"version": "2.0.0", "rollout": {"duration": "1m"}}"#;
+    world.moto.put_parameter(&world.parameter, value);
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    let closed = format!("http://127.0.0.1:{}", drover_tests::free_port());
+    let at = text.find("metadata_endpoint_url").unwrap();
+    let end = at + text[at..].find('\n').unwrap();
+    let text = format!(
+        "{}metadata_endpoint_url = \"{closed}\"{}",
+        &text[..at],
+        &text[end..]
+    );
+    std::fs::write(&host.config, &text).unwrap();
+    let out = host.drover(&["once"]);
+    eprintln!("{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read the instance id from IMDS"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.current(), "releases/1.0.0");
+
+    // Without [fleet] status_prefix, `fleet status` says what to set.
+    let plain = text.replace("[fleet]\nstatus_prefix = \"status\"\n", "");
+    std::fs::write(&host.config, plain).unwrap();
+    let out = host.drover(&["fleet", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("[fleet] status_prefix"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -88,7 +88,7 @@ where
 }
 
 /// `error: cause: cause of the cause`, skipping a cause that its parent already quotes.
-fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

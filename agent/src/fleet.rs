@@ -116,7 +116,10 @@ impl Identity {
                 let id = client
                     .get("/latest/meta-data/instance-id")
                     .await
-                    .map_err(|e| format!("cannot read the instance id from IMDS: {e}"))?;
+                    .map_err(|e| {
+                        let why = crate::aws::causes(&e);
+                        format!("cannot read the instance id from IMDS: {why}")
+                    })?;
                 let id = id.as_ref().trim().to_owned();
                 // It becomes part of object keys: an instance id is `i-` and hex digits.
                 if id.is_empty()
