@@ -374,6 +374,13 @@ fn once_waits_for_its_turn_in_a_rollout_and_reports_it() {
         "{waiting:#}"
     );
     assert!(waiting["turn_at"].is_string(), "{waiting:#}");
+    let doctor = stdout(&host.drover(&["doctor"]));
+    assert!(
+        doctor.contains(&format!(
+            "ok    instance id: i-0c11000000000001: position {position:.4} for 2.0.0"
+        )) && doctor.contains("reported failing 2.0.0"),
+        "{doctor}"
+    );
     let summary = host.drover(&["fleet", "status", "--json"]);
     assert_eq!(summary.status.code(), Some(0), "{}", stderr(&summary));
     let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();

@@ -93,18 +93,87 @@ pub async fn run(config: &Config, config_path: &std::path::Path) -> Report {
     let sdk = crate::aws::sdk_config(&config.aws).await;
     check_credentials(&mut report, &sdk).await;
     let source = SsmSource::new(&sdk, &config.source.parameter);
-    let desired = check_parameter(&mut report, config, &source).await;
+    let request = check_parameter(&mut report, config, &source).await;
+    let desired = request.as_ref().map(|(d, _)| d.clone());
     let store = S3Store::new(
         crate::aws::s3_client(&sdk, &config.aws),
         &config.artifact.bucket,
     );
     check_artifact(&mut report, config, &store, desired.as_ref()).await;
+    check_fleet(&mut report, config, &sdk, &store, request.as_ref()).await;
     check_units(&mut report, config).await;
     check_disk(&mut report, config);
     check_owner(&mut report, config);
     check_state_dir(&mut report, config);
     check_health(&mut report, config).await;
     report
+}
+
+/// With a rollout in the parameter or `[fleet]` configured: the instance id from IMDS, this
+/// instance's place, and the failures the fleet reported (a listing, as before an adoption).
+async fn check_fleet(
+    report: &mut Report,
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+    store: &S3Store,
+    request: Option<&(version::Desired, i64)>,
+) {
+    let desired = request.map(|(d, _)| d);
+    let rollout = desired.and_then(|d| d.rollout.as_ref());
+    let prefix = config.fleet.status_prefix.as_deref();
+    if rollout.is_none() && prefix.is_none() {
+        return;
+    }
+    let identity = crate::aws::imds_client(sdk, &config.aws).map(crate::fleet::Identity::imds);
+    let id = match identity {
+        Ok(mut identity) => identity.instance_id().await,
+        Err(e) => Err(e),
+    };
+    match (&id, desired) {
+        (Ok(id), Some(d)) => {
+            let position = crate::rollout::position(id, &d.version);
+            report.add(
+                "instance id",
+                Verdict::Ok(format!("{id}: position {position:.4} for {}", d.version)),
+            );
+        }
+        (Ok(id), None) => report.add("instance id", Verdict::Ok(id.clone())),
+        (Err(e), _) => report.add(
+            "instance id",
+            fail(
+                e,
+                "enable the instance metadata service (IMDSv2) on this instance, with a hop limit \
+                 of at least 1; or set [aws] metadata_endpoint_url",
+            ),
+        ),
+    }
+    let (Some(prefix), Some((d, parameter_version))) = (prefix, request) else {
+        return;
+    };
+    let failures = crate::fleet::failures_prefix(prefix, d.version.as_str(), *parameter_version);
+    let name = format!("fleet status s3://{}/{prefix}", config.artifact.bucket);
+    let listed = crate::store::ArtifactStore::list_keys(store, &failures, 1000).await;
+    match listed {
+        Ok(keys) => report.add(
+            name,
+            Verdict::Ok(format!(
+                "{} instance(s) reported failing {} (parameter version {}); max_failures {}",
+                keys.len(),
+                d.version,
+                parameter_version,
+                config.fleet.max_failures
+            )),
+        ),
+        Err(e @ StoreError::Denied { .. }) => report.add(
+            name,
+            fail(
+                e,
+                "attach packaging/iam/drover-instance-fleet-policy.json to the instance role \
+                 (docs/IAM.md)",
+            ),
+        ),
+        Err(e) => report.add(name, fail(e, "check the bucket and network access to S3")),
+    }
 }
 
 async fn check_credentials(report: &mut Report, sdk: &aws_config::SdkConfig) {
@@ -147,7 +216,7 @@ async fn check_parameter(
     report: &mut Report,
     config: &Config,
     source: &SsmSource,
-) -> Option<version::Desired> {
+) -> Option<(version::Desired, i64)> {
     let name = format!("parameter {}", config.source.parameter);
     match source.read().await {
         Ok(p) => match version::parse_value(&p.value) {
@@ -156,7 +225,7 @@ async fn check_parameter(
                     name,
                     Verdict::Ok(format!("{} (parameter version {})", d.version, p.version)),
                 );
-                Some(d)
+                Some((d, p.version))
             }
             Err(e) => {
                 report.add(
