@@ -138,9 +138,23 @@ pub struct SsmSource {
 }
 
 impl SsmSource {
+    /// For the operator commands: the SDK retries throttling and transient errors (3 attempts).
     pub fn new(sdk: &aws_config::SdkConfig, name: &str) -> Self {
         Self {
             client: aws_sdk_ssm::Client::new(sdk),
+            name: name.to_owned(),
+        }
+    }
+
+    /// For the agent's polls: one request per call. A throttled or failed poll is retried by
+    /// the poll loop with full jitter (`plan::next_delay`), so that each poll costs exactly one
+    /// call of the account's Parameter Store quota.
+    pub fn polling(sdk: &aws_config::SdkConfig, name: &str) -> Self {
+        let once = aws_sdk_ssm::config::Builder::from(sdk)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+            .build();
+        Self {
+            client: aws_sdk_ssm::Client::from_conf(once),
             name: name.to_owned(),
         }
     }
@@ -187,18 +201,11 @@ impl SsmSource {
 
 impl DesiredSource for SsmSource {
     async fn read(&self) -> Result<Parameter, SourceError> {
-        // One request per poll: a throttled or failed read is retried by the poll loop, with
-        // full jitter (`plan::next_delay`), not by the SDK within the poll.
         let out = self
             .client
             .get_parameter()
             .name(&self.name)
             .with_decryption(true)
-            .customize()
-            .config_override(
-                aws_sdk_ssm::config::Builder::default()
-                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1)),
-            )
             .send()
             .await
             .map_err(|e| self.error(e))?;
@@ -242,6 +249,8 @@ impl DesiredSource for SsmSource {
     }
 }
 
+/// Cheap to clone: the client is shared.
+#[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
@@ -396,28 +405,30 @@ impl ArtifactStore for S3Store {
     }
 
     async fn list_keys(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError> {
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .max_keys(i32::try_from(max.min(1000)).unwrap_or(1000))
-            .into_paginator()
-            .send();
         let mut keys = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error(prefix, e))?;
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .max_keys(i32::try_from(max.min(1000)).unwrap_or(1000))
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.error(prefix, e))?;
             keys.extend(
                 page.contents()
                     .iter()
                     .filter_map(|o| o.key().map(str::to_owned)),
             );
-            if keys.len() >= max {
+            token = page.next_continuation_token().map(str::to_owned);
+            if keys.len() >= max || token.is_none() {
                 keys.truncate(max);
-                break;
+                return Ok(keys);
             }
         }
-        Ok(keys)
     }
 }
 

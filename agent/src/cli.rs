@@ -380,7 +380,7 @@ type RealAgent = Agent<SsmSource, S3Store, Systemd, HttpProbe>;
 
 async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
     let sdk = aws::sdk_config(&config.aws).await;
-    let source = SsmSource::new(&sdk, &config.source.parameter);
+    let source = SsmSource::polling(&sdk, &config.source.parameter);
     let store = S3Store::new(aws::s3_client(&sdk, &config.aws), &config.artifact.bucket);
     let services = Systemd::new(config.service.restart_timeout);
     let probe = match &config.health.url {

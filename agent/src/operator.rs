@@ -153,7 +153,6 @@ pub async fn fleet_status(
 ) -> Result<crate::fleet::Summary, String> {
     use crate::source::DesiredSource;
     use crate::store::ArtifactStore;
-    use futures_util::StreamExt;
     let prefix = (config.fleet.status_prefix.as_deref())
         .ok_or("[fleet] status_prefix is not set in the config: instances write no status")?;
     let version = match version {
@@ -169,22 +168,27 @@ pub async fn fleet_status(
         .list_keys(&crate::fleet::instances_prefix(prefix), usize::MAX)
         .await
         .map_err(|e| e.to_string())?;
-    // A few at a time: a fleet of 10,000 is 10,000 small GETs.
-    let reports: Vec<_> = futures_util::stream::iter(keys)
-        .map(|key| async move {
-            let body = crate::store::get_small(store, &key, 64 << 10)
-                .await
-                .map_err(|e| e.to_string())?;
-            serde_json::from_slice::<crate::fleet::Report>(&body).map_err(|e| format!("{key}: {e}"))
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    let mut good = Vec::with_capacity(reports.len());
-    for report in reports {
-        match report {
-            Ok(r) => good.push(r),
-            Err(e) => eprintln!("drover: skipping a status object: {e}"),
+    // 32 at a time: a fleet of 10,000 is 10,000 small GETs.
+    let mut good = Vec::with_capacity(keys.len());
+    let mut keys = keys.into_iter();
+    let mut reading = tokio::task::JoinSet::new();
+    loop {
+        while reading.len() < 32 {
+            let Some(key) = keys.next() else { break };
+            let store = store.clone();
+            reading.spawn(async move {
+                let body = crate::store::get_small(&store, &key, 64 << 10)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                serde_json::from_slice::<crate::fleet::Report>(&body)
+                    .map_err(|e| format!("{key}: {e}"))
+            });
+        }
+        match reading.join_next().await {
+            None => break,
+            Some(Ok(Ok(report))) => good.push(report),
+            Some(Ok(Err(e))) => eprintln!("drover: skipping a status object: {e}"),
+            Some(Err(e)) => return Err(format!("reading status objects: {e}")),
         }
     }
     good.sort_by(|a, b| a.instance.cmp(&b.instance));
