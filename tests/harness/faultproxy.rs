@@ -1,8 +1,9 @@
 //! A fault-injecting HTTP/1.1 reverse proxy of our own between the agent and moto, which has no
 //! fault injection: it forwards every request and, for the requests a rule matches, answers with
 //! an AWS error instead or spoils moto's response on its way back (a reset or a cut mid-body, a
-//! flipped byte, a body slower than the agent's download timeout). Every request is recorded with
-//! the time it arrived, so that a test can see how the agent and its SDK retried.
+//! flipped byte, a body slower than the agent's download timeout). A budget throttles the
+//! requests beyond a rate, as AWS meters an API. Every request is recorded with the time it
+//! arrived, so that a test can see how the agent and its SDK retried.
 //!
 //! The SDK keeps connections alive, so one task serves one client connection request after
 //! request. Each forwarded request goes to moto on a fresh connection with `Connection: close`,
@@ -101,7 +102,8 @@ impl Fault {
 /// One request as the proxy saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
-    /// When its head had arrived.
+    /// When it had arrived whole and the proxy decided what to do with it; [`FaultProxy::seen`]
+    /// is in this order.
     pub at: Instant,
     pub method: String,
     /// The path without the query string.
@@ -112,6 +114,9 @@ pub struct Seen {
     pub invocation: Option<String>,
     /// The attempt number of `amz-sdk-request: attempt=N; max=M`.
     pub attempt: Option<u32>,
+    /// The access key id its signature names (`Credential=AKID/...`): which agent sent it, when
+    /// each agent has a key of its own (moto takes any key).
+    pub client: Option<String>,
     /// The fault applied to it, if any.
     pub fault: Option<Fault>,
 }
@@ -139,9 +144,46 @@ struct Rule {
     left: Option<u32>,
 }
 
+/// A token bucket, the way AWS meters an API: it holds up to `per_second` tokens and gains
+/// `per_second` a second; a matching request takes one, and one that finds none is throttled
+/// without taking any. It starts full, so a burst of `per_second` passes at once, and no span of
+/// `t` seconds lets through more than `per_second × (1 + t)`.
+struct Budget {
+    when: Match,
+    per_second: u32,
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at: Instant,
+}
+
+impl Budget {
+    fn new(when: Match, per_second: u32) -> Budget {
+        Budget {
+            when,
+            per_second,
+            tokens: f64::from(per_second),
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether a request arriving at `now` gets a token; it takes it if so.
+    fn take(&mut self, now: Instant) -> bool {
+        let rate = f64::from(self.per_second);
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min(rate);
+        self.at = self.at.max(now);
+        let granted = self.tokens >= 1.0;
+        if granted {
+            self.tokens -= 1.0;
+        }
+        granted
+    }
+}
+
 #[derive(Default)]
 struct State {
     rules: Vec<Rule>,
+    budgets: Vec<Budget>,
     seen: Vec<Seen>,
 }
 
@@ -155,10 +197,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a request and picks its fault: the first rule that matches and has uses left.
+    /// Records a request and picks its fault: that of the first rule that matches and has uses
+    /// left; else a throttle when the first budget that matches has no token for it.
     fn admit(&self, mut seen: Seen) -> Option<Fault> {
         let mut state = self.state();
-        let fault = state
+        // Stamped under the lock, so that the record is in time order and a budget's tokens
+        // are counted at the very instants the record shows.
+        seen.at = Instant::now();
+        let ruled = state
             .rules
             .iter_mut()
             .find(|r| r.when.matches(&seen) && r.left != Some(0))
@@ -168,6 +214,10 @@ impl Shared {
                 }
                 rule.fault
             });
+        let fault = ruled.or_else(|| {
+            let budget = state.budgets.iter_mut().find(|b| b.when.matches(&seen))?;
+            (!budget.take(seen.at)).then_some(Fault::Throttle)
+        });
         seen.fault = fault;
         state.seen.push(seen);
         fault
@@ -231,9 +281,21 @@ impl FaultProxy {
         self.shared.state().rules.push(Rule { when, fault, left });
     }
 
-    /// Removes every rule: from now on everything is forwarded untouched.
+    /// Lets `per_second` requests that `when` matches through a second, with a burst of as many
+    /// (a token bucket, as AWS meters an API), and answers the others as [`Fault::Throttle`]
+    /// does, recording that fault. A request a rule applies to does not count against it.
+    pub fn budget(&self, when: Match, per_second: u32) {
+        self.shared
+            .state()
+            .budgets
+            .push(Budget::new(when, per_second));
+    }
+
+    /// Removes every rule and budget: from now on everything is forwarded untouched.
     pub fn clear(&self) {
-        self.shared.state().rules.clear();
+        let mut state = self.shared.state();
+        state.rules.clear();
+        state.budgets.clear();
     }
 
     /// Every request seen so far, oldest first.
@@ -351,6 +413,10 @@ impl Message {
                 v.split(';')
                     .find_map(|kv| kv.trim().strip_prefix("attempt="))
                     .and_then(|n| n.parse().ok())
+            }),
+            client: self.header("authorization").and_then(|v| {
+                let credential = v.split("Credential=").nth(1)?;
+                credential.split('/').next().map(str::to_owned)
             }),
             fault: None,
         }
@@ -769,6 +835,66 @@ mod tests {
                 None
             ]
         );
+    }
+
+    #[test]
+    fn a_budget_throttles_what_finds_no_token_and_refills_at_its_rate() {
+        let proxy = FaultProxy::start(upstream());
+        proxy.budget(Match::s3_get(".tar.gz"), 2);
+        let raw = get_on_one_connection(&proxy, 4);
+        assert_eq!(raw.matches("hello, world").count(), 2, "{raw}");
+        assert_eq!(raw.matches("<Code>SlowDown</Code>").count(), 2, "{raw}");
+        let faults: Vec<_> = proxy.seen().iter().map(|s| s.fault).collect();
+        assert_eq!(
+            faults,
+            [None, None, Some(Fault::Throttle), Some(Fault::Throttle)]
+        );
+        proxy.clear();
+        assert_eq!(get_on_one_connection(&proxy, 3).matches("hello").count(), 3);
+    }
+
+    #[test]
+    fn a_budget_is_a_token_bucket_with_a_burst_of_one_second() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut budget = Budget {
+            when: Match::ssm("GetParameter"),
+            per_second: 4,
+            tokens: 4.0,
+            at: t0,
+        };
+        let granted: Vec<bool> = [
+            0, 0, 0, 0, 0, 100, 249, 250, 500, 3000, 3000, 3000, 3000, 3000,
+        ]
+        .into_iter()
+        .map(|ms| budget.take(at(ms)))
+        .collect();
+        assert_eq!(
+            granted,
+            [
+                true, true, true, true, false, // the burst, then nothing left
+                false, false, true, // one token every 250 ms
+                true, // and another
+                true, true, true, true, false, // idle: full again, but no fuller
+            ]
+        );
+    }
+
+    #[test]
+    fn the_client_is_the_signature_s_access_key() {
+        let mut request = Message {
+            start: "POST / HTTP/1.1".into(),
+            headers: vec![(
+                "Authorization".into(),
+                "AWS4-HMAC-SHA256 Credential=AKIAFLEET007/20261201/us-east-1/ssm/aws4_request, \
+                 SignedHeaders=host, Signature=00"
+                    .into(),
+            )],
+            body: Vec::new(),
+        };
+        assert_eq!(request.seen().client.as_deref(), Some("AKIAFLEET007"));
+        request.headers.clear();
+        assert_eq!(request.seen().client, None);
     }
 
     #[test]

@@ -33,18 +33,7 @@ impl Host {
     /// (`max_unpacked_size = "16MiB"`, say).
     pub fn with_artifact_keys(world: World, endpoint: &str, artifact: &str, extra: &str) -> Host {
         let config = world.dir().join("host.toml");
-        let text = format!(
-            "[source]\nparameter = \"{}\"\npoll_interval = \"1s\"\n\
-             [artifact]\nbucket = \"{}\"\n{artifact}\n\
-             [release]\nroot = \"{}\"\nkeep = 2\n\
-             [service]\nunits = []\n\
-             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
-             [agent]\nstate_dir = \"{}\"\n{extra}",
-            world.parameter,
-            world.bucket,
-            world.dir().join("app").display(),
-            world.dir().join("state").display(),
-        );
+        let text = config_toml(&world, endpoint, world.dir(), "1s", artifact, extra);
         std::fs::write(&config, text)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
         Host { world, config }
@@ -110,6 +99,32 @@ impl Host {
         };
         (list("releases"), list(".staging"))
     }
+}
+
+/// A host agent's config for `world`'s parameter and bucket, talking to `endpoint`, polling every
+/// `poll_interval` (`"1s"`, `"250ms"`), with its release root in `dir/app` and its state in
+/// `dir/state`; `artifact` lines go into `[artifact]`, `extra` TOML at the end. Agents of one
+/// world that each have their own `dir` make a fleet.
+pub fn config_toml(
+    world: &World,
+    endpoint: &str,
+    dir: &Path,
+    poll_interval: &str,
+    artifact: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[source]\nparameter = \"{}\"\npoll_interval = \"{poll_interval}\"\n\
+         [artifact]\nbucket = \"{}\"\n{artifact}\n\
+         [release]\nroot = \"{}\"\nkeep = 2\n\
+         [service]\nunits = []\n\
+         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
+         [agent]\nstate_dir = \"{}\"\n{extra}",
+        world.parameter,
+        world.bucket,
+        dir.join("app").display(),
+        dir.join("state").display(),
+    )
 }
 
 /// `drover --config CONFIG ARGS...` with the test credentials.
