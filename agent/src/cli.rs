@@ -446,7 +446,18 @@ async fn run(config: Config) -> Result<ExitCode, String> {
     }
     notify::ready();
     notify::status("polling");
-    let mut failures: u32 = 0;
+    // An instance already running a release joins the fleet's polling at a random point of the
+    // interval, so that restarting drover everywhere at once is not a burst on the API; a fresh
+    // one polls at once, to deploy its first release.
+    if agent.layout().active().ok().flatten().is_some() {
+        let first = poll_interval.mul_f64(plan::random_unit());
+        tokio::select! {
+            _ = tokio::time::sleep(first) => {}
+            _ = term.recv() => return Ok(ExitCode::SUCCESS),
+            _ = int.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+    let mut backoff = plan::Backoff::default();
     loop {
         // A stop request cancels a pass midway: the switch-in-flight record brings the next
         // start back to a good release.
@@ -456,12 +467,12 @@ async fn run(config: Config) -> Result<ExitCode, String> {
             _ = int.recv() => break,
         };
         notify::status(&agent.status_line(outcome));
-        failures = if outcome == Outcome::Retry {
-            failures.saturating_add(1)
-        } else {
-            0
-        };
-        let delay = plan::next_delay(poll_interval, failures, plan::random_unit());
+        backoff.record(match outcome {
+            Outcome::Throttled => plan::Poll::Throttled,
+            Outcome::Retry => plan::Poll::Failed,
+            _ => plan::Poll::Answered,
+        });
+        let delay = backoff.delay(poll_interval, plan::random_unit());
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = term.recv() => break,

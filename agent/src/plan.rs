@@ -69,24 +69,71 @@ pub fn prune_plan(releases: &[(String, SystemTime)], keep: usize, protect: &[&st
     remove
 }
 
-/// The pause before the next poll: `poll_interval` plus up to 10 % jitter when all is well;
-/// after `failures` consecutive transient errors (throttling among them), "full jitter": a
-/// uniform pick in `[0, min(poll · 2^failures, 32 · poll))`. Spread evenly over a window that
-/// doubles, a fleet that was throttled together comes back spread out, and asks for less the
-/// longer the service says no (see docs/FLEET.md).
-/// `random` is uniform in [0, 1).
-pub fn next_delay(poll_interval: Duration, failures: u32, random: f64) -> Duration {
-    let random = random.clamp(0.0, 1.0);
-    if failures == 0 {
-        return poll_interval + poll_interval.mul_f64(0.1 * random);
-    }
-    backoff_window(poll_interval, failures).mul_f64(random)
+/// How a poll went, as far as the pace of polling is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// It got an answer (whatever the pass then did with it).
+    Answered,
+    /// The API said slow down (`ThrottlingException`).
+    Throttled,
+    /// A transient error: network, API, disk.
+    Failed,
 }
 
-/// The window full jitter picks from after `failures` (at least 1) failures in a row.
-pub fn backoff_window(poll_interval: Duration, failures: u32) -> Duration {
+/// Throttling backs off faster than it recovers: one level up per throttled poll, one down per
+/// two answered polls. In the throttling simulation (docs/FLEET.md) this brought a fleet asking
+/// for 3× its budget down to about 1.3× it, where dropping back to full speed at the first
+/// answer kept it at 1.7×, and the slowest agents starved.
+const ANSWERS_PER_LEVEL: u32 = 2;
+/// The highest throttling level: where the window reaches its cap of 32 polls.
+const MAX_LEVEL: u32 = 5;
+
+/// The poll loop's memory of trouble: transient failures in a row, and how throttled the API
+/// has been lately.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backoff {
+    failures: u32,
+    throttle: u32,
+    answered: u32,
+}
+
+impl Backoff {
+    pub fn record(&mut self, poll: Poll) {
+        match poll {
+            Poll::Answered => {
+                self.failures = 0;
+                self.answered += 1;
+                if self.answered >= ANSWERS_PER_LEVEL {
+                    self.throttle = self.throttle.saturating_sub(1);
+                    self.answered = 0;
+                }
+            }
+            Poll::Throttled => {
+                self.throttle = (self.throttle + 1).min(MAX_LEVEL);
+                self.answered = 0;
+            }
+            Poll::Failed => self.failures = self.failures.saturating_add(1),
+        }
+    }
+
+    /// The pause before the next poll: `poll_interval` plus up to 10 % jitter when all is well;
+    /// otherwise "full jitter", a uniform pick in `[0, min(poll · 2^n, 32 · poll))` where `n` is
+    /// the failures in a row or the throttling level, whichever is higher. Spread evenly over a
+    /// window that doubles, a fleet that was throttled together comes back spread out and asks
+    /// for less the longer the service says no. `random` is uniform in [0, 1).
+    pub fn delay(&self, poll_interval: Duration, random: f64) -> Duration {
+        let random = random.clamp(0.0, 1.0);
+        match self.failures.max(self.throttle) {
+            0 => poll_interval + poll_interval.mul_f64(0.1 * random),
+            n => backoff_window(poll_interval, n).mul_f64(random),
+        }
+    }
+}
+
+/// The window full jitter picks from at level `n` (at least 1).
+pub fn backoff_window(poll_interval: Duration, n: u32) -> Duration {
     let cap = poll_interval.saturating_mul(32);
-    std::cmp::min(poll_interval.saturating_mul(1 << failures.min(16)), cap)
+    std::cmp::min(poll_interval.saturating_mul(1 << n.min(16)), cap)
 }
 
 /// A random number in [0, 1) from the standard library's per-process random hash keys; good
@@ -195,29 +242,71 @@ mod tests {
             .all(|v| !["v1", "v2", "v3"].contains(&v.as_str())));
     }
 
-    #[test]
-    fn delay_when_healthy_is_interval_plus_small_jitter() {
-        let p = Duration::from_secs(30);
-        assert_eq!(next_delay(p, 0, 0.0), p);
-        assert_eq!(
-            next_delay(p, 0, 0.5),
-            Duration::from_secs(31) + Duration::from_millis(500)
-        );
-        assert!(next_delay(p, 0, 0.999) < Duration::from_secs(33));
+    fn backoff(polls: &[Poll]) -> Backoff {
+        let mut b = Backoff::default();
+        for p in polls {
+            b.record(*p);
+        }
+        b
     }
 
     #[test]
-    fn delay_backs_off_with_full_jitter_in_a_doubling_window_with_a_cap() {
+    fn delay_when_healthy_is_interval_plus_small_jitter() {
         let p = Duration::from_secs(30);
-        assert_eq!(next_delay(p, 1, 0.0), Duration::ZERO);
-        assert_eq!(next_delay(p, 1, 0.5), Duration::from_secs(30));
-        assert_eq!(next_delay(p, 1, 0.999_999).as_secs(), 59);
-        assert_eq!(next_delay(p, 3, 0.5), Duration::from_secs(120));
-        assert_eq!(backoff_window(p, 5), p * 32);
-        assert_eq!(backoff_window(p, 30), p * 32);
-        assert_eq!(next_delay(p, 30, 0.25), p * 8);
-        let short = Duration::from_secs(1);
-        assert_eq!(backoff_window(short, u32::MAX), Duration::from_secs(32));
+        let b = Backoff::default();
+        assert_eq!(b.delay(p, 0.0), p);
+        assert_eq!(
+            b.delay(p, 0.5),
+            Duration::from_secs(31) + Duration::from_millis(500)
+        );
+        assert!(b.delay(p, 0.999) < Duration::from_secs(33));
+    }
+
+    #[test]
+    fn failures_back_off_with_full_jitter_and_reset_at_the_first_answer() {
+        use Poll::*;
+        let p = Duration::from_secs(30);
+        assert_eq!(backoff(&[Failed]).delay(p, 0.0), Duration::ZERO);
+        assert_eq!(backoff(&[Failed]).delay(p, 0.5), p);
+        assert_eq!(backoff(&[Failed]).delay(p, 0.999_999).as_secs(), 59);
+        assert_eq!(backoff(&[Failed; 3]).delay(p, 0.5), p * 4);
+        assert_eq!(
+            backoff(&[Failed; 30]).delay(p, 0.25),
+            p * 8,
+            "capped at 32 polls"
+        );
+        assert_eq!(
+            backoff(&[Failed, Failed, Answered]).delay(p, 0.0),
+            p,
+            "back to the pace"
+        );
+        assert_eq!(
+            backoff_window(Duration::from_secs(1), u32::MAX),
+            Duration::from_secs(32)
+        );
+    }
+
+    #[test]
+    fn throttling_recovers_one_level_per_two_answers() {
+        use Poll::*;
+        let p = Duration::from_secs(1);
+        let window = |polls: &[Poll]| backoff(polls).delay(p, 0.999_999).as_secs_f64().round();
+        assert_eq!(window(&[Throttled, Throttled]), 4.0);
+        assert_eq!(window(&[Throttled, Throttled, Answered]), 4.0);
+        assert_eq!(window(&[Throttled, Throttled, Answered, Answered]), 2.0);
+        assert_eq!(
+            window(&[Throttled, Throttled, Answered, Throttled, Answered]),
+            8.0
+        );
+        assert_eq!(window(&[Throttled; 9]), 32.0);
+        let recovered = [[Throttled; 9].as_slice(), &[Answered; 10]].concat();
+        assert_eq!(
+            backoff(&recovered).delay(p, 0.0),
+            p,
+            "back to the normal pace"
+        );
+        // A failure on top of throttling: the higher of the two.
+        assert_eq!(window(&[Throttled, Failed, Failed, Failed]), 8.0);
     }
 
     #[test]

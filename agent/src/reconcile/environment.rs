@@ -51,7 +51,10 @@ where
                     },
                     &format!("Reading the app's environment failed: {error}"),
                 );
-                Err(Outcome::Retry)
+                Err(match e {
+                    crate::source::SourceError::Throttled { .. } => Outcome::Throttled,
+                    _ => Outcome::Retry,
+                })
             }
         }
     }

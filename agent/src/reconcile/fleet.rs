@@ -245,7 +245,11 @@ fn status_name(outcome: Outcome) -> Option<&'static str> {
         Outcome::Unhealthy => "unhealthy",
         Outcome::AwaitingTurn => "waiting",
         Outcome::Halted => "halted",
-        Outcome::Skipped | Outcome::Invalid | Outcome::Waiting | Outcome::Retry => return None,
+        Outcome::Skipped
+        | Outcome::Invalid
+        | Outcome::Waiting
+        | Outcome::Retry
+        | Outcome::Throttled => return None,
     })
 }
 

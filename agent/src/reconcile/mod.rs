@@ -52,6 +52,8 @@ pub enum Outcome {
     Waiting,
     /// A transient error (API, network, disk): nothing changed; try again after a backoff.
     Retry,
+    /// SSM said slow down: nothing changed; the poll loop slows down.
+    Throttled,
     /// The new release's pre-activate hook failed; nothing was switched.
     Aborted,
     /// The version was in sync; the app's new environment passed the health gate.
@@ -76,6 +78,7 @@ impl Outcome {
             Outcome::Unhealthy => "unhealthy",
             Outcome::Waiting => "waiting for the parameter or artifact",
             Outcome::Retry => "retrying after an error",
+            Outcome::Throttled => "throttled by the parameter store",
             Outcome::Aborted => "aborted by the pre-activate hook",
             Outcome::EnvironmentApplied => "applied a new environment",
             Outcome::AwaitingTurn => "waiting for this instance's turn in the rollout",
@@ -274,6 +277,7 @@ where
                 );
                 return match e {
                     SourceError::NotFound { .. } => Outcome::Waiting,
+                    SourceError::Throttled { .. } => Outcome::Throttled,
                     _ => Outcome::Retry,
                 };
             }
