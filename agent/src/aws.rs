@@ -150,13 +150,11 @@ impl SsmSource {
     /// the poll loop with full jitter (`plan::next_delay`), so that each poll costs exactly one
     /// call of the account's Parameter Store quota.
     pub fn polling(sdk: &aws_config::SdkConfig, name: &str) -> Self {
-        let once = aws_sdk_ssm::config::Builder::from(sdk)
+        let once = sdk
+            .to_builder()
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
             .build();
-        Self {
-            client: aws_sdk_ssm::Client::from_conf(once),
-            name: name.to_owned(),
-        }
+        Self::new(&once, name)
     }
 
     /// `drover promote`: what `aws ssm put-parameter --overwrite` does. Returns the new version.

@@ -49,7 +49,6 @@ where
         desired: &Desired,
         put_at: Option<SystemTime>,
     ) -> Result<(), Outcome> {
-        self.place = Place::default();
         let version = desired.version.as_str();
         let fields = Fields {
             version: Some(version),

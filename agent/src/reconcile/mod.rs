@@ -304,6 +304,7 @@ where
             on_disk: self.layout.has_release(desired.version.as_str()),
         });
         tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
+        self.place = fleet::Place::default();
         let outcome = match step {
             Step::SkipFailed => {
                 let skipped = self.skip(&request, &desired.version);
