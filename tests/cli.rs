@@ -476,3 +476,44 @@ fn a_bad_rollout_or_a_missing_imds_changes_nothing_and_says_why() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_failure_whose_status_object_was_lost_is_reported_again() {
+    let imds = drover_tests::imds::Imds::start("i-0c11000000000003");
+    let host = fleet_host("failure_again", &imds);
+    host.world.release("1.0.0", true);
+    assert_eq!(host.drover(&["once"]).status.code(), Some(0));
+    // 2.0.0 with a digest that does not match: rejected, a failure of this request.
+    let tarball = std::fs::read(host.world.app_tarball("2.0.0", true)).unwrap();
+    let world = &host.world;
+    world
+        .moto
+        .put_object(&world.bucket, "releases/2.0.0.tar.gz", &tarball);
+    let wrong = format!("{}  2.0.0.tar.gz\n", sha256_hex(b"something else"));
+    (world.moto).put_object(
+        &world.bucket,
+        "releases/2.0.0.tar.gz.sha256",
+        wrong.as_bytes(),
+    );
+    world.promote("2.0.0");
+    let (_, request) = world.moto.get_parameter(&world.parameter).unwrap();
+    assert_eq!(host.drover(&["once"]).status.code(), Some(1));
+    let key = format!("status/failures/2.0.0/{request}/i-0c11000000000003.json");
+    assert_eq!(status_object(&host, &key)["outcome"], "rejected");
+
+    // Lost (the agent killed before it wrote it, or S3 down then): the next start writes it.
+    world.moto.delete_object(&world.bucket, &key);
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("skipped_failed_version"),
+        "{}",
+        stderr(&out)
+    );
+    let again = status_object(&host, &key);
+    assert_eq!(
+        (&again["outcome"], &again["running"]),
+        (&"rejected".into(), &"1.0.0".into()),
+        "{again:#}"
+    );
+}

@@ -448,8 +448,8 @@ async fn run(config: Config) -> Result<ExitCode, String> {
     notify::status("polling");
     // An instance already running a release joins the fleet's polling at a random point of the
     // interval, so that restarting drover everywhere at once is not a burst on the API; a fresh
-    // one polls at once, to deploy its first release.
-    if agent.layout().active().ok().flatten().is_some() {
+    // one, or one with a switch to undo, starts at once.
+    if agent.settled() {
         let first = poll_interval.mul_f64(plan::random_unit());
         tokio::select! {
             _ = tokio::time::sleep(first) => {}

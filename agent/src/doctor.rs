@@ -161,7 +161,9 @@ async fn check_fleet(
                 keys.len(),
                 d.version,
                 parameter_version,
-                config.fleet.max_failures
+                rollout
+                    .and_then(|r| r.max_failures)
+                    .unwrap_or(config.fleet.max_failures)
             )),
         ),
         Err(e @ StoreError::Denied { .. }) => report.add(

@@ -142,6 +142,11 @@ impl Identity {
 #[derive(Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
     pub version: String,
+    /// The request (parameter version) that asks for it, when the parameter does now: reports
+    /// about earlier requests for the same version do not count.
+    pub parameter_version: Option<i64>,
+    /// The failure objects of that request: what an instance counts before it adopts it.
+    pub failures_counted: Option<usize>,
     pub instances: usize,
     /// How many instances run each version.
     pub running: BTreeMap<String, usize>,
@@ -158,16 +163,19 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(version: &str, reports: &[Report]) -> Summary {
+    /// Sums up `reports` for `version`, asked for by the request `parameter_version` if known.
+    pub fn of(version: &str, parameter_version: Option<i64>, reports: &[Report]) -> Summary {
         let mut s = Summary {
             version: version.to_owned(),
+            parameter_version,
             instances: reports.len(),
             ..Summary::default()
         };
         for r in reports {
             let running = r.running.clone().unwrap_or_else(|| "(none)".into());
             *s.running.entry(running).or_default() += 1;
-            let asked = r.desired.as_deref() == Some(version);
+            let asked = r.desired.as_deref() == Some(version)
+                && parameter_version.is_none_or(|n| r.parameter_version == Some(n));
             if r.running.as_deref() == Some(version) && !r.is_failure() {
                 s.on_version += 1;
             } else if asked && r.is_failure() {
@@ -189,7 +197,10 @@ impl Summary {
         for (version, n) in &self.running {
             out.push_str(&format!("  {version:<24} {n}\n"));
         }
-        out.push_str(&format!("{}:\n", self.version));
+        match self.parameter_version {
+            Some(n) => out.push_str(&format!("{} (parameter version {n}):\n", self.version)),
+            None => out.push_str(&format!("{}:\n", self.version)),
+        }
         for (what, n) in [
             ("on it", self.on_version),
             ("waiting for their turn", self.waiting),
@@ -199,13 +210,17 @@ impl Summary {
         ] {
             out.push_str(&format!("  {what:<24} {n}\n"));
         }
+        if let Some(n) = self.failures_counted {
+            out.push_str(&format!("  {:<24} {n}\n", "failures counted"));
+        }
+        // Any instance may write any status object (docs/IAM.md): their text is escaped.
         for r in &self.failed {
             out.push_str(&format!(
                 "  {} {} at {}: {}\n",
-                r.instance,
-                r.outcome,
-                r.at,
-                r.error.as_deref().unwrap_or("")
+                r.instance.escape_debug(),
+                r.outcome.escape_debug(),
+                r.at.escape_debug(),
+                r.error.as_deref().unwrap_or("").escape_debug()
             ));
         }
         out
@@ -260,7 +275,7 @@ mod tests {
             report("i-4", "1", "2", "waiting"),
             report("i-5", "1", "1", "in_sync"),
         ];
-        let s = Summary::of("2", &reports);
+        let s = Summary::of("2", None, &reports);
         assert_eq!(
             (
                 s.instances,
@@ -275,6 +290,9 @@ mod tests {
         assert_eq!(s.running.get("1"), Some(&4));
         let text = s.render();
         assert!(text.contains("i-2 reverted"), "{text}");
+        // Reports about another request for the same version are not about this one.
+        let s = Summary::of("2", Some(4), &reports);
+        assert_eq!((s.on_version, s.failed.len(), s.not_reported), (1, 0, 4));
         let back: Report =
             serde_json::from_str(&serde_json::to_string(&reports[1]).unwrap()).unwrap();
         assert_eq!(back, reports[1]);

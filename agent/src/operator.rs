@@ -155,14 +155,37 @@ pub async fn fleet_status(
     use crate::store::ArtifactStore;
     let prefix = (config.fleet.status_prefix.as_deref())
         .ok_or("[fleet] status_prefix is not set in the config: instances write no status")?;
-    let version = match version {
-        Some(v) => Version::parse(v).map_err(|e| e.to_string())?,
-        None => {
-            let parameter = source.read().await.map_err(|e| e.to_string())?;
-            crate::version::parse_value(&parameter.value)
-                .map_err(|e| format!("{}: {e}", config.source.parameter))?
-                .version
+    // The request that asks for the version now, if one does: failures count per request.
+    let asked = match source.read().await {
+        Ok(p) => crate::version::parse_value(&p.value)
+            .ok()
+            .map(|d| (d.version, p.version)),
+        Err(e) if version.is_none() => return Err(e.to_string()),
+        Err(_) => None,
+    };
+    let version = match (version, &asked) {
+        (Some(v), _) => Version::parse(v).map_err(|e| e.to_string())?,
+        (None, Some((v, _))) => v.clone(),
+        (None, None) => {
+            return Err(format!(
+                "{} holds no valid version: name one (drover fleet status VERSION)",
+                config.source.parameter
+            ))
         }
+    };
+    let parameter_version = asked.filter(|(v, _)| *v == version).map(|(_, n)| n);
+    let failures_counted = match parameter_version {
+        Some(n) => Some(
+            store
+                .list_keys(
+                    &crate::fleet::failures_prefix(prefix, version.as_str(), n),
+                    usize::MAX,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .len(),
+        ),
+        None => None,
     };
     let keys = store
         .list_keys(&crate::fleet::instances_prefix(prefix), usize::MAX)
@@ -194,7 +217,9 @@ pub async fn fleet_status(
         }
     }
     let good: Vec<crate::fleet::Report> = read.into_iter().flatten().collect();
-    Ok(crate::fleet::Summary::of(version.as_str(), &good))
+    let mut summary = crate::fleet::Summary::of(version.as_str(), parameter_version, &good);
+    summary.failures_counted = failures_counted;
+    Ok(summary)
 }
 
 /// `drover unpack`: checks a local `.tar.gz` against `expected` (when given) and unpacks it

@@ -23,6 +23,9 @@ use crate::version::Version;
 
 /// Most waves a rollout may have.
 const MAX_WAVES: usize = 100;
+/// The longest `duration` or `after`: a year, far beyond any rollout, and far from overflowing
+/// a time.
+const MAX_SPAN: Duration = Duration::from_secs(366 * 86400);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rollout {
@@ -84,7 +87,11 @@ fn duration(field: &str, value: &serde_json::Value) -> Result<Duration, RolloutE
     let text = value
         .as_str()
         .ok_or_else(|| invalid(field, "not a string like \"30m\""))?;
-    crate::config::parse_duration(text).map_err(|e| invalid(field, e))
+    let span = crate::config::parse_duration(text).map_err(|e| invalid(field, e))?;
+    if span > MAX_SPAN {
+        return Err(invalid(field, format!("{text:?} is longer than 366 days")));
+    }
+    Ok(span)
 }
 
 /// Reads the value of the `rollout` field.
@@ -200,9 +207,11 @@ impl Rollout {
     /// When `position` has its turn, for a rollout whose value was put at `put_at`.
     pub fn turn(&self, position: f64, put_at: SystemTime) -> Turn {
         let start = self.start.unwrap_or(put_at);
+        // Spans are at most a year (`MAX_SPAN`): only a start near the end of time overflows.
+        let after = |span: Duration| start.checked_add(span).unwrap_or(start);
         match &self.schedule {
             Schedule::Linear(duration) => Turn {
-                at: start + duration.mul_f64(position.clamp(0.0, 1.0)),
+                at: after(duration.mul_f64(position.clamp(0.0, 1.0))),
                 wave: None,
             },
             Schedule::Waves(waves) => {
@@ -211,7 +220,7 @@ impl Rollout {
                     .position(|w| position < w.fraction)
                     .unwrap_or(waves.len().saturating_sub(1));
                 Turn {
-                    at: start + waves.get(i).map_or(Duration::ZERO, |w| w.after),
+                    at: after(waves.get(i).map_or(Duration::ZERO, |w| w.after)),
                     wave: Some(i + 1),
                 }
             }
@@ -307,6 +316,13 @@ mod tests {
         assert!(err(json!({"waves": [{"fraction": 1, "share": 1}]})).contains("\"share\""));
         assert!(err(json!({"duration": "1m", "max_failures": 0})).contains("max_failures"));
         assert_eq!(err(json!([1])), "\"rollout\" must be an object");
+        // A span that would overflow a time is refused, not a crash of every instance.
+        assert!(err(json!({"duration": "100000000000000d"})).contains("longer than 366 days"));
+        assert!(
+            err(json!({"waves": [{"fraction": 1, "after": "367d"}]})).contains("waves[0].after")
+        );
+        let far = parse(&json!({"start": "9999-12-31T23:59:59Z", "duration": "366d"})).unwrap();
+        assert!(far.turn(0.99, at(0)).at >= far.start.unwrap());
     }
 
     #[test]

@@ -118,6 +118,17 @@ wait "$pid"
         }
     }
 
+    /// Deletes an object (S3 answers 204 whether or not it was there).
+    pub fn delete_object(&self, bucket: &str, key: &str) {
+        let r = self.s3("DELETE", &format!("/{bucket}/{key}"), &[]);
+        assert_eq!(
+            r.status,
+            204,
+            "moto: delete s3://{bucket}/{key}: {}",
+            r.text()
+        );
+    }
+
     /// Puts a String parameter, overwriting, bypassing drover (for values `drover promote` would
     /// refuse); returns the parameter's new version number.
     pub fn put_parameter(&self, name: &str, value: &str) -> i64 {

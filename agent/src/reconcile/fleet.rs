@@ -17,12 +17,28 @@ use crate::version::Desired;
 
 /// How long writing or listing status objects may take before the pass goes on without it.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long asking IMDS for the instance id may take (the client tries twice).
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A status object that says the same is still rewritten once a day, so that its `at` says the
+/// instance is alive (and a lifecycle rule can expire the objects of terminated instances).
+const REWRITE_AFTER: Duration = Duration::from_secs(86400);
 
 /// What the last pass learnt about this instance's turn, for its status object.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct Place {
     pub position: Option<f64>,
     pub turn_at: Option<SystemTime>,
+}
+
+/// What the status object last written says, to write it again only when that changes.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Written {
+    outcome: &'static str,
+    running: Option<String>,
+    parameter_version: i64,
+    turn_at: Option<SystemTime>,
+    /// Whole days since the epoch: a new day writes it again.
+    day: u64,
 }
 
 impl<S, A, M, H> Agent<S, A, M, H>
@@ -34,10 +50,17 @@ where
 {
     /// This instance's id, when the fleet features need one.
     async fn instance_id(&mut self) -> Result<String, String> {
-        match self.identity.as_mut() {
-            Some(identity) => identity.instance_id().await,
-            None => Err("no instance identity is configured".into()),
-        }
+        let Some(identity) = self.identity.as_mut() else {
+            return Err("no instance identity is configured".into());
+        };
+        tokio::time::timeout(IDENTITY_TIMEOUT, identity.instance_id())
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "IMDS did not give the instance id within {} s",
+                    IDENTITY_TIMEOUT.as_secs()
+                ))
+            })
     }
 
     /// Whether this instance may adopt `desired` now: its turn has come, and fewer instances
@@ -65,8 +88,16 @@ where
                 }
             };
             let position = rollout::position(&id, &desired.version);
-            // Without a start or a LastModifiedDate (some emulators), the rollout has begun.
-            let turn = rollout.turn(position, put_at.unwrap_or(SystemTime::UNIX_EPOCH));
+            let Some(put_at) = put_at.or(rollout.start) else {
+                // SSM always says when a value was put; an emulator may not.
+                let error = "the rollout has no \"start\" and the parameter no LastModifiedDate";
+                if self.should_report_hold(request, Event::PollFailed) {
+                    let message = format!("Not adopting {version}: {error}");
+                    emit(Event::PollFailed, &fields.with_error(error), &message);
+                }
+                return Err(Outcome::Invalid);
+            };
+            let turn = rollout.turn(position, put_at);
             self.place.position = Some(position);
             if SystemTime::now() < turn.at {
                 self.place.turn_at = Some(turn.at);
@@ -105,7 +136,7 @@ where
         .await
         .unwrap_or_else(|_| {
             Err(crate::store::StoreError::Failed {
-                bucket: String::new(),
+                bucket: self.config.artifact.bucket.clone(),
                 key: failures_prefix.clone(),
                 message: format!("no answer within {} s", STATUS_TIMEOUT.as_secs()),
             })
@@ -153,28 +184,37 @@ where
         true
     }
 
-    /// Leaves the pass's outcome in this instance's status object when it changed, and a failure
-    /// object when a deploy of the request failed here. Best effort: the pass stands either way.
+    /// Leaves the pass's outcome in this instance's status object when it changed (or a day has
+    /// passed), and a failure object when a deploy of the request failed here: `tried` says the
+    /// pass deployed it, and a request skipped as failed before is reported again, in case the
+    /// agent stopped, or S3 failed, before its failure was written. Best effort: the pass stands
+    /// either way, and the next pass tries again.
     pub(super) async fn report(
         &mut self,
         state: &State,
         request: &Request,
         desired: &Desired,
         outcome: Outcome,
+        tried: bool,
     ) {
         let Some(prefix) = self.config.fleet.status_prefix.clone() else {
             return;
         };
-        let Some(name) = status_name(outcome) else {
+        let failed_before = (outcome == Outcome::Skipped).then(|| failure_name(state, request));
+        let Some(name) = failed_before.or_else(|| status_name(outcome)) else {
             return;
         };
         let running = self.layout.active().ok().flatten();
-        let remembered = (
-            name,
-            running.clone(),
-            request.parameter_version,
-            self.place.turn_at,
-        );
+        let now = SystemTime::now();
+        let remembered = Written {
+            outcome: name,
+            running: running.clone(),
+            parameter_version: request.parameter_version,
+            turn_at: self.place.turn_at,
+            day: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() / REWRITE_AFTER.as_secs()),
+        };
         if self.reported_status.as_ref() == Some(&remembered) {
             return;
         }
@@ -197,11 +237,11 @@ where
             position: self.place.position,
             turn_at: self.place.turn_at.map(fleet::rfc3339),
             error,
-            at: fleet::rfc3339(SystemTime::now()),
+            at: fleet::rfc3339(now),
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let mut keys = vec![fleet::instance_key(&prefix, &id)];
-        if report.is_failure() {
+        if report.is_failure() && (tried || failed_before.is_some()) {
             keys.push(fleet::failure_key(
                 &prefix,
                 desired.version.as_str(),
@@ -229,9 +269,22 @@ where
     }
 }
 
+/// How a request that this instance remembers as failed ended here, for its status object.
+fn failure_name(state: &State, request: &Request) -> &'static str {
+    use crate::state::Result as Res;
+    let last = (state.last.as_ref()).filter(|last| last.request.as_ref() == Some(request));
+    match last.map(|last| last.result) {
+        Some(Res::Reverted) => "reverted",
+        Some(Res::RevertFailed) => "revert_failed",
+        Some(Res::Rejected) => "rejected",
+        Some(Res::Aborted) => "aborted",
+        _ => "failed",
+    }
+}
+
 /// The name a pass's outcome has in a status object; `None` for passes that say nothing new
-/// (a transient error, an artifact not there yet, an invalid value, and a request that failed
-/// here before, whose failure the object already tells).
+/// (a transient error, an artifact not there yet, an invalid value; a skipped request is named by
+/// [`failure_name`]).
 fn status_name(outcome: Outcome) -> Option<&'static str> {
     Some(match outcome {
         Outcome::Deployed => "deployed",

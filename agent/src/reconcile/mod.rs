@@ -125,13 +125,8 @@ pub struct Agent<S, A, M, H> {
     place: fleet::Place,
     /// The last wait or halt reported, per request.
     reported_hold: Option<(Request, Event)>,
-    /// What the status object last written says: outcome, running release, request, turn.
-    reported_status: Option<(
-        &'static str,
-        Option<String>,
-        i64,
-        Option<std::time::SystemTime>,
-    )>,
+    /// What the status object last written says.
+    reported_status: Option<fleet::Written>,
 }
 
 /// Why a download or unpack did not produce a release.
@@ -238,6 +233,16 @@ where
         &self.layout
     }
 
+    /// Whether a release runs and nothing was left in flight: the agent may take its time
+    /// before the first pass. Otherwise the first pass must come at once (to deploy a first
+    /// release, or to finish an interrupted switch by going back to the good one).
+    pub fn settled(&self) -> bool {
+        let state = self.state_file.load().unwrap_or_default();
+        self.layout.active().ok().flatten().is_some()
+            && state.pending.is_none()
+            && !state.environment_pending
+    }
+
     /// One line for `systemctl status drover`: what runs, and how the last pass ended.
     pub fn status_line(&self, outcome: Outcome) -> String {
         match self.layout.active().ok().flatten() {
@@ -305,35 +310,44 @@ where
         });
         tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
         self.place = fleet::Place::default();
-        let outcome = match step {
+        let (outcome, tried) = match step {
             Step::SkipFailed => {
                 let skipped = self.skip(&request, &desired.version);
-                self.hold(&mut state, active.as_deref(), skipped).await
+                (
+                    self.hold(&mut state, active.as_deref(), skipped).await,
+                    false,
+                )
             }
-            Step::InSync => (self.in_sync(&mut state, request.clone(), &desired.version)).await,
+            Step::InSync => {
+                let outcome = self.in_sync(&mut state, request.clone(), &desired.version);
+                (outcome.await, false)
+            }
             // Across a fleet: this instance's turn in a rollout, and no fleet-wide halt.
             Step::Switch | Step::Fetch => match self.gate(&request, &desired, put_at).await {
-                Err(held) => self.hold(&mut state, active.as_deref(), held).await,
+                Err(held) => (self.hold(&mut state, active.as_deref(), held).await, false),
                 Ok(()) => {
                     let download = step == Step::Fetch;
-                    (self.deploy(&mut state, request.clone(), desired.clone(), download)).await
+                    let deploy =
+                        self.deploy(&mut state, request.clone(), desired.clone(), download);
+                    (deploy.await, true)
                 }
             },
         };
-        self.report(&state, &request, &desired, outcome).await;
+        self.report(&state, &request, &desired, outcome, tried)
+            .await;
         outcome
     }
 
-    /// Not adopting the desired version (`outcome` says why): what runs is still the last good
-    /// version, and its settings may change.
+    /// Not adopting the desired version (`outcome` says why, and stays the pass's outcome): what
+    /// runs is still the last good version, and its settings may change.
     async fn hold(&mut self, state: &mut State, active: Option<&str>, outcome: Outcome) -> Outcome {
-        match active.map(Version::parse) {
-            Some(Ok(running)) if state.good.as_deref() == Some(running.as_str()) => self
-                .apply_environment(state, &running)
-                .await
-                .unwrap_or(outcome),
-            _ => outcome,
+        if let Some(Ok(running)) = active.map(Version::parse) {
+            if state.good.as_deref() == Some(running.as_str()) {
+                // Its own events say how that went.
+                let _ = self.apply_environment(state, &running).await;
+            }
         }
+        outcome
     }
 
     /// Loads the state, cleans the staging area and finishes a switch an earlier run left in
@@ -1254,6 +1268,21 @@ mod tests {
         );
         assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
         assert_eq!(w.active().as_deref(), Some("2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollout_without_a_start_needs_to_know_when_the_value_was_put() {
+        let mut w = World::new(&[("1", true), ("2", true)]);
+        w.put("1");
+        w.agent.reconcile().await;
+        w.parameter.borrow_mut().modified = None;
+        w.put(r#"{"version": "2", "rollout": {"duration": "1m"}}"#);
+        assert_eq!(w.agent.reconcile().await, Outcome::Invalid);
+        assert_eq!(w.active().as_deref(), Some("1"));
+        w.put(
+            r#"{"version": "2", "rollout": {"start": "2000-01-01T00:00:00Z", "duration": "1m"}}"#,
+        );
+        assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
     }
 
     #[tokio::test(start_paused = true)]
