@@ -23,16 +23,18 @@ const DEB_DIR_INSIDE: &str = "/mnt/drover-deb";
 /// Keys of the example config that are optional and have no default: left commented out when
 /// the test spells out every default.
 /// Keys without a default, or (`file`) meaningful only beside one of them.
-const NO_DEFAULT: [&str; 9] = [
+const NO_DEFAULT: [&str; 11] = [
     "trusted_keys",
     "owner",
     "url",
     "region",
     "endpoint_url",
+    "metadata_endpoint_url",
     "user",
     "path",
     "file",
     "webhook_url",
+    "status_prefix",
 ];
 
 /// `$DROVER_DEB`, which must name an existing file.
