@@ -2,8 +2,10 @@
 //! own instance id (an emulated IMDSv2 endpoint each, `harness/imds.rs`) and app port, all
 //! writing status objects under one prefix of the bucket. A rollout in two waves puts an
 //! unhealthy version on the canary alone; the canary reverts and reports the failure, and the
-//! rest of the fleet, when its wave comes, holds by itself (`rollout_halted`). The operator then
-//! sees it all in `drover fleet status` and stops the rollout by putting the previous version back.
+//! rest of the fleet, when its wave comes, holds by itself (`rollout_halted`), and the operator
+//! sees it all in `drover fleet status`. Then a good version goes out in two waves, and the
+//! operator stops that rollout by putting the previous version back: its canary switches back
+//! without a download, and the rest never leave it.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -125,14 +127,7 @@ fn a_failing_canary_halts_the_rest_of_the_fleet() {
 
     // 2.0.0 fails its health check everywhere; the first wave holds exactly one instance.
     world.publish("2.0.0", &world.app_tarball("2.0.0", false));
-    let v2 = Version::parse("2.0.0").unwrap();
-    let mut by_position: Vec<(f64, &Member)> = (fleet.iter())
-        .map(|m| (drover::rollout::position(m.id(), &v2), m))
-        .collect();
-    by_position.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let cut = (by_position[0].0 + by_position[1].0) / 2.0;
-    let canary = by_position[0].1;
-    let rest: Vec<&Member> = by_position[1..].iter().map(|(_, m)| *m).collect();
+    let ((canary, cut), rest) = split_by_position(&fleet, "2.0.0");
     let rollout = format!(
         r#"{{"waves": [{{"fraction": {cut}, "after": "0s"}}, {{"fraction": 1, "after": "{SECOND_WAVE}"}}]}}"#
     );
@@ -143,12 +138,6 @@ fn a_failing_canary_halts_the_rest_of_the_fleet() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (_, request) = world.moto.get_parameter(&world.parameter).unwrap();
-    eprintln!(
-        "canary {} at {:.4}; the rest from {:.4}; second wave after {SECOND_WAVE}",
-        canary.id(),
-        by_position[0].0,
-        by_position[1].0
-    );
 
     // The rest see their turn is not yet come, once each.
     for member in &rest {
@@ -226,18 +215,77 @@ fn a_failing_canary_halts_the_rest_of_the_fleet() {
         "{text}"
     );
 
-    // The operator stops the rollout by putting the previous version back.
+    // A good 3.0.0 in two waves, the second far off: its canary (another instance: positions
+    // change with the version) adopts it and the rest wait. The operator stops the rollout by
+    // putting the previous version back, and the canary switches back without a download.
+    world.publish("3.0.0", &world.app_tarball("3.0.0", true));
+    let (canary, rest) = split_by_position(&fleet, "3.0.0");
+    let cut = canary.1;
+    let rollout = format!(
+        r#"{{"waves": [{{"fraction": {cut}, "after": "0s"}}, {{"fraction": 1, "after": "1h"}}]}}"#
+    );
+    let out = world.drover(&["promote", "3.0.0", "--rollout", &rollout]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let canary = canary.0;
+    drover_tests::wait_for(Duration::from_secs(60), "the canary on 3.0.0", || {
+        (canary.served().as_deref() == Some("3.0.0")).then_some(())
+    });
+    for member in &rest {
+        drover_tests::wait_for(
+            Duration::from_secs(20),
+            "the rest waiting for 3.0.0",
+            || (!member.events_about("rollout_waiting", "3.0.0").is_empty()).then_some(()),
+        );
+        assert_eq!(member.served().as_deref(), Some("1.0.0"), "{}", member.id());
+    }
+    let downloads = canary.events_about("artifact_verified", "1.0.0").len();
     world.promote("1.0.0");
     drover_tests::wait_for(
         Duration::from_secs(30),
-        "the whole fleet in sync on 1.0.0",
+        "the whole fleet back on 1.0.0",
         || {
             let s = fleet_status(&world, "1.0.0");
             (s["on_version"] == FLEET).then_some(())
         },
     );
+    assert_eq!(
+        canary.events_about("artifact_verified", "1.0.0").len(),
+        downloads,
+        "the canary downloaded 1.0.0 again"
+    );
     for member in &fleet {
         assert_eq!(member.served().as_deref(), Some("1.0.0"), "{}", member.id());
         assert!(member.imds.gets() >= 1, "{} never asked IMDS", member.id());
+        assert!(
+            member.events_about("deploy_started", "3.0.0").len() <= 1,
+            "{}",
+            member.id()
+        );
     }
+}
+
+/// The member first in the rollout of `version`, with a fraction that holds it alone, and the
+/// rest.
+fn split_by_position<'a>(
+    fleet: &'a [Member],
+    version: &str,
+) -> ((&'a Member, f64), Vec<&'a Member>) {
+    let version = Version::parse(version).unwrap();
+    let mut by_position: Vec<(f64, &Member)> = (fleet.iter())
+        .map(|m| (drover::rollout::position(m.id(), &version), m))
+        .collect();
+    by_position.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let cut = (by_position[0].0 + by_position[1].0) / 2.0;
+    eprintln!(
+        "{version}: canary {} at {:.4}; the rest from {:.4}",
+        by_position[0].1.id(),
+        by_position[0].0,
+        by_position[1].0
+    );
+    let rest = by_position[1..].iter().map(|(_, m)| *m).collect();
+    ((by_position[0].1, cut), rest)
 }
