@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -124,25 +124,13 @@ struct Disk {
     state: BTreeMap<String, Vec<u8>>,
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|it| {
-            it.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn disk(agent: &Agent) -> Disk {
     let state_dir = agent.dir.join("state");
     Disk {
         current: agent.current(),
-        releases: names(&agent.dir.join("app/releases")),
-        staging: names(&agent.dir.join("app/.staging")),
-        state: names(&state_dir)
+        releases: drover_tests::sorted_names(&agent.dir.join("app/releases")),
+        staging: drover_tests::sorted_names(&agent.dir.join("app/.staging")),
+        state: drover_tests::sorted_names(&state_dir)
             .into_iter()
             .map(|n| {
                 let bytes = std::fs::read(state_dir.join(&n)).unwrap_or_default();

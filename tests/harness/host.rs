@@ -86,17 +86,7 @@ impl Host {
 
     /// The names in `releases/` and `.staging/`, sorted: what a failed deploy must not change.
     pub fn release_dirs(&self) -> (Vec<String>, Vec<String>) {
-        let list = |dir: &str| {
-            let mut names: Vec<String> = std::fs::read_dir(self.root().join(dir))
-                .map(|it| {
-                    it.filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
-                .unwrap_or_default();
-            names.sort();
-            names
-        };
+        let list = |dir: &str| crate::sorted_names(&self.root().join(dir));
         (list("releases"), list(".staging"))
     }
 }
