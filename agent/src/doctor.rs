@@ -127,7 +127,7 @@ async fn check_fleet(
     let identity = crate::aws::imds_client(sdk, &config.aws).map(crate::fleet::Identity::imds);
     let id = match identity {
         Ok(mut identity) => identity.instance_id().await,
-        Err(e) => Err(e),
+        Err(e) => Err(crate::fleet::IdentityError::Unreachable(e)),
     };
     match (&id, desired) {
         (Ok(id), Some(d)) => {

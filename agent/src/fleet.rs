@@ -87,6 +87,18 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("no instance identity is configured")]
+    NotConfigured,
+    #[error("cannot read the instance id from IMDS: {0}")]
+    Unreachable(String),
+    #[error("IMDS did not give the instance id within {0} s")]
+    Timeout(u64),
+    #[error("IMDS gave an instance id of an unexpected form: {0:?}")]
+    Malformed(String),
+}
+
 /// Where this instance's id comes from.
 pub enum Identity {
     /// Given (tests of the reconcile loop).
@@ -106,7 +118,7 @@ impl Identity {
         }
     }
 
-    pub async fn instance_id(&mut self) -> Result<String, String> {
+    pub async fn instance_id(&mut self) -> Result<String, IdentityError> {
         match self {
             Identity::Fixed(id) => Ok(id.clone()),
             Identity::Imds {
@@ -116,10 +128,7 @@ impl Identity {
                 let id = client
                     .get("/latest/meta-data/instance-id")
                     .await
-                    .map_err(|e| {
-                        let why = crate::aws::causes(&e);
-                        format!("cannot read the instance id from IMDS: {why}")
-                    })?;
+                    .map_err(|e| IdentityError::Unreachable(crate::aws::causes(&e)))?;
                 let id = id.as_ref().trim().to_owned();
                 // It becomes part of object keys: an instance id is `i-` and hex digits.
                 if id.is_empty()
@@ -127,9 +136,7 @@ impl Identity {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 {
-                    return Err(format!(
-                        "IMDS gave an instance id of an unexpected form: {id:?}"
-                    ));
+                    return Err(IdentityError::Malformed(id));
                 }
                 *known = Some(id.clone());
                 Ok(id)

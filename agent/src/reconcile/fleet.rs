@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{Agent, Outcome};
 use crate::events::{emit, Event, Fields};
-use crate::fleet::{self, Report};
+use crate::fleet::{self, IdentityError, Report};
 use crate::health::HealthProbe;
 use crate::rollout;
 use crate::service::ServiceManager;
@@ -49,18 +49,13 @@ where
     H: HealthProbe,
 {
     /// This instance's id, when the fleet features need one.
-    async fn instance_id(&mut self) -> Result<String, String> {
+    async fn instance_id(&mut self) -> Result<String, IdentityError> {
         let Some(identity) = self.identity.as_mut() else {
-            return Err("no instance identity is configured".into());
+            return Err(IdentityError::NotConfigured);
         };
         tokio::time::timeout(IDENTITY_TIMEOUT, identity.instance_id())
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "IMDS did not give the instance id within {} s",
-                    IDENTITY_TIMEOUT.as_secs()
-                ))
-            })
+            .unwrap_or(Err(IdentityError::Timeout(IDENTITY_TIMEOUT.as_secs())))
     }
 
     /// Whether this instance may adopt `desired` now: its turn has come, and fewer instances
@@ -82,8 +77,9 @@ where
             let id = match self.instance_id().await {
                 Ok(id) => id,
                 Err(e) => {
-                    let message = format!("Cannot place this instance in the rollout: {e}");
-                    emit(Event::PollFailed, &fields.with_error(&e), &message);
+                    let error = e.to_string();
+                    let message = format!("Cannot place this instance in the rollout: {error}");
+                    emit(Event::PollFailed, &fields.with_error(&error), &message);
                     return Err(Outcome::Retry);
                 }
             };
