@@ -315,7 +315,16 @@ fn unpack_checks_a_local_artifact_as_an_instance_would() {
 fn fleet_host(label: &str, imds: &drover_tests::imds::Imds) -> Host {
     let world = drover_tests::World::new(label);
     let endpoint = world.moto.endpoint();
-    let host = Host::with_config(world, &endpoint, "[fleet]\nstatus_prefix = \"status\"\n");
+    fleet_host_via(world, &endpoint, imds)
+}
+
+/// [`fleet_host`] with the agent talking to `endpoint` (a fault proxy, say).
+fn fleet_host_via(
+    world: drover_tests::World,
+    endpoint: &str,
+    imds: &drover_tests::imds::Imds,
+) -> Host {
+    let host = Host::with_config(world, endpoint, "[fleet]\nstatus_prefix = \"status\"\n");
     let text = std::fs::read_to_string(&host.config).unwrap();
     let line = format!("endpoint_url = \"{endpoint}\"\n");
     let with_imds = text.replacen(
@@ -516,4 +525,35 @@ fn a_failure_whose_status_object_was_lost_is_reported_again() {
         (&"rejected".into(), &"1.0.0".into()),
         "{again:#}"
     );
+}
+
+#[test]
+fn an_instance_that_cannot_count_the_fleet_s_failures_does_not_adopt() {
+    use drover_tests::faultproxy::{Fault, FaultProxy, Match};
+    let imds = drover_tests::imds::Imds::start("i-0c11000000000004");
+    let proxy = FaultProxy::in_front_of_moto();
+    let host = fleet_host_via(
+        drover_tests::World::new("count_denied"),
+        &proxy.endpoint(),
+        &imds,
+    );
+    host.world.release("1.0.0", true);
+    assert_eq!(host.drover(&["once"]).status.code(), Some(0));
+    host.world.release("2.0.0", true);
+    // The listing (ListObjectsV2 is a GET of `/{bucket}/`) is refused.
+    let listing = Match::s3_get(&format!("{}/", host.world.bucket));
+    proxy.inject_always(listing, Fault::Denied);
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot count the fleet's failures")
+            && stderr(&out).contains("AccessDenied"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.current(), "releases/1.0.0");
+    proxy.clear();
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(host.current(), "releases/2.0.0");
 }
