@@ -242,6 +242,12 @@ fn a_failing_canary_halts_the_rest_of_the_fleet() {
         );
         assert_eq!(member.served().as_deref(), Some("1.0.0"), "{}", member.id());
     }
+    // Its status object says so once the deploy's pass has ended (after the health check).
+    drover_tests::wait_for(
+        Duration::from_secs(20),
+        "the canary's report of 3.0.0",
+        || (fleet_status(&world, "3.0.0")["on_version"] == 1).then_some(()),
+    );
     let downloads = canary.events_about("artifact_verified", "1.0.0").len();
     world.promote("1.0.0");
     drover_tests::wait_for(
@@ -258,7 +264,13 @@ fn a_failing_canary_halts_the_rest_of_the_fleet() {
         "the canary downloaded 1.0.0 again"
     );
     for member in &fleet {
-        assert_eq!(member.served().as_deref(), Some("1.0.0"), "{}", member.id());
+        assert_eq!(
+            member.served().as_deref(),
+            Some("1.0.0"),
+            "{}: {}",
+            member.id(),
+            member.instance.container.journal_text("drover.service")
+        );
         assert!(member.imds.gets() >= 1, "{} never asked IMDS", member.id());
         assert!(
             member.events_about("deploy_started", "3.0.0").len() <= 1,

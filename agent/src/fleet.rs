@@ -23,9 +23,8 @@ pub struct Report {
     /// The version the parameter asks for, and the request's parameter version.
     pub desired: Option<String>,
     pub parameter_version: Option<i64>,
-    /// How the last pass that changed something ended: one of [`Report::FAILED`], `deployed`,
-    /// `in_sync`, `unhealthy`, `waiting`, `halted`.
-    pub outcome: String,
+    /// How the last pass that said something new ended.
+    pub outcome: Status,
     /// Its place in the rollout of `desired`, and when its turn comes, while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<f64>,
@@ -38,12 +37,61 @@ pub struct Report {
 }
 
 impl Report {
-    /// The outcomes that count against a request.
-    pub const FAILED: [&'static str; 5] =
-        ["reverted", "failed", "revert_failed", "rejected", "aborted"];
-
     pub fn is_failure(&self) -> bool {
-        Self::FAILED.contains(&self.outcome.as_str())
+        self.outcome.is_failure()
+    }
+}
+
+/// How an instance's last pass ended, as its status object says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Deployed,
+    InSync,
+    /// `drover once` found the running version unhealthy.
+    Unhealthy,
+    /// Waiting for its turn in a rollout.
+    Waiting,
+    /// Holding: too many instances failed the request.
+    Halted,
+    Reverted,
+    /// Failed with nothing to go back to.
+    Failed,
+    RevertFailed,
+    Rejected,
+    Aborted,
+    /// Written by a newer agent.
+    #[serde(other)]
+    Other,
+}
+
+impl Status {
+    /// The outcomes that count against a request.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Status::Reverted
+                | Status::Failed
+                | Status::RevertFailed
+                | Status::Rejected
+                | Status::Aborted
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Deployed => "deployed",
+            Status::InSync => "in_sync",
+            Status::Unhealthy => "unhealthy",
+            Status::Waiting => "waiting",
+            Status::Halted => "halted",
+            Status::Reverted => "reverted",
+            Status::Failed => "failed",
+            Status::RevertFailed => "revert_failed",
+            Status::Rejected => "rejected",
+            Status::Aborted => "aborted",
+            Status::Other => "other",
+        }
     }
 }
 
@@ -187,9 +235,9 @@ impl Summary {
                 s.on_version += 1;
             } else if asked && r.is_failure() {
                 s.failed.push(r.clone());
-            } else if asked && r.outcome == "halted" {
+            } else if asked && r.outcome == Status::Halted {
                 s.halted += 1;
-            } else if asked && r.outcome == "waiting" {
+            } else if asked && r.outcome == Status::Waiting {
                 s.waiting += 1;
             } else {
                 s.not_reported += 1;
@@ -225,7 +273,7 @@ impl Summary {
             out.push_str(&format!(
                 "  {} {} at {}: {}\n",
                 r.instance.escape_debug(),
-                r.outcome.escape_debug(),
+                r.outcome.as_str(),
                 r.at.escape_debug(),
                 r.error.as_deref().unwrap_or("").escape_debug()
             ));
@@ -238,13 +286,13 @@ impl Summary {
 mod tests {
     use super::*;
 
-    fn report(instance: &str, running: &str, desired: &str, outcome: &str) -> Report {
+    fn report(instance: &str, running: &str, desired: &str, outcome: Status) -> Report {
         Report {
             instance: instance.into(),
             running: Some(running.into()),
             desired: Some(desired.into()),
             parameter_version: Some(3),
-            outcome: outcome.into(),
+            outcome,
             position: None,
             turn_at: None,
             error: None,
@@ -274,13 +322,27 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_are_snake_case_and_a_newer_agent_s_are_read_as_other() {
+        let mut r = report("i-1", "1", "2", Status::RevertFailed);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["outcome"], "revert_failed");
+        assert_eq!(Status::RevertFailed.as_str(), "revert_failed");
+        r.outcome = Status::Other;
+        let mut text = serde_json::to_string(&r).unwrap();
+        text = text.replace("\"other\"", "\"paused_by_operator\"");
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.outcome, Status::Other);
+        assert!(!back.is_failure());
+    }
+
+    #[test]
     fn summary_counts_each_instance_once_for_the_version() {
         let reports = [
-            report("i-1", "2", "2", "deployed"),
-            report("i-2", "1", "2", "reverted"),
-            report("i-3", "1", "2", "halted"),
-            report("i-4", "1", "2", "waiting"),
-            report("i-5", "1", "1", "in_sync"),
+            report("i-1", "2", "2", Status::Deployed),
+            report("i-2", "1", "2", Status::Reverted),
+            report("i-3", "1", "2", Status::Halted),
+            report("i-4", "1", "2", Status::Waiting),
+            report("i-5", "1", "1", Status::InSync),
         ];
         let s = Summary::of("2", None, &reports);
         assert_eq!(

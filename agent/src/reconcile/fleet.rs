@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{Agent, Outcome};
 use crate::events::{emit, Event, Fields};
-use crate::fleet::{self, IdentityError, Report};
+use crate::fleet::{self, IdentityError, Report, Status};
 use crate::health::HealthProbe;
 use crate::rollout;
 use crate::service::ServiceManager;
@@ -33,7 +33,7 @@ pub(super) struct Place {
 /// What the status object last written says, to write it again only when that changes.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Written {
-    outcome: &'static str,
+    outcome: Status,
     running: Option<String>,
     parameter_version: i64,
     turn_at: Option<SystemTime>,
@@ -229,7 +229,7 @@ where
             running,
             desired: Some(desired.version.to_string()),
             parameter_version: Some(request.parameter_version),
-            outcome: name.to_owned(),
+            outcome: name,
             position: self.place.position,
             turn_at: self.place.turn_at.map(fleet::rfc3339),
             error,
@@ -266,33 +266,33 @@ where
 }
 
 /// How a request that this instance remembers as failed ended here, for its status object.
-fn failure_name(state: &State, request: &Request) -> &'static str {
+fn failure_name(state: &State, request: &Request) -> Status {
     use crate::state::Result as Res;
     let last = (state.last.as_ref()).filter(|last| last.request.as_ref() == Some(request));
     match last.map(|last| last.result) {
-        Some(Res::Reverted) => "reverted",
-        Some(Res::RevertFailed) => "revert_failed",
-        Some(Res::Rejected) => "rejected",
-        Some(Res::Aborted) => "aborted",
-        _ => "failed",
+        Some(Res::Reverted) => Status::Reverted,
+        Some(Res::RevertFailed) => Status::RevertFailed,
+        Some(Res::Rejected) => Status::Rejected,
+        Some(Res::Aborted) => Status::Aborted,
+        _ => Status::Failed,
     }
 }
 
-/// The name a pass's outcome has in a status object; `None` for passes that say nothing new
-/// (a transient error, an artifact not there yet, an invalid value; a skipped request is named by
+/// What a pass's outcome says in a status object; `None` for passes that say nothing new (a
+/// transient error, an artifact not there yet, an invalid value; a skipped request is named by
 /// [`failure_name`]).
-fn status_name(outcome: Outcome) -> Option<&'static str> {
+fn status_name(outcome: Outcome) -> Option<Status> {
     Some(match outcome {
-        Outcome::Deployed => "deployed",
-        Outcome::InSync | Outcome::EnvironmentApplied => "in_sync",
-        Outcome::Reverted => "reverted",
-        Outcome::Failed => "failed",
-        Outcome::RevertFailed => "revert_failed",
-        Outcome::Rejected => "rejected",
-        Outcome::Aborted => "aborted",
-        Outcome::Unhealthy => "unhealthy",
-        Outcome::AwaitingTurn => "waiting",
-        Outcome::Halted => "halted",
+        Outcome::Deployed => Status::Deployed,
+        Outcome::InSync | Outcome::EnvironmentApplied => Status::InSync,
+        Outcome::Reverted => Status::Reverted,
+        Outcome::Failed => Status::Failed,
+        Outcome::RevertFailed => Status::RevertFailed,
+        Outcome::Rejected => Status::Rejected,
+        Outcome::Aborted => Status::Aborted,
+        Outcome::Unhealthy => Status::Unhealthy,
+        Outcome::AwaitingTurn => Status::Waiting,
+        Outcome::Halted => Status::Halted,
         Outcome::Skipped
         | Outcome::Invalid
         | Outcome::Waiting
@@ -314,12 +314,10 @@ mod tests {
             Outcome::Rejected,
             Outcome::Aborted,
         ] {
-            let name = status_name(outcome).unwrap();
-            assert!(Report::FAILED.contains(&name), "{name}");
+            assert!(status_name(outcome).unwrap().is_failure(), "{outcome:?}");
         }
         for outcome in [Outcome::Deployed, Outcome::Halted, Outcome::AwaitingTurn] {
-            let name = status_name(outcome).unwrap();
-            assert!(!Report::FAILED.contains(&name), "{name}");
+            assert!(!status_name(outcome).unwrap().is_failure(), "{outcome:?}");
         }
     }
 }
