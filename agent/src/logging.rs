@@ -47,28 +47,30 @@ pub fn init(verbose: bool) {
             return;
         }
     }
+    let to_stderr = |text: &str| {
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+    };
     tracing_subscriber::registry()
         .with(filter)
-        .with(Lines)
+        .with(Lines(to_stderr))
         .init();
 }
 
-/// Events as readable lines on stderr, `LEVEL message key=value ...`: what tracing-subscriber's
-/// `fmt` layer writes without time and target, in a twentieth of its code (the binary is
-/// downloaded by every instance at boot).
-struct Lines;
+/// Events as readable lines, `LEVEL message key=value ...`, each handed whole to the function
+/// (stderr's writer): what tracing-subscriber's `fmt` layer writes without time and target, in a
+/// twentieth of its code (the binary is downloaded by every instance at boot).
+struct Lines<W>(W);
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+impl<S: tracing::Subscriber, W: Fn(&str) + 'static> tracing_subscriber::Layer<S> for Lines<W> {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let mut line = Line::default();
         event.record(&mut line);
-        let text = format!(
+        (self.0)(&format!(
             "{:>5} {}{}\n",
             event.metadata().level(),
             line.message,
             line.fields
-        );
-        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+        ));
     }
 }
 
@@ -93,5 +95,35 @@ impl tracing::field::Visit for Line {
             "message" => write!(self.message, "{value:?}"),
             name => write!(self.fields, " {name}={value:?}"),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn lines_are_level_message_and_fields_as_fmt_wrote_them() {
+        let lines = Arc::new(Mutex::new(String::new()));
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(Lines(move |text: &str| sink.lock().unwrap().push_str(text)));
+        tracing::subscriber::with_default(subscriber, || {
+            let error = "cannot \"read\"";
+            tracing::error!(
+                event = "poll_failed",
+                parameter_version = 3_i64,
+                error,
+                "Reading {} failed",
+                "it"
+            );
+            tracing::info!(position = 0.5_f64, "plain");
+        });
+        assert_eq!(
+            *lines.lock().unwrap(),
+            "ERROR Reading it failed event=\"poll_failed\" parameter_version=3 \
+             error=\"cannot \\\"read\\\"\"\n INFO plain position=0.5\n"
+        );
     }
 }
