@@ -37,11 +37,13 @@ pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
     loader.load().await
 }
 
-/// IMDSv2, for the instance id (`[fleet]` and rollouts): quick to give up off EC2.
-pub fn imds_client(
+/// The instance id from IMDSv2 (`[fleet]` and rollouts), through aws-config's client: quick to
+/// give up off EC2.
+pub fn imds_identity(
     sdk: &aws_config::SdkConfig,
     cfg: &AwsConfig,
-) -> Result<aws_config::imds::Client, String> {
+) -> Result<crate::fleet::Identity, crate::fleet::IdentityError> {
+    use crate::fleet::IdentityError;
     let mut provider = aws_config::provider_config::ProviderConfig::empty();
     if let Some(http) = sdk.http_client() {
         provider = provider.with_http_client(http);
@@ -53,11 +55,19 @@ pub fn imds_client(
         .configure(&provider)
         .max_attempts(2);
     if let Some(url) = &cfg.metadata_endpoint_url {
-        builder = builder
-            .endpoint(url)
-            .map_err(|e| format!("aws.metadata_endpoint_url {url:?}: {e}"))?;
+        builder = builder.endpoint(url).map_err(|e| {
+            IdentityError::Unreachable(format!("aws.metadata_endpoint_url {url:?}: {e}"))
+        })?;
     }
-    Ok(builder.build())
+    let client = builder.build();
+    Ok(crate::fleet::Identity::lookup(Box::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            let id = client.get("/latest/meta-data/instance-id").await;
+            id.map(|id| id.as_ref().to_owned())
+                .map_err(|e| IdentityError::Unreachable(causes(&e)))
+        })
+    })))
 }
 
 pub fn s3_client(sdk: &aws_config::SdkConfig, cfg: &AwsConfig) -> aws_sdk_s3::Client {

@@ -397,7 +397,7 @@ async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
         .map(crate::webhook::Webhook::new)
         .transpose()?;
     // Asked only when a rollout or [fleet] needs the instance id.
-    let identity = crate::fleet::Identity::imds(aws::imds_client(&sdk, &config.aws)?);
+    let identity = aws::imds_identity(&sdk, &config.aws).map_err(|e| e.to_string())?;
     let agent = Agent::new(config, source, store, services, probe, mode).with_identity(identity);
     Ok(match webhook {
         Some(webhook) => agent.with_webhook(webhook),

@@ -124,10 +124,9 @@ async fn check_fleet(
     if rollout.is_none() && prefix.is_none() {
         return;
     }
-    let identity = crate::aws::imds_client(sdk, &config.aws).map(crate::fleet::Identity::imds);
-    let id = match identity {
+    let id = match crate::aws::imds_identity(sdk, &config.aws) {
         Ok(mut identity) => identity.instance_id().await,
-        Err(e) => Err(crate::fleet::IdentityError::Unreachable(e)),
+        Err(e) => Err(e),
     };
     match (&id, desired) {
         (Ok(id), Some(d)) => {

@@ -10,6 +10,8 @@
 //!   `max_failures` keys, however large the fleet.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -147,21 +149,23 @@ pub enum IdentityError {
     Malformed(String),
 }
 
-/// Where this instance's id comes from.
+/// Asks where the instance id lives (IMDS, see [`crate::aws::imds_identity`]) once.
+pub type Lookup = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<String, IdentityError>>>>>;
+
+/// Where this instance's id comes from: looked up once, then remembered.
 pub enum Identity {
     /// Given (tests of the reconcile loop).
     Fixed(String),
-    /// IMDSv2, asked once and remembered.
-    Imds {
-        client: aws_config::imds::Client,
+    Lookup {
+        lookup: Lookup,
         known: Option<String>,
     },
 }
 
 impl Identity {
-    pub fn imds(client: aws_config::imds::Client) -> Self {
-        Identity::Imds {
-            client,
+    pub fn lookup(lookup: Lookup) -> Self {
+        Identity::Lookup {
+            lookup,
             known: None,
         }
     }
@@ -169,28 +173,27 @@ impl Identity {
     pub async fn instance_id(&mut self) -> Result<String, IdentityError> {
         match self {
             Identity::Fixed(id) => Ok(id.clone()),
-            Identity::Imds {
+            Identity::Lookup {
                 known: Some(id), ..
             } => Ok(id.clone()),
-            Identity::Imds { client, known } => {
-                let id = client
-                    .get("/latest/meta-data/instance-id")
-                    .await
-                    .map_err(|e| IdentityError::Unreachable(crate::aws::causes(&e)))?;
-                let id = id.as_ref().trim().to_owned();
-                // It becomes part of object keys: an instance id is `i-` and hex digits.
-                if id.is_empty()
-                    || !id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                {
-                    return Err(IdentityError::Malformed(id));
-                }
+            Identity::Lookup { lookup, known } => {
+                let id = checked_id(lookup().await?)?;
                 *known = Some(id.clone());
                 Ok(id)
             }
         }
     }
+}
+
+/// The id as IMDS gave it, trimmed; it becomes part of object keys, so it must look like one
+/// (`i-` and hex digits on EC2).
+fn checked_id(id: String) -> Result<String, IdentityError> {
+    let id = id.trim().to_owned();
+    let fits = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if id.is_empty() || id.len() > 64 || !id.chars().all(fits) {
+        return Err(IdentityError::Malformed(id));
+    }
+    Ok(id)
 }
 
 /// `drover fleet status`: the instances' reports, summed up for one version.
@@ -313,6 +316,17 @@ mod tests {
             failures_prefix("s", "2.0.0", 7),
             failures_prefix("s", "2.0.0", 8)
         );
+    }
+
+    #[test]
+    fn instance_ids_must_look_like_one() {
+        assert_eq!(checked_id(" i-0abc\n".into()), Ok("i-0abc".into()));
+        for bad in ["", "i-1/../x", "<html>", &"i".repeat(65)] {
+            assert_eq!(
+                checked_id(bad.into()),
+                Err(IdentityError::Malformed(bad.trim().into()))
+            );
+        }
     }
 
     #[test]
