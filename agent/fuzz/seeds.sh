@@ -21,6 +21,8 @@ printf '  v2.0.0-rc.1+build.5\n' | seed parse_value bare-padded
 printf '{"version": "1.4.2", "sha256": "%s"}' "$hex" | seed parse_value json
 printf '{"version":"1.4.2","sha256":null,"wave":{"size":3}}' | seed parse_value json-extra
 printf '{"version": "A_b"}' | seed parse_value json-no-digest
+printf '{"version": "2.0", "rollout": {"duration": "30m"}}' | seed parse_value rollout-linear
+printf '{"version": "2.0", "rollout": {"start": "2026-12-01T10:00:00Z", "waves": [{"fraction": 0.05, "after": "0s"}, {"fraction": 1, "after": "2h"}], "max_failures": 2}}' | seed parse_value rollout-waves
 
 printf '%s  releases/1.4.2.tar.gz\n' "$hex" | seed parse_sha256sum text
 printf '%s *1.4.2.tar.gz\n' "${hex^^}" | seed parse_sha256sum binary-upper

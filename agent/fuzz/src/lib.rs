@@ -54,15 +54,30 @@ pub fn check_value(data: &[u8]) {
         Ok(Desired {
             version: desired.version.clone(),
             sha256: None,
+            rollout: None,
         })
     );
+    // A rollout gives every position a turn, at any time it was put: never a panic.
+    if let Some(rollout) = &desired.rollout {
+        let epoch = std::time::SystemTime::UNIX_EPOCH;
+        for put_at in [epoch, std::time::SystemTime::now()] {
+            for position in [0.0, 0.5, 0.999_999] {
+                let turn = rollout.turn(position, put_at);
+                assert!(turn.at >= rollout.start.unwrap_or(put_at));
+            }
+        }
+    }
     let sha256 = match desired.sha256 {
         Some(d) => format!("\"{d}\""),
         None => "null".to_owned(),
     };
     // A version has no character that JSON would need escaped.
     let json = format!("{{\"version\": \"{version}\", \"sha256\": {sha256}}}");
-    assert_eq!(parse_value(&json), Ok(desired));
+    let without_rollout = Desired {
+        rollout: None,
+        ..desired
+    };
+    assert_eq!(parse_value(&json), Ok(without_rollout));
 }
 
 /// `^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`, written out independently of drover's parser.
