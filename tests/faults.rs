@@ -168,7 +168,7 @@ impl Drop for Daemon {
 }
 
 /// The agent's pause after `failures` transient failures in a row is in `[0, base)` ("full
-/// jitter", `plan::next_delay`); after a success or a "not there yet" it is `POLL` plus up to
+/// jitter", `plan::Backoff`); after a success or a "not there yet" it is `POLL` plus up to
 /// 10 %.
 fn backoff_base(failures: u32) -> Duration {
     if failures == 0 {

@@ -157,7 +157,7 @@ impl SsmSource {
     }
 
     /// For the agent's polls: one request per call. A throttled or failed poll is retried by
-    /// the poll loop with full jitter (`plan::next_delay`), so that each poll costs exactly one
+    /// the poll loop with full jitter (`plan::Backoff`), so that each poll costs exactly one
     /// call of the account's Parameter Store quota.
     pub fn polling(sdk: &aws_config::SdkConfig, name: &str) -> Self {
         let once = sdk
