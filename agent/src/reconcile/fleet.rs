@@ -87,7 +87,7 @@ where
             let Some(put_at) = put_at.or(rollout.start) else {
                 // SSM always says when a value was put; an emulator may not.
                 let error = "the rollout has no \"start\" and the parameter no LastModifiedDate";
-                if self.should_report_hold(request, Event::PollFailed) {
+                if self.should_report(request, Event::PollFailed) {
                     let message = format!("Not adopting {version}: {error}");
                     emit(Event::PollFailed, &fields.with_error(error), &message);
                 }
@@ -97,7 +97,7 @@ where
             self.place.position = Some(position);
             if SystemTime::now() < turn.at {
                 self.place.turn_at = Some(turn.at);
-                if self.should_report_hold(request, Event::RolloutWaiting) {
+                if self.should_report(request, Event::RolloutWaiting) {
                     let wave = turn
                         .wave
                         .map(|w| format!(" (wave {w})"))
@@ -149,7 +149,7 @@ where
                 Err(Outcome::Retry)
             }
             Ok(keys) if keys.len() >= max as usize => {
-                if self.should_report_hold(request, Event::RolloutHalted) {
+                if self.should_report(request, Event::RolloutHalted) {
                     let n = keys.len() as u64;
                     emit(
                         Event::RolloutHalted,
@@ -168,16 +168,6 @@ where
             }
             Ok(_) => Ok(()),
         }
-    }
-
-    /// A wait or a halt is reported once per request, not every poll (in `once`, every time).
-    fn should_report_hold(&mut self, request: &Request, event: Event) -> bool {
-        let key = (request.clone(), event);
-        if self.mode == super::Mode::Daemon && self.reported_hold.as_ref() == Some(&key) {
-            return false;
-        }
-        self.reported_hold = Some(key);
-        true
     }
 
     /// Leaves the pass's outcome in this instance's status object when it changed (or a day has

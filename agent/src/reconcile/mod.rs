@@ -112,8 +112,8 @@ pub struct Agent<S, A, M, H> {
     layout: Layout,
     state_file: StateFile,
     mode: Mode,
-    /// The last request reported as skipped or invalid.
-    reported: Option<Request>,
+    /// The last request reported as skipped, invalid, waiting for its turn or halted, and how.
+    reported: Option<(Request, Event)>,
     /// `[environment]`: the settings read this pass.
     settings: Option<Settings>,
     /// The failed settings last reported as skipped.
@@ -123,8 +123,6 @@ pub struct Agent<S, A, M, H> {
     identity: Option<crate::fleet::Identity>,
     /// This pass's place in a rollout.
     place: fleet::Place,
-    /// The last wait or halt reported, per request.
-    reported_hold: Option<(Request, Event)>,
     /// What the status object last written says.
     reported_status: Option<fleet::Written>,
 }
@@ -197,7 +195,6 @@ where
             webhook: None,
             identity: None,
             place: fleet::Place::default(),
-            reported_hold: None,
             reported_status: None,
         }
     }
@@ -434,7 +431,7 @@ where
     }
 
     fn invalid(&mut self, state: &mut State, request: Request, error: &str) -> Outcome {
-        if self.should_report(&request) {
+        if self.should_report(&request, Event::PollFailed) {
             emit(
                 Event::PollFailed,
                 &Fields {
@@ -457,7 +454,7 @@ where
     }
 
     fn skip(&mut self, request: &Request, version: &Version) -> Outcome {
-        if self.should_report(request) {
+        if self.should_report(request, Event::SkippedFailedVersion) {
             emit(
                 Event::SkippedFailedVersion,
                 &Fields {
@@ -471,11 +468,14 @@ where
         Outcome::Skipped
     }
 
-    fn should_report(&mut self, request: &Request) -> bool {
-        if self.mode == Mode::Daemon && self.reported.as_ref() == Some(request) {
+    /// Whether to report `event` about `request`: once, not every poll, in the daemon; every
+    /// time in `once`.
+    fn should_report(&mut self, request: &Request, event: Event) -> bool {
+        let key = (request.clone(), event);
+        if self.mode == Mode::Daemon && self.reported.as_ref() == Some(&key) {
             return false;
         }
-        self.reported = Some(request.clone());
+        self.reported = Some(key);
         true
     }
 
