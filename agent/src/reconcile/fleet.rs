@@ -23,8 +23,8 @@ const IDENTITY_TIMEOUT: Duration = Duration::from_secs(5);
 /// instance is alive (and a lifecycle rule can expire the objects of terminated instances).
 const REWRITE_AFTER: Duration = Duration::from_secs(86400);
 
-/// What the last pass learnt about this instance's turn, for its status object.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What a pass learnt about this instance's turn in a rollout, for its status object.
+#[derive(Debug, Default)]
 pub(super) struct Place {
     pub position: Option<f64>,
     pub turn_at: Option<SystemTime>,
@@ -60,12 +60,13 @@ where
 
     /// Whether this instance may adopt `desired` now: its turn has come, and fewer instances
     /// than `max_failures` reported failing the request. `Err` is the pass's outcome, already
-    /// in the journal.
+    /// in the journal. What it learns of the instance's turn goes into `place`.
     pub(super) async fn gate(
         &mut self,
         request: &Request,
         desired: &Desired,
         put_at: Option<SystemTime>,
+        place: &mut Place,
     ) -> Result<(), Outcome> {
         let version = desired.version.as_str();
         let fields = Fields {
@@ -94,9 +95,9 @@ where
                 return Err(Outcome::Invalid);
             };
             let turn = rollout.turn(position, put_at);
-            self.place.position = Some(position);
+            place.position = Some(position);
             if SystemTime::now() < turn.at {
-                self.place.turn_at = Some(turn.at);
+                place.turn_at = Some(turn.at);
                 if self.should_report(request, Event::RolloutWaiting) {
                     let wave = turn
                         .wave
@@ -155,7 +156,7 @@ where
                         Event::RolloutHalted,
                         &Fields {
                             failures: Some(n),
-                            position: self.place.position,
+                            position: place.position,
                             ..fields
                         },
                         &format!(
@@ -180,6 +181,7 @@ where
         state: &State,
         request: &Request,
         desired: &Desired,
+        place: &Place,
         outcome: Outcome,
         tried: bool,
     ) {
@@ -196,7 +198,7 @@ where
             outcome: name,
             running: running.clone(),
             parameter_version: request.parameter_version,
-            turn_at: self.place.turn_at,
+            turn_at: place.turn_at,
             day: now
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() / REWRITE_AFTER.as_secs()),
@@ -220,8 +222,8 @@ where
             desired: Some(desired.version.to_string()),
             parameter_version: Some(request.parameter_version),
             outcome: name,
-            position: self.place.position,
-            turn_at: self.place.turn_at.map(fleet::rfc3339),
+            position: place.position,
+            turn_at: place.turn_at.map(fleet::rfc3339),
             error,
             at: fleet::rfc3339(now),
         };

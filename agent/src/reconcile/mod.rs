@@ -121,8 +121,6 @@ pub struct Agent<S, A, M, H> {
     webhook: Option<Webhook>,
     /// `[fleet]` and rollouts: where this instance's id comes from.
     identity: Option<crate::fleet::Identity>,
-    /// This pass's place in a rollout.
-    place: fleet::Place,
     /// What the status object last written says.
     reported_status: Option<fleet::Written>,
 }
@@ -194,7 +192,6 @@ where
             reported_environment: None,
             webhook: None,
             identity: None,
-            place: fleet::Place::default(),
             reported_status: None,
         }
     }
@@ -306,7 +303,7 @@ where
             on_disk: self.layout.has_release(desired.version.as_str()),
         });
         tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
-        self.place = fleet::Place::default();
+        let mut place = fleet::Place::default();
         let (outcome, tried) = match step {
             Step::SkipFailed => {
                 let skipped = self.skip(&request, &desired.version);
@@ -320,17 +317,19 @@ where
                 (outcome.await, false)
             }
             // Across a fleet: this instance's turn in a rollout, and no fleet-wide halt.
-            Step::Switch | Step::Fetch => match self.gate(&request, &desired, put_at).await {
-                Err(held) => (self.hold(&mut state, active.as_deref(), held).await, false),
-                Ok(()) => {
-                    let download = step == Step::Fetch;
-                    let deploy =
-                        self.deploy(&mut state, request.clone(), desired.clone(), download);
-                    (deploy.await, true)
+            Step::Switch | Step::Fetch => {
+                match self.gate(&request, &desired, put_at, &mut place).await {
+                    Err(held) => (self.hold(&mut state, active.as_deref(), held).await, false),
+                    Ok(()) => {
+                        let download = step == Step::Fetch;
+                        let deploy =
+                            self.deploy(&mut state, request.clone(), desired.clone(), download);
+                        (deploy.await, true)
+                    }
                 }
-            },
+            }
         };
-        self.report(&state, &request, &desired, outcome, tried)
+        self.report(&state, &request, &desired, &place, outcome, tried)
             .await;
         outcome
     }
