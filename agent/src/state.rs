@@ -96,6 +96,11 @@ impl State {
         self.failed.contains(request)
     }
 
+    /// How the last deploy ended, if it was one of `request`.
+    pub fn last_of(&self, request: &Request) -> Option<&Outcome> {
+        (self.last.as_ref()).filter(|last| last.request.as_ref() == Some(request))
+    }
+
     pub fn remember_failed(&mut self, request: Request) {
         if !self.has_failed(&request) {
             self.failed.push(request);

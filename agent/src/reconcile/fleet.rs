@@ -12,7 +12,7 @@ use crate::rollout;
 use crate::service::ServiceManager;
 use crate::source::DesiredSource;
 use crate::state::{Request, State};
-use crate::store::ArtifactStore;
+use crate::store::{ArtifactStore, StoreError};
 use crate::version::Desired;
 
 /// How long writing or listing status objects may take before the pass goes on without it.
@@ -126,18 +126,9 @@ where
             .and_then(|r| r.max_failures)
             .unwrap_or(self.config.fleet.max_failures);
         let failures_prefix = fleet::failures_prefix(&prefix, version, request.parameter_version);
-        let listed = tokio::time::timeout(
-            STATUS_TIMEOUT,
-            self.store.list_keys(&failures_prefix, max as usize),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(crate::store::StoreError::Failed {
-                bucket: self.config.artifact.bucket.clone(),
-                key: failures_prefix.clone(),
-                message: format!("no answer within {} s", STATUS_TIMEOUT.as_secs()),
-            })
-        });
+        let bucket = &self.config.artifact.bucket;
+        let list = self.store.list_keys(&failures_prefix, max as usize);
+        let listed = bounded(bucket, &failures_prefix, list).await;
         match listed {
             Err(e) => {
                 // Not knowing is not a go-ahead.
@@ -213,9 +204,7 @@ where
                 return;
             }
         };
-        let error = (state.last.as_ref())
-            .filter(|last| last.request.as_ref() == Some(request))
-            .and_then(|last| last.error.clone());
+        let error = state.last_of(request).and_then(|last| last.error.clone());
         let report = Report {
             instance: id.clone(),
             running,
@@ -239,29 +228,38 @@ where
         }
         // The failure first: it is what the rest of the fleet counts.
         for key in keys.into_iter().rev() {
-            let put =
-                tokio::time::timeout(STATUS_TIMEOUT, self.store.put_small(&key, body.clone()));
-            match put.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(target: "drover", key = %key, error = %e, "cannot write the status object");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(target: "drover", key = %key, "writing the status object timed out");
-                    return;
-                }
+            let put = self.store.put_small(&key, body.clone());
+            if let Err(e) = bounded(&self.config.artifact.bucket, &key, put).await {
+                tracing::warn!(target: "drover", key = %key, error = %e, "cannot write the status object");
+                return;
             }
         }
         self.reported_status = Some(remembered);
     }
 }
 
+/// A call on the status objects, given up after [`STATUS_TIMEOUT`] as a failure naming `key`
+/// of `bucket`: the pass goes on without it.
+async fn bounded<T>(
+    bucket: &str,
+    key: &str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(STATUS_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Failed {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                message: format!("no answer within {} s", STATUS_TIMEOUT.as_secs()),
+            })
+        })
+}
+
 /// How a request that this instance remembers as failed ended here, for its status object.
 fn failure_name(state: &State, request: &Request) -> Status {
     use crate::state::Result as Res;
-    let last = (state.last.as_ref()).filter(|last| last.request.as_ref() == Some(request));
-    match last.map(|last| last.result) {
+    match state.last_of(request).map(|last| last.result) {
         Some(Res::Reverted) => Status::Reverted,
         Some(Res::RevertFailed) => Status::RevertFailed,
         Some(Res::Rejected) => Status::Rejected,
