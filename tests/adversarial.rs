@@ -53,6 +53,8 @@ fn corpus() -> Vec<Case> {
         .collect();
     let long_gnu = vec![b'a'; 100_000];
     let long_pax = "d/".repeat(2100) + "f";
+    // 4,090 bytes: under the 4,096 a name may have, over it once below the release root.
+    let near_path_max = format!("{}/", "a".repeat(250)).repeat(16) + &"b".repeat(74);
     // TARmageddon: the ustar size says 0, so a reader that trusts it takes the PAX-sized data
     // as the next header, which an attacker fills with an entry of their choosing.
     let mut smuggled = RawEntry::file("smuggled", b"hidden").header_bytes();
@@ -193,6 +195,34 @@ fn corpus() -> Vec<Case> {
             ],
             &["config", "duplicate entry"],
         ),
+        case(
+            "NUL byte in a symlink target (PAX linkpath)",
+            &[
+                app(),
+                RawEntry::pax(&[("linkpath", "a\0b")]),
+                RawEntry::symlink("nul", "x"),
+            ],
+            &["nul", "link target contains a NUL byte"],
+        ),
+        case(
+            "path longer than PATH_MAX once joined to the release root",
+            &[
+                app(),
+                RawEntry::pax(&[("path", &near_path_max)]),
+                RawEntry::file("x", b"x"),
+            ],
+            &["over the system's limit of 4096"],
+        ),
+        Case {
+            name: "1001 repeats of ./ (each a member)",
+            archive: raw_tar_gz(&vec![RawEntry::dir("./"); 1001]),
+            expect: &["entry count limit of 1000"],
+        },
+        Case {
+            name: "1001 repeats of d/ (each a member)",
+            archive: raw_tar_gz(&vec![RawEntry::dir("d/"); 1001]),
+            expect: &["\\\"d\\\"", "entry count limit of 1000"],
+        },
         Case {
             name: "truncated gzip",
             archive: truncated,
@@ -339,9 +369,211 @@ fn setuid_and_setgid_bits_are_dropped_not_rejected() {
         text.contains("dropped setuid/setgid/sticky bits of 3"),
         "{text}"
     );
+    // Issue 13, finding 9: group and world write go too, and the sticky directory does not
+    // become a plain world-writable one.
+    assert!(text.contains("dropped group/world write of 1"), "{text}");
     let release = host.root().join("releases/1");
     let mode = |p: &str| std::fs::metadata(release.join(p)).expect("stat").mode() & 0o7777;
     assert_eq!(mode("bin/suid"), 0o755);
     assert_eq!(mode("bin/sgid"), 0o755);
-    assert_eq!(mode("shared"), 0o777);
+    assert_eq!(mode("shared"), 0o755);
+}
+
+/// Issue 13, finding 3: one hard link more than ext4 allows to a file (65,000) is refused by
+/// the system; that is the archive's doing, so it is rejected and remembered, not retried.
+#[test]
+fn more_hard_links_than_the_file_system_allows_is_a_rejection() {
+    let world = World::new("emlink");
+    let endpoint = world.moto.endpoint();
+    let caps = "max_unpacked_size = \"16MiB\"\nmax_entries = 70000\n";
+    let host = Host::with_artifact_keys(world, &endpoint, caps, "");
+    let mut entries = vec![app(), RawEntry::file("f", b"x")];
+    entries.extend((0..65_001).map(|i| RawEntry::hardlink(&format!("l{i}"), "f")));
+    host.upload_and_promote("1", &raw_tar_gz(&entries));
+    let out = host.drover(&["once"]);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = rejection_line(&text).unwrap_or_else(|| panic!("no artifact_rejected in\n{text}"));
+    assert!(line.contains("create hard link"), "{line}");
+    assert!(line.contains("Too many links"), "{line}");
+    assert_eq!(host.status()["last"]["result"], "rejected");
+    // Remembered: the next pass does not download it again.
+    let again = stderr(&host.drover(&["once"]));
+    assert!(!again.contains("deploy_started"), "{again}");
+    assert_eq!(
+        host.release_dirs().1,
+        Vec::<String>::new(),
+        "staging emptied"
+    );
+}
+
+/// The uid the app runs as in the race test: a number, so the host needs no user for it.
+const APP_UID: u32 = 64123;
+
+/// A release with many directories for the racer to swap in: `data/dI/dJ/` and `data/dI/fJ`.
+fn tree_release() -> Vec<RawEntry> {
+    let mut entries = vec![app()];
+    for i in 0..30 {
+        entries.push(RawEntry::dir(&format!("data/d{i}")));
+        for j in 0..8 {
+            entries.push(RawEntry::dir(&format!("data/d{i}/d{j}")));
+            entries.push(RawEntry::file(&format!("data/d{i}/d{j}/f"), b"x"));
+        }
+        for j in 0..4 {
+            entries.push(RawEntry::file(&format!("data/d{i}/f{j}"), b"x"));
+        }
+    }
+    entries
+}
+
+/// Owner, group and mode of everything under `dir`, `dir` included.
+fn owners(dir: &Path) -> BTreeMap<String, (u32, u32, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        out.insert(
+            p.display().to_string(),
+            (meta.uid(), meta.gid(), meta.mode()),
+        );
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .expect("list")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+/// Issue 13, finding 1: the app's user, hostile, swaps every entry of every directory it owns
+/// with a symlink to a sentinel outside (and back) while drover gives new releases to it, and
+/// takes old ones back to prune them, as plain root and with only the unit's capabilities.
+/// Every sentinel must keep its owner and mode. `DROVER_RACE_SECONDS` makes it a soak
+/// (`make race`); `make test` runs it for a few seconds.
+#[test]
+fn the_app_user_racing_the_tree_walks_reaches_nothing_outside() {
+    let seconds: f64 = std::env::var("DROVER_RACE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
+    let world = World::new("race");
+    let endpoint = world.moto.endpoint();
+    let host = Host::with_config(world, &endpoint, "");
+    let config = std::fs::read_to_string(&host.config).expect("config");
+    let config = config.replace(
+        "keep = 2",
+        &format!("keep = 2\nowner = \"{APP_UID}:{APP_UID}\""),
+    );
+    std::fs::write(&host.config, config).expect("config");
+    // The app's user can reach the release root, as it can reach /opt/app.
+    let dir = host.world.dir();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    // Sentinels: root's, outside the release root, named like the entries of the release so that
+    // a walk that strays through a symlink finds something to act on.
+    let sentinels = dir.join("sentinels");
+    let sentinel_dir = sentinels.join("dir");
+    let sentinel_file = sentinels.join("file");
+    std::fs::create_dir_all(&sentinel_dir).expect("mkdir");
+    std::fs::write(&sentinel_file, b"secret").expect("write");
+    for j in 0..8 {
+        std::fs::create_dir(sentinel_dir.join(format!("d{j}"))).expect("mkdir");
+        std::fs::write(sentinel_dir.join(format!("d{j}/f")), b"secret").expect("write");
+        std::fs::write(sentinel_dir.join(format!("f{j}")), b"secret").expect("write");
+    }
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod")
+    };
+    for (p, _) in owners(&sentinel_dir) {
+        let p = Path::new(&p);
+        // Read-only even to root's own user bits: a stray `u+rwx` shows.
+        chmod(p, if p.is_dir() { 0o500 } else { 0o400 });
+    }
+    chmod(&sentinel_file, 0o600);
+    let before = owners(&sentinels);
+
+    host.upload_and_promote("1", &raw_tar_gz(&tree_release()));
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let racer = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={APP_UID}"),
+            &format!("--regid={APP_UID}"),
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_racer"),
+        ])
+        .arg(host.root())
+        .arg(&sentinel_file)
+        .arg(&sentinel_dir)
+        .arg(seconds.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the racer");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let mut version = 1;
+    let mut failed = Vec::new();
+    while std::time::Instant::now() < deadline {
+        version += 1;
+        host.upload_and_promote(&version.to_string(), &raw_tar_gz(&tree_release()));
+        // Every other deploy as the unit runs drover: root with only CAP_CHOWN, CAP_SETUID and
+        // CAP_SETGID, so that pruning must take the old release back from its owner.
+        let mut cmd = host.command(&["once"]);
+        if version % 2 == 0 {
+            let mut capped = std::process::Command::new("setpriv");
+            capped
+                .args([
+                    "--bounding-set=-all,+chown,+setuid,+setgid",
+                    "--inh-caps=-all",
+                ])
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+            cmd = capped;
+        }
+        let out = cmd.output().expect("run drover");
+        if out.status.code() != Some(0) {
+            failed.push(format!("deploy {version}: {}", stderr(&out)));
+        }
+    }
+    let raced = racer.wait_with_output().expect("racer");
+    let report = String::from_utf8_lossy(&raced.stdout).into_owned();
+    let swaps: u64 = report
+        .trim()
+        .strip_prefix("swaps=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    println!(
+        "race: {version} deploys in {seconds} s, racer: {}",
+        report.trim()
+    );
+    assert!(swaps > 0, "the racer never swapped anything: {report}");
+
+    let after = owners(&sentinels);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(p, o)| before.get(*p) != Some(o))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "sentinels changed (owner, group, mode): {changed:?}"
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(host.current(), format!("releases/{version}"));
+    let staging = host.root().join(".staging");
+    assert_eq!(
+        std::fs::metadata(&staging).expect("staging").mode() & 0o7777,
+        0o700
+    );
+    assert_eq!(
+        host.release_dirs().1,
+        Vec::<String>::new(),
+        "staging emptied"
+    );
 }

@@ -121,16 +121,32 @@ pub fn free_space(path: &Path) -> Result<u64, PathError> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Removes a directory tree if it exists. A tree given away with `[release] owner` (or made
-/// read-only by its owner) is taken back first, see [`crate::owner::reclaim_tree`].
-pub fn remove_tree(path: &Path) -> Result<(), PathError> {
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            crate::owner::reclaim_tree(path)?;
-            fs::remove_dir_all(path).at("remove", path)
-        }
-        other => other.at("remove", path),
+/// Whether an I/O error is the machine's own (a full disk, a broken disk, a file system or
+/// process out of something, permissions on our own directories) and would have hit any input,
+/// rather than a consequence of the input itself (a name the file system refuses, one link too
+/// many). Callers decide with it whether to retry later or reject what they were given.
+pub fn is_machine_fault(e: &io::Error) -> bool {
+    const MACHINE: [i32; 14] = [
+        libc::ENOSPC,
+        libc::EDQUOT,
+        libc::EIO,
+        libc::EROFS,
+        libc::ENOMEM,
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::EACCES,
+        libc::EPERM,
+        libc::EBUSY,
+        libc::EAGAIN,
+        libc::EINTR,
+        libc::ESTALE,
+        libc::ETIMEDOUT,
+    ];
+    match e.raw_os_error() {
+        Some(errno) => MACHINE.contains(&errno),
+        // Not from the system: std refusing a path with a NUL byte, say, which only the input
+        // can cause.
+        None => false,
     }
 }
 

@@ -260,7 +260,7 @@ pub fn unpack_local(
         ))
         }
         Err(e) => {
-            let _ = crate::fsutil::remove_tree(dest);
+            let _ = crate::tree::remove_tree(dest);
             Err(format!("{}: {e}", archive.display()))
         }
     }

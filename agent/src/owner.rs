@@ -5,10 +5,6 @@
 //! modules at run time. Users from LDAP or SSSD can be given by number (`"1001:1001"`).
 //! The lookup happens at each deploy, so a user that cloud-init creates after drover starts works.
 
-use std::path::Path;
-
-use crate::fsutil::{IoContext, PathError};
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub uid: u32,
@@ -81,60 +77,6 @@ pub fn lookup(spec: &str) -> Result<Owner, String> {
         .map_err(|e| format!("release.owner {spec:?}: {e}"))
 }
 
-/// Gives everything under `root` to `owner`, links themselves rather than their targets.
-/// `root` itself stays ours: moving a directory into `releases/` (and out, to prune it) needs
-/// write permission on the directory itself, which a root without CAP_DAC_OVERRIDE only has as
-/// its owner. Returns how many entries changed hands.
-pub fn chown_tree(root: &Path, owner: Owner) -> Result<u64, PathError> {
-    let mut count = 0;
-    walk(root, &mut |path, _| {
-        if path != root {
-            std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid)).at("chown", path)?;
-            count += 1;
-        }
-        Ok(())
-    })?;
-    Ok(count)
-}
-
-/// Takes a tree back from its owner so that this process can delete it: every entry becomes
-/// ours and every directory `u+rwx`. Needs CAP_CHOWN for entries owned by someone else, which is
-/// exactly what a release with `[release] owner` has.
-pub fn reclaim_tree(root: &Path) -> Result<(), PathError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    walk(root, &mut |path, meta| {
-        if meta.uid() != uid || meta.gid() != gid {
-            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).at("chown", path)?;
-        }
-        if meta.is_dir() && meta.mode() & 0o700 != 0o700 {
-            let mode = (meta.mode() & 0o7777) | 0o700;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .at("chmod", path)?;
-        }
-        Ok(())
-    })
-}
-
-/// Visits `root`, then (for a directory, before its children are read) everything below it,
-/// without following symlinks.
-fn walk(
-    root: &Path,
-    visit: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), PathError>,
-) -> Result<(), PathError> {
-    let meta = std::fs::symlink_metadata(root).at("stat", root)?;
-    visit(root, &meta)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(root).at("list", root)? {
-            let entry = entry.at("list", root)?;
-            walk(&entry.path(), visit)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,27 +116,5 @@ mod tests {
         for bad in ["", ":", "app:", "a b", "-x", "app:g:h", "root/x"] {
             assert!(check_spec(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn reclaim_makes_a_locked_tree_removable() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("t");
-        std::fs::create_dir_all(tree.join("a/b")).unwrap();
-        std::fs::write(tree.join("a/b/f"), b"x").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", tree.join("a/l")).unwrap();
-        std::fs::set_permissions(tree.join("a"), std::fs::Permissions::from_mode(0o500)).unwrap();
-        reclaim_tree(&tree).unwrap();
-        std::fs::remove_dir_all(&tree).unwrap();
-        // The link was not followed: /etc/passwd kept its mode.
-        assert!(
-            std::fs::metadata("/etc/passwd")
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777
-                != 0o700
-        );
     }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::fsutil::{self, IoContext, PathError};
+use crate::tree;
 use crate::version::Version;
 
 const RELEASES: &str = "releases";
@@ -52,10 +53,25 @@ impl Layout {
     }
 
     /// Creates the directories if needed. The staging area lives under the root so that its
-    /// renames into `releases/` never cross a filesystem.
+    /// renames into `releases/` never cross a filesystem, and is `0700`: nobody else may enter a
+    /// release before it is renamed into place, nor one being pruned after it is moved out.
     pub fn ensure(&self) -> Result<(), PathError> {
-        for dir in [self.releases_dir(), self.staging_dir()] {
-            fs::create_dir_all(&dir).at("create directory", &dir)?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let releases = self.releases_dir();
+        fs::create_dir_all(&releases).at("create directory", &releases)?;
+        let staging = self.staging_dir();
+        match fs::DirBuilder::new().mode(0o700).create(&staging) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => other.at("create directory", &staging)?,
+        }
+        // Made before this rule, or by hand: tighten it.
+        let meta = fs::symlink_metadata(&staging).at("stat", &staging)?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::other("not a directory")).at("check", &staging);
+        }
+        if meta.permissions().mode() & 0o7777 != 0o700 {
+            fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
+                .at("chmod", &staging)?;
         }
         Ok(())
     }
@@ -91,8 +107,9 @@ impl Layout {
         let dir = self
             .staging_dir()
             .join(format!("{purpose}-{version}-{}", std::process::id()));
-        fsutil::remove_tree(&dir)?;
-        fs::create_dir_all(&dir).at("create directory", &dir)?;
+        tree::remove_tree(&dir)?;
+        self.ensure()?;
+        fs::create_dir(&dir).at("create directory", &dir)?;
         Ok(dir)
     }
 
@@ -107,10 +124,7 @@ impl Layout {
         };
         for entry in entries {
             let path = entry.at("list", &staging)?.path();
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => fsutil::remove_tree(&path)?,
-                _ => fs::remove_file(&path).at("remove", &path)?,
-            }
+            tree::remove_tree(&path)?;
             removed.push(path);
         }
         let tmp_link = self.tmp_link();
@@ -185,11 +199,11 @@ impl Layout {
         let trash = self
             .staging_dir()
             .join(format!("discard-{version}-{}", std::process::id()));
-        fsutil::remove_tree(&trash)?;
-        fs::create_dir_all(self.staging_dir()).at("create directory", &self.staging_dir())?;
+        tree::remove_tree(&trash)?;
+        self.ensure()?;
         fs::rename(&src, &trash).at("move out of releases", &src)?;
         fsutil::sync_dir(&self.releases_dir())?;
-        fsutil::remove_tree(&trash)
+        tree::remove_tree(&trash)
     }
 
     fn tmp_link(&self) -> PathBuf {

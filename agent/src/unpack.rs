@@ -3,9 +3,14 @@
 //! The archive is hostile until proven otherwise. The whole artifact is rejected when an entry
 //! would land outside the release (absolute paths, `..`, writing through a symlink, links that
 //! point out, hard links to anything but a regular file unpacked earlier), when it is a device
-//! node or fifo, a duplicate, or when the archive breaks a size or entry-count cap. setuid,
-//! setgid and sticky bits are dropped. Nothing is written outside `dest`: every parent of every
-//! entry is a real directory this unpacker created, and files are created with `O_EXCL`.
+//! node or fifo, a duplicate, or when the archive breaks a size or entry-count cap (every member
+//! counts, `./` and repeated directories too). setuid, setgid and sticky bits, and group and
+//! world write, are dropped: a release is read-only to everyone but its owner. Nothing is
+//! written outside `dest`: every parent of every entry is a real directory this unpacker made,
+//! and files are created with `O_EXCL`. Whatever the system refuses to create from an entry (a
+//! name too long once joined to `dest`, one link too many) is the archive's fault, not the
+//! machine's, unless the reason is the machine's own (a full disk, an I/O error): see
+//! [`UnpackError::is_artifact_fault`].
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -31,6 +36,8 @@ pub struct Unpacked {
     pub bytes: u64,
     /// Entries whose setuid/setgid/sticky bits were dropped.
     pub modes_stripped: u64,
+    /// Entries whose group or world write bits were dropped.
+    pub writable_stripped: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +54,44 @@ pub enum UnpackError {
     },
     #[error("archive is corrupt: {0}")]
     Corrupt(String),
-    /// Writing failed (a full disk, say): not the artifact's fault.
+    /// The system refused to create what `entry` describes.
+    #[error("entry {entry:?}: {op}: {source}")]
+    Refused {
+        entry: String,
+        op: &'static str,
+        source: io::Error,
+    },
+    /// Reading the archive or writing failed outside any one entry: not the artifact's fault.
     #[error(transparent)]
     Io(#[from] PathError),
 }
 
 impl UnpackError {
     /// Whether the artifact itself is bad (reject it) rather than the machine (retry later).
+    /// What the system refuses to make of an entry is the entry's fault, unless the reason is
+    /// one the machine would give any entry (a full disk, an I/O error, no permission on our
+    /// own directories).
     pub fn is_artifact_fault(&self) -> bool {
-        !matches!(self, UnpackError::Io(_))
+        match self {
+            UnpackError::Io(_) => false,
+            UnpackError::Refused { source, .. } => !crate::fsutil::is_machine_fault(source),
+            _ => true,
+        }
+    }
+}
+
+/// Turns an error from creating or changing an entry's file into [`UnpackError::Refused`].
+trait EntryContext<T> {
+    fn refused(self, op: &'static str, entry: &str) -> Result<T, UnpackError>;
+}
+
+impl<T> EntryContext<T> for io::Result<T> {
+    fn refused(self, op: &'static str, entry: &str) -> Result<T, UnpackError> {
+        self.map_err(|source| UnpackError::Refused {
+            entry: shorten(entry),
+            op,
+            source,
+        })
     }
 }
 
@@ -104,6 +140,9 @@ const OVERHEAD_PER_ENTRY: u64 = 3 * 512;
 const MAX_TRAILER: u64 = 1 << 20;
 const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
+/// Deepest nesting of a name; the tree walks that give a release away and prune it
+/// ([`crate::tree`]) hold one descriptor per level.
+const MAX_DEPTH: usize = crate::tree::MAX_DEPTH;
 /// How much of a large file is written before its writeback is started.
 const WRITEBACK_CHUNK: u64 = 8 << 20;
 
@@ -135,6 +174,10 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
         let header_name = String::from_utf8_lossy(&entry.header().path_bytes()).into_owned();
         use tar::EntryType as T;
         let kind = entry.header().entry_type();
+        if kind == T::XGlobalHeader {
+            // Stands alone, so it counts as a member: a stream of them is bounded by the cap.
+            ex.count(&header_name)?;
+        }
         if matches!(
             kind,
             T::GNULongName | T::GNULongLink | T::XHeader | T::XGlobalHeader
@@ -248,8 +291,11 @@ struct Extractor<'a> {
     dest: &'a Path,
     limits: Limits,
     seen: HashMap<String, Kind>,
-    /// Directory modes, applied at the end so a read-only directory cannot block its children.
-    dir_modes: Vec<(String, u32)>,
+    /// Members and directories made for them so far, against `limits.max_entries`.
+    entries: u64,
+    /// Directory modes, applied at the end so a read-only directory cannot block its children;
+    /// one per directory, however often the archive names it.
+    dir_modes: HashMap<String, u32>,
     symlinks: Vec<String>,
     stats: Unpacked,
     buf: Vec<u8>,
@@ -261,11 +307,25 @@ impl<'a> Extractor<'a> {
             dest,
             limits,
             seen: HashMap::new(),
-            dir_modes: Vec::new(),
+            entries: 0,
+            dir_modes: HashMap::new(),
             symlinks: Vec::new(),
             stats: Unpacked::default(),
             buf: vec![0; 256 * 1024],
         }
+    }
+
+    /// Counts one member, or one directory made for one, against the entry cap.
+    fn count(&mut self, name: &str) -> Result<(), UnpackError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(UnpackError::Limit {
+                entry: shorten(name),
+                what: "entry count",
+                limit: self.limits.max_entries,
+            });
+        }
+        Ok(())
     }
 
     fn entry<R: Read>(
@@ -274,23 +334,21 @@ impl<'a> Extractor<'a> {
         entry: &mut tar::Entry<'_, R>,
     ) -> Result<(), UnpackError> {
         let raw_name = String::from_utf8_lossy(&member.name).into_owned();
-        let name = match normalize(&member.name).map_err(|r| unsafe_entry(&raw_name, r))? {
+        let normalized = normalize(&member.name).map_err(|r| unsafe_entry(&raw_name, r))?;
+        self.count(normalized.as_deref().unwrap_or(&raw_name))?;
+        let name = match normalized {
             Some(name) => name,
             None => return Ok(()), // the archive's own root, "./"
         };
-        let count = self.stats.files + self.stats.dirs + self.stats.links + 1;
-        if count > self.limits.max_entries {
-            return Err(UnpackError::Limit {
-                entry: shorten(&name),
-                what: "entry count",
-                limit: self.limits.max_entries,
-            });
-        }
         let header = entry.header();
         let full_mode = header.mode().map_err(corrupt)?;
-        let mode = full_mode & 0o777;
+        // Read-only to all but the owner; see the module's comment.
+        let mode = full_mode & 0o755;
         if full_mode & 0o7000 != 0 {
             self.stats.modes_stripped += 1;
+        }
+        if full_mode & 0o022 != 0 && !header.entry_type().is_symlink() {
+            self.stats.writable_stripped += 1;
         }
         let kind = header.entry_type();
         match self.seen.get(&name) {
@@ -298,8 +356,18 @@ impl<'a> Extractor<'a> {
             Some(_) => return Err(unsafe_entry(&name, "duplicate entry")),
             None => {}
         }
-        self.ensure_parents(&name)?;
         let path = self.dest.join(&name);
+        if path.as_os_str().len() >= MAX_PATH {
+            return Err(unsafe_entry(
+                &name,
+                format!(
+                    "path of {} bytes once unpacked in {}, over the system's limit of {MAX_PATH}",
+                    path.as_os_str().len(),
+                    self.dest.display()
+                ),
+            ));
+        }
+        self.ensure_parents(&name)?;
         use tar::EntryType as T;
         match kind {
             T::Regular | T::Continuous => {
@@ -318,11 +386,11 @@ impl<'a> Extractor<'a> {
             }
             T::Directory => {
                 if !self.seen.contains_key(&name) {
-                    fs::create_dir(&path).at("create directory", &path)?;
+                    fs::create_dir(&path).refused("create directory", &name)?;
                     self.stats.dirs += 1;
                     self.seen.insert(name.clone(), Kind::Dir);
                 }
-                self.dir_modes.push((name, mode | 0o700));
+                self.dir_modes.insert(name, mode | 0o700);
             }
             T::Symlink => {
                 let target = link_target(member, &name)?;
@@ -332,7 +400,7 @@ impl<'a> Extractor<'a> {
                         format!("symlink to {target:?} points outside the release"),
                     ));
                 }
-                std::os::unix::fs::symlink(&target, &path).at("create symlink", &path)?;
+                std::os::unix::fs::symlink(&target, &path).refused("create symlink", &name)?;
                 self.stats.links += 1;
                 self.symlinks.push(name.clone());
                 self.seen.insert(name, Kind::Symlink);
@@ -348,7 +416,7 @@ impl<'a> Extractor<'a> {
                         format!("hard link to {target:?}, which is not a regular file earlier in the archive"),
                     ));
                 }
-                fs::hard_link(self.dest.join(&target), &path).at("create hard link", &path)?;
+                fs::hard_link(self.dest.join(&target), &path).refused("create hard link", &name)?;
                 self.stats.links += 1;
                 self.seen.insert(name, Kind::File);
             }
@@ -386,8 +454,9 @@ impl<'a> Extractor<'a> {
                     return Err(unsafe_entry(name, format!("parent {parent:?} is a file")))
                 }
                 None => {
+                    self.count(parent)?;
                     let path = self.dest.join(parent);
-                    fs::create_dir(&path).at("create directory", &path)?;
+                    fs::create_dir(&path).refused("create directory", parent)?;
                     self.stats.dirs += 1;
                     self.seen.insert(parent.to_owned(), Kind::Dir);
                 }
@@ -410,7 +479,7 @@ impl<'a> Extractor<'a> {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
-            .at("create", path)?;
+            .refused("create", name)?;
         let (mut written, mut kicked) = (0u64, 0u64);
         loop {
             let n = match entry.read(&mut self.buf) {
@@ -419,7 +488,7 @@ impl<'a> Extractor<'a> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(map_read_error(e, name)),
             };
-            out.write_all(&self.buf[..n]).at("write", path)?;
+            out.write_all(&self.buf[..n]).refused("write", name)?;
             self.stats.bytes += n as u64;
             written += n as u64;
             if written - kicked >= WRITEBACK_CHUNK {
@@ -431,7 +500,7 @@ impl<'a> Extractor<'a> {
             crate::fsutil::start_writeback(&out, kicked, written - kicked);
         }
         out.set_permissions(fs::Permissions::from_mode(mode))
-            .at("chmod", path)?;
+            .refused("chmod", name)?;
         Ok(())
     }
 
@@ -440,14 +509,29 @@ impl<'a> Extractor<'a> {
             resolve_inside(self.dest, link).map_err(|r| unsafe_entry(link, r))?;
         }
         // Deepest first, so that a directory's own mode never stops us changing its children.
-        self.dir_modes
-            .sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
-        for (name, mode) in &self.dir_modes {
+        let mut dir_modes: Vec<_> = self.dir_modes.drain().collect();
+        dir_modes.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        for (name, mode) in &dir_modes {
             let path = self.dest.join(name);
-            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).at("chmod", &path)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).refused("chmod", name)?;
         }
         Ok(self.stats)
     }
+}
+
+/// What was taken off the archive's modes, for the "Unpacked" message: empty when nothing was.
+pub fn stripped_note(stats: &Unpacked) -> String {
+    let mut note = String::new();
+    if stats.modes_stripped > 0 {
+        note += &format!(
+            "; dropped setuid/setgid/sticky bits of {}",
+            stats.modes_stripped
+        );
+    }
+    if stats.writable_stripped > 0 {
+        note += &format!("; dropped group/world write of {}", stats.writable_stripped);
+    }
+    note
 }
 
 fn link_target(member: &Member, name: &str) -> Result<String, UnpackError> {
@@ -460,6 +544,15 @@ fn link_target(member: &Member, name: &str) -> Result<String, UnpackError> {
         .to_owned();
     if target.is_empty() {
         return Err(unsafe_entry(name, "link with an empty target"));
+    }
+    if target.contains('\0') {
+        return Err(unsafe_entry(name, "link target contains a NUL byte"));
+    }
+    if target.len() >= MAX_PATH {
+        return Err(unsafe_entry(
+            name,
+            format!("link target longer than {} bytes", MAX_PATH - 1),
+        ));
     }
     if target.starts_with('/') {
         return Err(unsafe_entry(
@@ -488,6 +581,9 @@ pub fn normalize(raw: &[u8]) -> Result<Option<String>, String> {
             p if p.contains('\0') => return Err("name contains a NUL byte".into()),
             p => parts.push(p),
         }
+    }
+    if parts.len() > MAX_DEPTH {
+        return Err(format!("path deeper than {MAX_DEPTH} directory levels"));
     }
     Ok((!parts.is_empty()).then(|| parts.join("/")))
 }
@@ -729,6 +825,110 @@ mod tests {
                 0o755
             );
         }
+    }
+
+    /// Issue 13, finding 4: `./` and a directory named again are members like any other, and a
+    /// repeated directory costs no memory.
+    #[test]
+    fn every_member_counts_against_the_entry_cap() {
+        use tar::EntryType as T;
+        let limits = Limits {
+            max_unpacked_size: 1 << 20,
+            max_entries: 10,
+        };
+        for name in ["./", "d/"] {
+            let many = (0..11).fold(Tgz::new(), |t, _| {
+                t.entry(name, T::Directory, 0o755, "", b"")
+            });
+            let (_d, result) = run_with(&many.gz(), limits);
+            assert!(
+                matches!(
+                    result,
+                    Err(UnpackError::Limit {
+                        what: "entry count",
+                        ..
+                    })
+                ),
+                "{name}: {result:?}"
+            );
+        }
+        // Directories made for a member's parents count too.
+        let deep = Tgz::new().file("a/b/c/d/e/f/g/h/i/j/k", b"x");
+        let (_d, result) = run_with(&deep.gz(), limits);
+        assert!(
+            matches!(
+                result,
+                Err(UnpackError::Limit {
+                    what: "entry count",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        let fine = (0..10).fold(Tgz::new(), |t, _| {
+            t.entry("d/", T::Directory, 0o750, "", b"")
+        });
+        let (_d, result) = run_with(&fine.gz(), limits);
+        assert_eq!(result.unwrap().dirs, 1);
+    }
+
+    /// Issue 13, finding 3: what the system refuses to make of an entry is the archive's fault.
+    #[test]
+    fn entries_the_system_refuses_are_the_archives_fault() {
+        use tar::EntryType as T;
+        // A NUL byte in a symlink target, as a PAX linkpath can carry.
+        let mut pax = Vec::new();
+        let record = b"linkpath=a\0b\n";
+        let len = record.len() + 3;
+        pax.extend_from_slice(format!("{len} ").as_bytes());
+        pax.extend_from_slice(record);
+        let nul = Tgz::new()
+            .entry("././@PaxHeader", T::XHeader, 0o644, "", &pax)
+            .entry("l", T::Symlink, 0o777, "x", b"")
+            .gz();
+        assert!(
+            unsafe_reason(&nul).contains("NUL"),
+            "{}",
+            unsafe_reason(&nul)
+        );
+        // Too deep for the tree walks.
+        let deep = vec!["d"; MAX_DEPTH + 1].join("/");
+        assert!(normalize(deep.as_bytes()).unwrap_err().contains("deeper"));
+        // Whatever errno the system gives for an entry: the artifact's fault, unless it is the
+        // machine's own.
+        let refused = |errno| UnpackError::Refused {
+            entry: "x".into(),
+            op: "create hard link",
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(refused(libc::EMLINK).is_artifact_fault());
+        assert!(refused(libc::ENAMETOOLONG).is_artifact_fault());
+        assert!(refused(libc::EINVAL).is_artifact_fault());
+        assert!(!refused(libc::ENOSPC).is_artifact_fault());
+        assert!(!refused(libc::EIO).is_artifact_fault());
+    }
+
+    /// Issue 13, finding 9: no group or world write survives, and a sticky directory does not
+    /// become a plain world-writable one.
+    #[test]
+    fn group_and_world_write_are_dropped() {
+        use tar::EntryType as T;
+        let bytes = Tgz::new()
+            .entry("open", T::Directory, 0o777, "", b"")
+            .entry("tmp", T::Directory, 0o1777, "", b"")
+            .entry("open/f", T::Regular, 0o666, "", b"x")
+            .entry("g", T::Regular, 0o775, "", b"x")
+            .gz();
+        let (dir, result) = run(&bytes);
+        let stats = result.unwrap();
+        assert_eq!(stats.writable_stripped, 4);
+        let out = dir.path().join("out");
+        let mode = |p: &str| fs::metadata(out.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("open"), 0o755);
+        assert_eq!(mode("tmp"), 0o755);
+        assert_eq!(mode("open/f"), 0o644);
+        assert_eq!(mode("g"), 0o755);
+        assert!(stripped_note(&stats).contains("group/world write of 4"));
     }
 
     #[test]

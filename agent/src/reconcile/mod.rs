@@ -766,7 +766,7 @@ where
     ) -> Result<(), FetchFailure> {
         let staging = self.layout.new_staging("fetch", &desired.version)?;
         let result = self.fetch_into(&staging, desired, fields).await;
-        let _ = crate::fsutil::remove_tree(&staging);
+        let _ = crate::tree::remove_tree(&staging);
         result
     }
 
@@ -848,7 +848,7 @@ where
         let (src, dst) = (tarball.clone(), unpacked.clone());
         let (stats, given) = tokio::task::spawn_blocking(move || -> Result<_, FetchFailure> {
             let stats = unpack::unpack(&src, &dst, &limits)?;
-            let given = owner.map(|o| owner::chown_tree(&dst, o)).transpose()?;
+            let given = owner.map(|o| crate::tree::give_tree(&dst, o)).transpose()?;
             // One flush for the files and their owner, before the rename makes them a release.
             crate::fsutil::sync_filesystem(&dst)?;
             Ok((stats, given))
@@ -863,17 +863,14 @@ where
             links = stats.links,
             bytes = stats.bytes,
             modes_stripped = stats.modes_stripped,
+            writable_stripped = stats.writable_stripped,
             "Unpacked {}: {} files, {} directories, {} links, {} bytes{}",
             desired.version,
             stats.files,
             stats.dirs,
             stats.links,
             stats.bytes,
-            if stats.modes_stripped > 0 {
-                format!("; dropped setuid/setgid/sticky bits of {}", stats.modes_stripped)
-            } else {
-                String::new()
-            }
+            unpack::stripped_note(&stats)
         );
         if let (Some(given), Some(spec)) = (given, &self.config.release.owner) {
             tracing::info!(target: "drover", version = desired.version.as_str(), owner = %spec,
