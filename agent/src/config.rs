@@ -73,6 +73,17 @@ impl Artifact {
     pub fn key_for(&self, version: &crate::version::Version) -> String {
         self.key.replace("{version}", version.as_str())
     }
+
+    /// What `version`'s signature must be bound to: its key, its version, and whether the key's
+    /// file name tells versions apart (`{version}` in the template's last segment).
+    pub fn binding(&self, version: &crate::version::Version) -> crate::signature::Binding {
+        crate::signature::Binding {
+            key: self.key_for(version),
+            version: version.as_str().to_owned(),
+            file_name_carries_version: (self.key.rsplit('/').next())
+                .is_some_and(|last| last.contains("{version}")),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -805,6 +816,26 @@ endpoint_url = "http://127.0.0.1:5005"
         assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5005"));
         let v = crate::version::Version::parse("1.4.2").unwrap();
         assert_eq!(c.artifact.key_for(&v), "releases/1.4.2.tar.gz");
+        assert!(c.artifact.binding(&v).file_name_carries_version);
+    }
+
+    #[test]
+    fn a_file_name_binds_the_version_only_when_it_carries_it() {
+        let v = crate::version::Version::parse("2.0").unwrap();
+        for (key, carries) in [
+            ("releases/{version}.tar.gz", true),
+            ("{version}.tgz", true),
+            ("app/app-{version}.tar.gz", true),
+            ("releases/{version}/app.tar.gz", false),
+            ("{version}/app.tar.gz", false),
+            ("{version}/{version}/app.tar.gz", false),
+        ] {
+            let c = parse(&format!("{MINIMAL}key = \"{key}\"\n")).unwrap();
+            let b = c.artifact.binding(&v);
+            assert_eq!(b.file_name_carries_version, carries, "{key}");
+            assert_eq!(b.key, key.replace("{version}", "2.0"));
+            assert_eq!(b.version, "2.0");
+        }
     }
 
     fn invalid_key(text: &str) -> String {
