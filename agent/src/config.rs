@@ -27,9 +27,17 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
-    /// Whoever can write the config can deploy anything as root.
-    #[error("config {path} is world-writable (mode {mode:04o}): anyone on this machine could point drover at another bucket; run chmod o-w {path}")]
-    WorldWritable { path: PathBuf, mode: u32 },
+    /// Whoever can write the config can deploy anything as root: it, and the way to it, must be
+    /// root's (see [`crate::trusted`]).
+    #[error(
+        "config {path} is not safe to act on: {source}; whoever can change it can make drover \
+         deploy anything as root. Fix: {fix}"
+    )]
+    Untrusted {
+        path: PathBuf,
+        source: crate::trusted::TrustError,
+        fix: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -272,23 +280,21 @@ mod raw {
 }
 
 impl Config {
+    /// Reads the config at `path`, if only root (or the user running drover) can have written it
+    /// ([`crate::trusted`]), and checks it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        use std::os::unix::fs::PermissionsExt;
-        let read_error = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mode = std::fs::metadata(path)
-            .map_err(read_error)?
-            .permissions()
-            .mode();
-        if mode & 0o002 != 0 {
-            return Err(ConfigError::WorldWritable {
+        use crate::trusted::TrustError;
+        let text = crate::trusted::read_to_string(path).map_err(|e| match e {
+            TrustError::Io(source) => ConfigError::Read {
                 path: path.to_owned(),
-                mode: mode & 0o7777,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
+                source,
+            },
+            untrusted => ConfigError::Untrusted {
+                path: path.to_owned(),
+                fix: untrusted.fix().unwrap_or_default(),
+                source: untrusted,
+            },
+        })?;
         Self::parse(&text, path)
     }
 

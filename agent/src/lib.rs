@@ -33,6 +33,7 @@ pub mod state;
 pub mod store;
 pub mod systemd;
 pub mod tarheader;
+pub mod trusted;
 pub mod unpack;
 pub mod userdata;
 pub mod version;
