@@ -325,6 +325,60 @@ fn a_config_that_others_could_have_written_is_refused() {
     );
 }
 
+/// Issue 13, finding 8: with `[release] owner`, the owner can rewrite the release's hooks, so
+/// they run as the owner, never as root: `[hooks] user` naming root (any spelling) with an
+/// owner is refused (exit 2) before anything is fetched.
+#[test]
+fn hooks_run_as_the_release_owner_never_as_root_over_its_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new("hooks-owner");
+    // The hook, as nobody, must be able to reach its release directory.
+    std::fs::set_permissions(host.world.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let with = |name: &str, hooks_user: Option<&str>| {
+        let mut text = std::fs::read_to_string(&host.config)
+            .unwrap()
+            .replace("keep = 2", "keep = 2\nowner = \"nobody\"");
+        if let Some(user) = hooks_user {
+            text += &format!("[hooks]\nuser = \"{user}\"\n");
+        }
+        let path = host.world.dir().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let dir = drover_tests::release::app_dir(&host.world.artifacts_dir(), "1.0.0", true);
+    let hook = dir.join("hooks/pre-activate");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(&hook, "#!/bin/sh\necho \"pre-activate as $(id -un)\"\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    host.world.publish("1.0.0", &dir);
+    host.world.promote("1.0.0");
+
+    for root in ["root", "0", "0:0", "root:nogroup"] {
+        let config = with("root-hooks.toml", Some(root));
+        for command in ["once", "doctor"] {
+            let out = drover_with(&config, &[command]);
+            let text = stderr(&out) + &stdout(&out);
+            assert_eq!(out.status.code(), Some(2), "{root} {command}: {text}");
+            assert!(
+                text.contains(&format!("key hooks.user: \"{root}\" is root (uid 0)"))
+                    && text.contains("release.owner \"nobody\""),
+                "{root} {command}: {text}"
+            );
+        }
+    }
+    assert_eq!(host.current(), "", "nothing was deployed");
+
+    // Without [hooks] user, the hook runs as the owner.
+    let out = drover_with(&with("owner.toml", None), &["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pre-activate as nobody"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.current(), "releases/1.0.0");
+}
+
 #[test]
 fn doctor_says_what_is_wrong_and_what_to_do() {
     let host = Host::new("doctor");

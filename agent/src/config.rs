@@ -281,7 +281,7 @@ mod raw {
 
 impl Config {
     /// Reads the config at `path`, if only root (or the user running drover) can have written it
-    /// ([`crate::trusted`]), and checks it.
+    /// ([`crate::trusted`]), and checks it, also against this machine's users.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         use crate::trusted::TrustError;
         let text = crate::trusted::read_to_string(path).map_err(|e| match e {
@@ -295,7 +295,21 @@ impl Config {
                 source: untrusted,
             },
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        // Names as well as numbers, now that the machine's users are at hand. A user that does
+        // not exist yet is checked again when a hook runs.
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        check_hooks_user(
+            config.hooks.user.as_deref(),
+            config.release.owner.as_deref(),
+            |spec| spec_uid(spec, &passwd),
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "hooks.user",
+            reason,
+        })?;
+        Ok(config)
     }
 
     /// Parses config text; `path` is only used to name the file in errors.
@@ -555,6 +569,11 @@ impl Config {
         if let Some(spec) = &hooks.user {
             crate::owner::check_spec(spec).map_err(|e| invalid("hooks.user", e))?;
         }
+        // Without this machine's users: root by name or number.
+        check_hooks_user(hooks.user.as_deref(), owner.as_deref(), |spec| {
+            spec_uid(spec, "")
+        })
+        .map_err(|e| invalid("hooks.user", e))?;
 
         let environment = match raw.environment {
             Some(raw::Environment { path: None, file }) => {
@@ -619,6 +638,40 @@ impl Config {
             agent: Agent { state_dir },
         })
     }
+}
+
+/// `[hooks] user` must not be root while `[release] owner` gives the release's files, its hooks
+/// among them, to another user: root would run files that user can rewrite. `uid` gives a
+/// `user[:group]`'s uid where it is known; an owner whose uid is unknown counts as not root.
+pub fn check_hooks_user(
+    hooks_user: Option<&str>,
+    owner: Option<&str>,
+    uid: impl Fn(&str) -> Option<u32>,
+) -> Result<(), String> {
+    let (Some(user), Some(owner)) = (hooks_user, owner) else {
+        return Ok(());
+    };
+    if uid(user) != Some(0) || uid(owner) == Some(0) {
+        return Ok(());
+    }
+    Err(format!(
+        "{user:?} is root (uid 0), and release.owner {owner:?} owns the release's files, its \
+         hooks among them: root would run hooks that {owner:?} can rewrite. Remove hooks.user \
+         (hooks then run as release.owner) or name a user without privileges"
+    ))
+}
+
+/// The uid a `user[:group]` names: `root` and numbers as written, other names from `passwd`
+/// (the text of `/etc/passwd`).
+pub fn spec_uid(spec: &str, passwd: &str) -> Option<u32> {
+    let user = spec.split(':').next().unwrap_or(spec);
+    if user == "root" {
+        return Some(0);
+    }
+    if let Ok(uid) = user.parse() {
+        return Some(uid);
+    }
+    crate::owner::resolve(user, passwd, "").ok().map(|o| o.uid)
 }
 
 pub(crate) fn is_unit_name(name: &str) -> bool {
@@ -747,6 +800,57 @@ mod tests {
                 "the webhook URL is not repeated: {e}"
             );
         }
+    }
+
+    #[test]
+    fn hooks_never_run_as_root_over_files_the_owner_can_rewrite() {
+        let config = |hooks: &str, owner: &str| {
+            let mut text = MINIMAL.to_owned();
+            if !owner.is_empty() {
+                text += &format!("[release]\nowner = \"{owner}\"\n");
+            }
+            if !hooks.is_empty() {
+                text += &format!("[hooks]\nuser = \"{hooks}\"\n");
+            }
+            parse(&text)
+        };
+        for root in ["root", "0", "0:0", "root:app", "0:1002", "00"] {
+            let e = config(root, "app").unwrap_err().to_string();
+            assert!(
+                e.contains("key hooks.user:") && e.contains("release.owner \"app\""),
+                "{root}: {e}"
+            );
+        }
+        // Root over root's files, anyone without an owner, the owner itself: as before.
+        for (hooks, owner) in [
+            ("root", ""),
+            ("0", ""),
+            ("root", "root"),
+            ("root", "0:app"),
+            ("app", "app"),
+            ("", "app"),
+            ("deploy", "app"),
+            ("1001", "app"),
+        ] {
+            assert!(config(hooks, owner).is_ok(), "{hooks:?} {owner:?}");
+        }
+
+        // A name that is uid 0 on this machine is caught where /etc/passwd is read.
+        let passwd = "root:x:0:0::/root:/bin/sh\ntoor:x:0:0::/root:/bin/sh\n\
+                      app:x:1001:1002::/home/app:/bin/sh\n";
+        let uid = |spec: &str| spec_uid(spec, passwd);
+        assert_eq!(uid("toor:app"), Some(0));
+        assert_eq!(uid("app"), Some(1001));
+        assert_eq!(uid("1500:7"), Some(1500));
+        assert_eq!(uid("nobody-yet"), None);
+        assert!(check_hooks_user(Some("toor"), Some("app"), uid).is_err());
+        assert!(check_hooks_user(Some("toor"), Some("nobody-yet"), uid).is_err());
+        assert!(check_hooks_user(Some("toor"), Some("toor"), uid).is_ok());
+        assert!(check_hooks_user(Some("app"), Some("toor"), uid).is_ok());
+        assert!(check_hooks_user(Some("nobody-yet"), Some("app"), uid).is_ok());
+        assert!(check_hooks_user(Some("toor"), None, uid).is_ok());
+        // Without /etc/passwd, only root by name or number.
+        assert!(check_hooks_user(Some("toor"), Some("app"), |s| spec_uid(s, "")).is_ok());
     }
 
     #[test]
