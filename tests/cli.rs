@@ -178,14 +178,205 @@ fn bad_config_and_usage_exit_2_naming_the_key() {
     let out = drover_with(&open, &["once"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("is world-writable (mode 0666)")
-            && stderr(&out).contains("chmod o-w"),
+        stderr(&out).contains("is writable by group or others (mode 0666)")
+            && stderr(&out).contains("chmod go-w"),
         "{}",
         stderr(&out)
     );
 
     assert_eq!(host.drover(&["no-such-command"]).status.code(), Some(2));
     assert_eq!(host.drover(&["publish"]).status.code(), Some(2));
+}
+
+/// Issue 13, finding 7: whoever can change the config can deploy anything as root. A config
+/// that someone other than root could have written, or reached through a link, is refused by
+/// every command (exit 2), naming the file or directory at fault and the fix.
+#[test]
+fn a_config_that_others_could_have_written_is_refused() {
+    use std::os::unix::fs::{chown, symlink, PermissionsExt};
+    let host = Host::new("untrusted-config");
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let copy = |name: &str| {
+        let path = host.world.dir().join(name);
+        std::fs::copy(&host.config, &path).unwrap();
+        path
+    };
+    let refused = |config: &Path, at: &Path, why: &str, fix: &str| {
+        let what = format!(
+            "config {} is not safe to act on: {} {why}",
+            config.display(),
+            at.display()
+        );
+        for args in [&["once"][..], &["status"], &["promote", "1.0.0"]] {
+            let out = drover_with(config, args);
+            let e = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+            assert!(e.contains(&what), "{args:?}: {e} lacks {what:?}");
+            assert!(e.contains(fix), "{args:?}: {e} lacks {fix:?}");
+        }
+    };
+    // The harness's own config passes: root's, 0644, in a 0700 directory under a sticky /tmp.
+    assert_eq!(host.drover(&["status"]).status.code(), Some(0));
+
+    let group = copy("group.toml");
+    mode(&group, 0o664);
+    refused(
+        &group,
+        &group,
+        "is writable by group or others (mode 0664)",
+        &format!(
+            "Fix: chown root:root {0} && chmod go-w {0}",
+            group.display()
+        ),
+    );
+
+    let theirs = copy("theirs.toml");
+    chown(&theirs, Some(65534), Some(65534)).unwrap();
+    refused(
+        &theirs,
+        &theirs,
+        "is owned by uid 65534, not root",
+        &format!(
+            "Fix: chown root:root {0} && chmod go-w {0}",
+            theirs.display()
+        ),
+    );
+
+    // A link to a good config: whoever placed it chose what root reads.
+    let link = host.world.dir().join("link.toml");
+    symlink(&host.config, &link).unwrap();
+    refused(&link, &link, "is a symbolic link", "realpath");
+
+    // A good config in a directory others can write to (and so replace the file in).
+    let shared = host.world.dir().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let inside = shared.join("drover.toml");
+    std::fs::copy(&host.config, &inside).unwrap();
+    mode(&shared, 0o775);
+    refused(
+        &inside,
+        &shared,
+        "is writable by group or others (mode 0775)",
+        &format!("chmod go-w {}", shared.display()),
+    );
+    // Put right, it is accepted; and so through a link to its directory that only root could
+    // have placed.
+    mode(&shared, 0o755);
+    assert_eq!(drover_with(&inside, &["status"]).status.code(), Some(0));
+    let via = host.world.dir().join("via");
+    symlink(&shared, &via).unwrap();
+    let out = drover_with(&via.join("drover.toml"), &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // doctor says it as a failed check, and checks nothing else with such a config.
+    let out = drover_with(&group, &["doctor"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "FAIL  config: {0} is not safe to act on: {0} is writable",
+            group.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "fix: chown root:root {0} && chmod go-w {0}",
+            group.display()
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with("1 of 1 checks failed\n"), "{text}");
+
+    // An operator's own config, for the commands run as that operator: theirs is fine for them.
+    mode(host.world.dir(), 0o755);
+    let operator = host.world.dir().join("operator");
+    std::fs::create_dir(&operator).unwrap();
+    chown(&operator, Some(65534), Some(65534)).unwrap();
+    let own = operator.join("drover.toml");
+    std::fs::copy(&host.config, &own).unwrap();
+    chown(&own, Some(65534), Some(65534)).unwrap();
+    let as_nobody = |config: &Path| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(drover_tests::drover_bin())
+            .arg("--config")
+            .arg(config)
+            .args(["promote", "--rollout", "{", "1.0.0"]);
+        cmd.output().unwrap()
+    };
+    // Past the config (the bad --rollout is what stops it: exit 1), without touching AWS.
+    let out = as_nobody(&own);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not JSON"), "{}", stderr(&out));
+    // Root's is too; but not one others can write.
+    let roots = operator.join("root.toml");
+    std::fs::copy(&host.config, &roots).unwrap();
+    assert_eq!(as_nobody(&roots).status.code(), Some(1));
+    mode(&roots, 0o666);
+    let out = as_nobody(&roots);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Fix: chown 65534 "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Issue 13, finding 8: with `[release] owner`, the owner can rewrite the release's hooks, so
+/// they run as the owner, never as root: `[hooks] user` naming root (any spelling) with an
+/// owner is refused (exit 2) before anything is fetched.
+#[test]
+fn hooks_run_as_the_release_owner_never_as_root_over_its_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new("hooks-owner");
+    // The hook, as nobody, must be able to reach its release directory.
+    std::fs::set_permissions(host.world.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let with = |name: &str, hooks_user: Option<&str>| {
+        let mut text = std::fs::read_to_string(&host.config)
+            .unwrap()
+            .replace("keep = 2", "keep = 2\nowner = \"nobody\"");
+        if let Some(user) = hooks_user {
+            text += &format!("[hooks]\nuser = \"{user}\"\n");
+        }
+        let path = host.world.dir().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let dir = drover_tests::release::app_dir(&host.world.artifacts_dir(), "1.0.0", true);
+    let hook = dir.join("hooks/pre-activate");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(&hook, "#!/bin/sh\necho \"pre-activate as $(id -un)\"\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    host.world.publish("1.0.0", &dir);
+    host.world.promote("1.0.0");
+
+    for root in ["root", "0", "0:0", "root:nogroup"] {
+        let config = with("root-hooks.toml", Some(root));
+        for command in ["once", "doctor"] {
+            let out = drover_with(&config, &[command]);
+            let text = stderr(&out) + &stdout(&out);
+            assert_eq!(out.status.code(), Some(2), "{root} {command}: {text}");
+            assert!(
+                text.contains(&format!("key hooks.user: \"{root}\" is root (uid 0)"))
+                    && text.contains("release.owner \"nobody\""),
+                "{root} {command}: {text}"
+            );
+        }
+    }
+    assert_eq!(host.current(), "", "nothing was deployed");
+
+    // Without [hooks] user, the hook runs as the owner.
+    let out = drover_with(&with("owner.toml", None), &["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pre-activate as nobody"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.current(), "releases/1.0.0");
 }
 
 #[test]

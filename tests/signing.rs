@@ -45,14 +45,17 @@ fn minisign(flags: &[&str], paths: &[&Path]) -> String {
 
 /// `minisign -S` of `file` (legacy with `-l`), as the file would be named in the bucket.
 fn sign(secret: &Path, file: &Path, legacy: bool) -> Vec<u8> {
+    sign_with(secret, file, if legacy { &["-l"] } else { &[] })
+}
+
+/// `minisign -S FLAGS...` of `file` (`-t COMMENT`, say): the signature file's bytes.
+fn sign_with(secret: &Path, file: &Path, flags: &[&str]) -> Vec<u8> {
     let sig = file.with_extension("gz.minisig");
-    let mut flags = vec!["-S"];
-    if legacy {
-        flags.push("-l");
-    }
-    flags.extend(["-s"]);
+    let mut all = vec!["-S"];
+    all.extend(flags);
+    all.push("-s");
     minisign(
-        &flags,
+        &all,
         &[secret, Path::new("-m"), file, Path::new("-x"), &sig],
     );
     fs::read(&sig).unwrap()
@@ -178,7 +181,10 @@ fn only_artifacts_signed_by_a_trusted_key_are_deployed() {
 
     // 1.1.0, signed and genuine, replayed as 1.6.0.
     case.upload("1.6.0", &signed_110.0, Some(&signed_110.1));
-    case.rejected("1.6.0", "names \"timestamp:");
+    case.rejected(
+        "1.6.0",
+        "does not bind the signature to releases/1.6.0.tar.gz (version 1.6.0)",
+    );
 
     // Rotation: trust both keys, publish with the new one through `drover publish --sign`...
     let text = fs::read_to_string(&host.config).unwrap();
@@ -230,4 +236,100 @@ fn only_artifacts_signed_by_a_trusted_key_are_deployed() {
         Some(&sign(&old_key, &t, false)),
     );
     case.rejected("1.8.0", "which is not in trusted_keys");
+}
+
+/// Issue 13, finding 2: with `{version}` in a directory of the key, every version's file is
+/// `app.tar.gz`, and minisign's default trusted comment (`file:app.tar.gz`) names no version.
+/// Whoever can write to the bucket, but not sign, must not get a signed 1.0.0 deployed as 2.0.0.
+#[test]
+fn a_signed_release_copied_to_another_versions_directory_is_rejected() {
+    let world = World::new("signing-dir");
+    let keys = world.dir().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let (public, secret) = keypair(&keys, "release");
+    let endpoint = world.moto.endpoint();
+    let artifact =
+        format!("key = \"releases/{{version}}/app.tar.gz\"\ntrusted_keys = [\"{public}\"]");
+    let host = Host::with_artifact_keys(world, &endpoint, &artifact, "");
+    let case = Case { host: &host };
+    let (moto, bucket) = (&host.world.moto, &host.world.bucket);
+    let key = |version: &str, suffix: &str| format!("releases/{version}/app.tar.gz{suffix}");
+    // The tarball of `version` as `app.tar.gz`, in a directory of its own: what minisign signs.
+    let tarball = |version: &str| {
+        let dir = host.world.artifacts_dir().join(version);
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("app.tar.gz");
+        fs::rename(case.tarball(version), &file).unwrap();
+        file
+    };
+    let upload = |version: &str, body: &[u8], signature: &[u8]| {
+        moto.put_object(bucket, &key(version, ".minisig"), signature);
+        let sums = format!("{}  app.tar.gz\n", drover_tests::sha256_hex(body));
+        moto.put_object(bucket, &key(version, ".sha256"), sums.as_bytes());
+        moto.put_object(bucket, &key(version, ""), body);
+        host.world.promote(version);
+    };
+
+    // 1.0.0, published and signed by drover: its comment names the version too, as minisign
+    // itself shows.
+    let t = tarball("1.0.0");
+    let out = host.drover(&[
+        "publish",
+        "--version",
+        "1.0.0",
+        "--sign",
+        secret.to_str().unwrap(),
+        t.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    host.world.promote("1.0.0");
+    case.deployed("1.0.0");
+    let published: Vec<Vec<u8>> = ["", ".sha256", ".minisig"]
+        .iter()
+        .map(|suffix| moto.get_object(bucket, &key("1.0.0", suffix)).unwrap())
+        .collect();
+    fs::write(t.with_extension("gz.minisig"), &published[2]).unwrap();
+    let verified = minisign(
+        &["-V", "-p"],
+        &[&keys.join("release.pub"), Path::new("-m"), &t],
+    );
+    assert!(
+        verified.contains("\tfile:app.tar.gz\tversion:1.0.0\t"),
+        "{verified}"
+    );
+
+    // The attack: 1.0.0's tarball, digest and signature copied to 2.0.0's directory.
+    for (suffix, body) in ["", ".sha256", ".minisig"].iter().zip(&published) {
+        moto.put_object(bucket, &key("2.0.0", suffix), body);
+    }
+    host.world.promote("2.0.0");
+    case.rejected(
+        "2.0.0",
+        "does not bind the signature to releases/2.0.0/app.tar.gz (version 2.0.0): it must hold \
+         version:2.0.0 or key:releases/2.0.0/app.tar.gz",
+    );
+
+    // The genuine 2.0.0, signed with plain minisign and the version as its trusted comment.
+    let t = tarball("2.0.0");
+    upload(
+        "2.0.0",
+        &fs::read(&t).unwrap(),
+        &sign_with(&secret, &t, &["-t", "version:2.0.0"]),
+    );
+    case.deployed("2.0.0");
+
+    // minisign's default comment names only app.tar.gz, the same for every version: refused.
+    let t = tarball("3.0.0");
+    upload("3.0.0", &fs::read(&t).unwrap(), &sign(&secret, &t, false));
+    case.rejected("3.0.0", "\"timestamp:");
+
+    // The full key works as well; a key token naming another version does not.
+    let t = tarball("4.0.0");
+    let body = fs::read(&t).unwrap();
+    let other = "key:releases/4.0.1/app.tar.gz";
+    upload("4.0.0", &body, &sign_with(&secret, &t, &["-t", other]));
+    case.rejected("4.0.0", other);
+    let comment = "timestamp:1\tkey:releases/4.0.0/app.tar.gz";
+    upload("4.0.0", &body, &sign_with(&secret, &t, &["-t", comment]));
+    case.deployed("4.0.0");
 }

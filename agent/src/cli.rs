@@ -158,6 +158,12 @@ pub fn main() -> ExitCode {
     }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
+        // No other check runs on a config that is not to be trusted: it names the endpoints
+        // the instance's credentials would be sent to.
+        Err(e) if matches!(cli.command, Command::Doctor) => {
+            print!("{}", crate::doctor::config_failed(&e).render());
+            return ExitCode::from(BAD_CONFIG);
+        }
         Err(e) => {
             eprintln!("drover: {e}");
             return ExitCode::from(BAD_CONFIG);

@@ -27,9 +27,17 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
-    /// Whoever can write the config can deploy anything as root.
-    #[error("config {path} is world-writable (mode {mode:04o}): anyone on this machine could point drover at another bucket; run chmod o-w {path}")]
-    WorldWritable { path: PathBuf, mode: u32 },
+    /// Whoever can write the config can deploy anything as root: it, and the way to it, must be
+    /// root's (see [`crate::trusted`]).
+    #[error(
+        "config {path} is not safe to act on: {source}; whoever can change it can make drover \
+         deploy anything as root. Fix: {fix}"
+    )]
+    Untrusted {
+        path: PathBuf,
+        source: crate::trusted::TrustError,
+        fix: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +80,17 @@ pub struct Artifact {
 impl Artifact {
     pub fn key_for(&self, version: &crate::version::Version) -> String {
         self.key.replace("{version}", version.as_str())
+    }
+
+    /// What `version`'s signature must be bound to: its key, its version, and whether the key's
+    /// file name tells versions apart (`{version}` in the template's last segment).
+    pub fn binding(&self, version: &crate::version::Version) -> crate::signature::Binding {
+        crate::signature::Binding {
+            key: self.key_for(version),
+            version: version.as_str().to_owned(),
+            file_name_carries_version: (self.key.rsplit('/').next())
+                .is_some_and(|last| last.contains("{version}")),
+        }
     }
 }
 
@@ -261,24 +280,36 @@ mod raw {
 }
 
 impl Config {
+    /// Reads the config at `path`, if only root (or the user running drover) can have written it
+    /// ([`crate::trusted`]), and checks it, also against this machine's users.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        use std::os::unix::fs::PermissionsExt;
-        let read_error = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mode = std::fs::metadata(path)
-            .map_err(read_error)?
-            .permissions()
-            .mode();
-        if mode & 0o002 != 0 {
-            return Err(ConfigError::WorldWritable {
+        use crate::trusted::TrustError;
+        let text = crate::trusted::read_to_string(path).map_err(|e| match e {
+            TrustError::Io(source) => ConfigError::Read {
                 path: path.to_owned(),
-                mode: mode & 0o7777,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
-        Self::parse(&text, path)
+                source,
+            },
+            untrusted => ConfigError::Untrusted {
+                path: path.to_owned(),
+                fix: untrusted.fix().unwrap_or_default(),
+                source: untrusted,
+            },
+        })?;
+        let config = Self::parse(&text, path)?;
+        // Names as well as numbers, now that the machine's users are at hand. A user that does
+        // not exist yet is checked again when a hook runs.
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        check_hooks_user(
+            config.hooks.user.as_deref(),
+            config.release.owner.as_deref(),
+            |spec| spec_uid(spec, &passwd),
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: "hooks.user",
+            reason,
+        })?;
+        Ok(config)
     }
 
     /// Parses config text; `path` is only used to name the file in errors.
@@ -538,6 +569,11 @@ impl Config {
         if let Some(spec) = &hooks.user {
             crate::owner::check_spec(spec).map_err(|e| invalid("hooks.user", e))?;
         }
+        // Without this machine's users: root by name or number.
+        check_hooks_user(hooks.user.as_deref(), owner.as_deref(), |spec| {
+            spec_uid(spec, "")
+        })
+        .map_err(|e| invalid("hooks.user", e))?;
 
         let environment = match raw.environment {
             Some(raw::Environment { path: None, file }) => {
@@ -602,6 +638,40 @@ impl Config {
             agent: Agent { state_dir },
         })
     }
+}
+
+/// `[hooks] user` must not be root while `[release] owner` gives the release's files, its hooks
+/// among them, to another user: root would run files that user can rewrite. `uid` gives a
+/// `user[:group]`'s uid where it is known; an owner whose uid is unknown counts as not root.
+pub fn check_hooks_user(
+    hooks_user: Option<&str>,
+    owner: Option<&str>,
+    uid: impl Fn(&str) -> Option<u32>,
+) -> Result<(), String> {
+    let (Some(user), Some(owner)) = (hooks_user, owner) else {
+        return Ok(());
+    };
+    if uid(user) != Some(0) || uid(owner) == Some(0) {
+        return Ok(());
+    }
+    Err(format!(
+        "{user:?} is root (uid 0), and release.owner {owner:?} owns the release's files, its \
+         hooks among them: root would run hooks that {owner:?} can rewrite. Remove hooks.user \
+         (hooks then run as release.owner) or name a user without privileges"
+    ))
+}
+
+/// The uid a `user[:group]` names: `root` and numbers as written, other names from `passwd`
+/// (the text of `/etc/passwd`).
+pub fn spec_uid(spec: &str, passwd: &str) -> Option<u32> {
+    let user = spec.split(':').next().unwrap_or(spec);
+    if user == "root" {
+        return Some(0);
+    }
+    if let Ok(uid) = user.parse() {
+        return Some(uid);
+    }
+    crate::owner::resolve(user, passwd, "").ok().map(|o| o.uid)
 }
 
 pub(crate) fn is_unit_name(name: &str) -> bool {
@@ -733,6 +803,57 @@ mod tests {
     }
 
     #[test]
+    fn hooks_never_run_as_root_over_files_the_owner_can_rewrite() {
+        let config = |hooks: &str, owner: &str| {
+            let mut text = MINIMAL.to_owned();
+            if !owner.is_empty() {
+                text += &format!("[release]\nowner = \"{owner}\"\n");
+            }
+            if !hooks.is_empty() {
+                text += &format!("[hooks]\nuser = \"{hooks}\"\n");
+            }
+            parse(&text)
+        };
+        for root in ["root", "0", "0:0", "root:app", "0:1002", "00"] {
+            let e = config(root, "app").unwrap_err().to_string();
+            assert!(
+                e.contains("key hooks.user:") && e.contains("release.owner \"app\""),
+                "{root}: {e}"
+            );
+        }
+        // Root over root's files, anyone without an owner, the owner itself: as before.
+        for (hooks, owner) in [
+            ("root", ""),
+            ("0", ""),
+            ("root", "root"),
+            ("root", "0:app"),
+            ("app", "app"),
+            ("", "app"),
+            ("deploy", "app"),
+            ("1001", "app"),
+        ] {
+            assert!(config(hooks, owner).is_ok(), "{hooks:?} {owner:?}");
+        }
+
+        // A name that is uid 0 on this machine is caught where /etc/passwd is read.
+        let passwd = "root:x:0:0::/root:/bin/sh\ntoor:x:0:0::/root:/bin/sh\n\
+                      app:x:1001:1002::/home/app:/bin/sh\n";
+        let uid = |spec: &str| spec_uid(spec, passwd);
+        assert_eq!(uid("toor:app"), Some(0));
+        assert_eq!(uid("app"), Some(1001));
+        assert_eq!(uid("1500:7"), Some(1500));
+        assert_eq!(uid("nobody-yet"), None);
+        assert!(check_hooks_user(Some("toor"), Some("app"), uid).is_err());
+        assert!(check_hooks_user(Some("toor"), Some("nobody-yet"), uid).is_err());
+        assert!(check_hooks_user(Some("toor"), Some("toor"), uid).is_ok());
+        assert!(check_hooks_user(Some("app"), Some("toor"), uid).is_ok());
+        assert!(check_hooks_user(Some("nobody-yet"), Some("app"), uid).is_ok());
+        assert!(check_hooks_user(Some("toor"), None, uid).is_ok());
+        // Without /etc/passwd, only root by name or number.
+        assert!(check_hooks_user(Some("toor"), Some("app"), |s| spec_uid(s, "")).is_ok());
+    }
+
+    #[test]
     fn fleet_section() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!((c.fleet.status_prefix, c.fleet.max_failures), (None, 1));
@@ -805,6 +926,26 @@ endpoint_url = "http://127.0.0.1:5005"
         assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5005"));
         let v = crate::version::Version::parse("1.4.2").unwrap();
         assert_eq!(c.artifact.key_for(&v), "releases/1.4.2.tar.gz");
+        assert!(c.artifact.binding(&v).file_name_carries_version);
+    }
+
+    #[test]
+    fn a_file_name_binds_the_version_only_when_it_carries_it() {
+        let v = crate::version::Version::parse("2.0").unwrap();
+        for (key, carries) in [
+            ("releases/{version}.tar.gz", true),
+            ("{version}.tgz", true),
+            ("app/app-{version}.tar.gz", true),
+            ("releases/{version}/app.tar.gz", false),
+            ("{version}/app.tar.gz", false),
+            ("{version}/{version}/app.tar.gz", false),
+        ] {
+            let c = parse(&format!("{MINIMAL}key = \"{key}\"\n")).unwrap();
+            let b = c.artifact.binding(&v);
+            assert_eq!(b.file_name_carries_version, carries, "{key}");
+            assert_eq!(b.key, key.replace("{version}", "2.0"));
+            assert_eq!(b.version, "2.0");
+        }
     }
 
     fn invalid_key(text: &str) -> String {

@@ -109,6 +109,27 @@ pub async fn run(config: &Config, config_path: &std::path::Path) -> Report {
     report
 }
 
+/// The report when the config cannot be loaded: that one failed check.
+pub fn config_failed(error: &crate::config::ConfigError) -> Report {
+    use crate::config::ConfigError;
+    let verdict = match error {
+        ConfigError::Untrusted {
+            path, source, fix, ..
+        } => fail(
+            format!(
+                "{} is not safe to act on: {source}; whoever can change it can make drover \
+                 deploy anything as root",
+                path.display()
+            ),
+            fix.clone(),
+        ),
+        e => fail(e, "correct the config: the message names the key at fault"),
+    };
+    let mut report = Report::default();
+    report.add("config", verdict);
+    report
+}
+
 /// With a rollout in the parameter or `[fleet]` configured: the instance id from IMDS, this
 /// instance's place, and the failures the fleet reported (a listing, as before an adoption).
 async fn check_fleet(

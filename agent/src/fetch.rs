@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::digest::{self, Hasher, Sha256Digest};
 use crate::fsutil::{IoContext, PathError};
-use crate::signature::{Prehash, PublicKey, Signature, SignatureError};
+use crate::signature::{Binding, Prehash, PublicKey, Signature, SignatureError};
 use crate::store::{self, ArtifactStore, ObjectBody, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -163,22 +163,21 @@ pub async fn download<S: ArtifactStore>(
     }
 }
 
-/// Checks `signature` over the downloaded artifact `file` (named `key`), by one of `keys`.
-/// Returns the id of the key that signed it.
+/// Checks `signature` over the downloaded artifact `file` (the key and version `binding` names),
+/// by one of `keys`. Returns the id of the key that signed it.
 pub fn verify_signature(
     signature: &Signature,
     keys: &[PublicKey],
-    key: &str,
+    binding: &Binding,
     file: &Path,
     downloaded: &Downloaded,
 ) -> Result<String, FetchError> {
     let rejected = |source| FetchError::Signature {
-        key: key.to_owned(),
+        key: binding.key.clone(),
         source,
     };
-    let file_name = key.rsplit('/').next().unwrap_or(key);
     let signer = match downloaded.prehash {
-        Some(digest) => signature.verify(keys, &digest, file_name),
+        Some(digest) => signature.verify(keys, &digest, binding),
         None => {
             if downloaded.len > crate::signature::MAX_LEGACY_SIZE {
                 return Err(rejected(SignatureError::LegacyTooLarge {
@@ -186,7 +185,7 @@ pub fn verify_signature(
                 }));
             }
             let whole = std::fs::read(file).at("read", file)?;
-            signature.verify(keys, &whole, file_name)
+            signature.verify(keys, &whole, binding)
         }
     };
     signer.map(PublicKey::id_hex).map_err(rejected)

@@ -34,6 +34,7 @@ pub mod store;
 pub mod systemd;
 pub mod tarheader;
 pub mod tree;
+pub mod trusted;
 pub mod unpack;
 pub mod userdata;
 pub mod version;

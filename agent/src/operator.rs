@@ -70,7 +70,7 @@ pub async fn publish(
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let text = secret
-            .sign(prehash, file_name, now)
+            .sign(prehash, &config.artifact.binding(&version), now)
             .map_err(|e| e.to_string())?;
         store
             .put_bytes(&format!("{key}.minisig"), text.into_bytes())

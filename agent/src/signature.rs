@@ -14,6 +14,11 @@
 //! minisign's default) or over the file itself (`Ed`, legacy), and the global signature is over
 //! `signature ‖ trusted comment`, so the comment cannot be changed either. Ed25519 is ring's
 //! (already linked for TLS); BLAKE2b is the `blake2` crate's.
+//!
+//! The bytes alone do not say which version they are: a signed 1.0 copied to 2.0's key would
+//! verify. So the trusted comment must also name what is deployed ([`Binding`]): a
+//! `version:2.0` or `key:releases/2.0/app.tar.gz` token, or minisign's default `file:NAME` when
+//! the file name itself carries the version.
 
 use base64::Engine;
 use blake2::{Blake2b512, Digest};
@@ -37,8 +42,17 @@ pub enum SignatureError {
     Mismatch,
     #[error("the trusted comment does not match its signature")]
     CommentMismatch,
-    #[error("the trusted comment names {found:?}, not file:{expected}")]
-    WrongFile { expected: String, found: String },
+    #[error(
+        "the trusted comment {found:?} does not bind the signature to {key} (version {version}): \
+         it must hold {wanted}"
+    )]
+    Unbound {
+        key: String,
+        version: String,
+        found: String,
+        /// The tokens that would have bound it, as the error says them.
+        wanted: String,
+    },
     #[error(
         "a legacy (not prehashed) signature on a {size}-byte artifact; legacy signatures are \
          checked up to {MAX_LEGACY_SIZE} bytes: sign with `minisign -S` (prehashed by default)"
@@ -174,14 +188,14 @@ impl Signature {
             .ok_or_else(|| SignatureError::UnknownKey(self.key_id_hex()))
     }
 
-    /// Checks the signature against the trusted keys, for the artifact named `file_name` whose
+    /// Checks the signature against the trusted keys, for the artifact `binding` names whose
     /// content is `signed` (its BLAKE2b-512 digest when prehashed, else the whole file).
     /// Returns the key that signed it.
     pub fn verify<'k>(
         &self,
         keys: &'k [PublicKey],
         signed: &[u8],
-        file_name: &str,
+        binding: &Binding,
     ) -> Result<&'k PublicKey, SignatureError> {
         let key = self.signer(keys)?;
         if !key.verify(signed, &self.signature) {
@@ -192,14 +206,62 @@ impl Signature {
         if !key.verify(&global_message, &self.global) {
             return Err(SignatureError::CommentMismatch);
         }
-        let wanted = format!("file:{file_name}");
-        if !self.trusted_comment.split('\t').any(|t| t == wanted) {
-            return Err(SignatureError::WrongFile {
-                expected: file_name.to_owned(),
-                found: self.trusted_comment.clone(),
-            });
-        }
+        binding.check(&self.trusted_comment)?;
         Ok(key)
+    }
+}
+
+/// What a signature must be bound to, through its trusted comment: the artifact's key and the
+/// version it is deployed as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The object key, `releases/2.0/app.tar.gz`.
+    pub key: String,
+    pub version: String,
+    /// Whether the key's file name (its last `/` segment) carries the version: with `{version}`
+    /// in the template's last segment, no two versions share a file name, so minisign's default
+    /// `file:NAME` binds the version as well.
+    pub file_name_carries_version: bool,
+}
+
+impl Binding {
+    /// The key's last segment, the name minisign's default comment gives (`file:NAME`).
+    pub fn file_name(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or(&self.key)
+    }
+
+    /// Checks a trusted comment (tab-separated tokens). Every `version:` and `key:` token in it
+    /// must name this version and key exactly, and there must be one; without either, a
+    /// `file:NAME` token binds only when the file name carries the version.
+    pub fn check(&self, comment: &str) -> Result<(), SignatureError> {
+        let (version, key) = (
+            format!("version:{}", self.version),
+            format!("key:{}", self.key),
+        );
+        let mut explicit = comment
+            .split('\t')
+            .filter(|t| t.starts_with("version:") || t.starts_with("key:"))
+            .peekable();
+        let bound = match explicit.peek() {
+            Some(_) => explicit.all(|t| t == version || t == key),
+            None => {
+                let file = format!("file:{}", self.file_name());
+                self.file_name_carries_version && comment.split('\t').any(|t| t == file)
+            }
+        };
+        if bound {
+            return Ok(());
+        }
+        let mut wanted = format!("{version} or {key}");
+        if self.file_name_carries_version {
+            wanted = format!("{version}, {key} or file:{}", self.file_name());
+        }
+        Err(SignatureError::Unbound {
+            key: self.key.clone(),
+            version: self.version.clone(),
+            found: comment.to_owned(),
+            wanted,
+        })
     }
 }
 
@@ -276,12 +338,13 @@ impl SecretKey {
         B64.encode(bytes)
     }
 
-    /// A prehashed signature file for the artifact named `file_name` with BLAKE2b-512 `digest`,
-    /// with minisign's default trusted comment.
+    /// A prehashed signature file for the artifact `binding` names, with BLAKE2b-512 `digest`:
+    /// minisign's default trusted comment with a `version:` token added, which binds the
+    /// signature to the version whatever the key template (see [`Binding`]).
     pub fn sign(
         &self,
         digest: &[u8; 64],
-        file_name: &str,
+        binding: &Binding,
         timestamp: u64,
     ) -> Result<String, SignatureError> {
         let pair =
@@ -290,7 +353,11 @@ impl SecretKey {
                     SignatureError::BadSecretKey("the secret and public halves do not match".into())
                 })?;
         let signature = pair.sign(digest);
-        let trusted = format!("timestamp:{timestamp}\tfile:{file_name}\thashed");
+        let trusted = format!(
+            "timestamp:{timestamp}\tfile:{}\tversion:{}\thashed",
+            binding.file_name(),
+            binding.version
+        );
         let mut global_message = signature.as_ref().to_vec();
         global_message.extend_from_slice(trusted.as_bytes());
         let global = pair.sign(&global_message);
@@ -330,6 +397,15 @@ mod tests {
     /// Another key, made the same way.
     const OTHER: &str = "RWTQsBtGE2aKf/EoOlpqupGfF+JUp1HDPiulpxOVbROJ0gpnptJUeyQn";
 
+    /// The default template's binding: `releases/{version}.tar.gz`.
+    fn release(version: &str) -> Binding {
+        Binding {
+            key: format!("releases/{version}.tar.gz"),
+            version: version.into(),
+            file_name_carries_version: true,
+        }
+    }
+
     fn prehash(data: &[u8]) -> [u8; 64] {
         let mut h = Prehash::default();
         h.update(data);
@@ -345,11 +421,13 @@ mod tests {
         assert_eq!(keys[1].id_hex(), "59A84E62A21966DF");
         let sig = Signature::parse(PREHASHED).unwrap();
         assert!(sig.is_prehashed());
-        let key = sig.verify(&keys, &prehash(DATA), "1.4.2.tar.gz").unwrap();
+        let key = sig
+            .verify(&keys, &prehash(DATA), &release("1.4.2"))
+            .unwrap();
         assert_eq!(key.id_hex(), "59A84E62A21966DF");
         let legacy = Signature::parse(LEGACY).unwrap();
         assert!(!legacy.is_prehashed());
-        legacy.verify(&keys, DATA, "1.4.2.tar.gz").unwrap();
+        legacy.verify(&keys, DATA, &release("1.4.2")).unwrap();
     }
 
     #[test]
@@ -357,19 +435,21 @@ mod tests {
         let keys = [PublicKey::parse(PUBLIC).unwrap()];
         let sig = Signature::parse(PREHASHED).unwrap();
         assert_eq!(
-            sig.verify(&keys, &prehash(b"hello drovers\n"), "1.4.2.tar.gz"),
+            sig.verify(&keys, &prehash(b"hello drovers\n"), &release("1.4.2")),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            sig.verify(&keys, &prehash(DATA), "1.4.3.tar.gz"),
-            Err(SignatureError::WrongFile {
-                expected: "1.4.3.tar.gz".into(),
-                found: "timestamp:1796087862\tfile:1.4.2.tar.gz\thashed".into()
+            sig.verify(&keys, &prehash(DATA), &release("1.4.3")),
+            Err(SignatureError::Unbound {
+                key: "releases/1.4.3.tar.gz".into(),
+                version: "1.4.3".into(),
+                found: "timestamp:1796087862\tfile:1.4.2.tar.gz\thashed".into(),
+                wanted: "version:1.4.3, key:releases/1.4.3.tar.gz or file:1.4.3.tar.gz".into(),
             })
         );
         let other = [PublicKey::parse(OTHER).unwrap()];
         assert_eq!(
-            sig.verify(&other, &prehash(DATA), "1.4.2.tar.gz"),
+            sig.verify(&other, &prehash(DATA), &release("1.4.2")),
             Err(SignatureError::UnknownKey("59A84E62A21966DF".into()))
         );
         // A trusted comment edited after signing (to name another file, say).
@@ -377,7 +457,7 @@ mod tests {
         assert_eq!(
             Signature::parse(&edited)
                 .unwrap()
-                .verify(&keys, &prehash(DATA), "1.4.3.tar.gz"),
+                .verify(&keys, &prehash(DATA), &release("1.4.3")),
             Err(SignatureError::CommentMismatch)
         );
         for bad in [
@@ -399,15 +479,103 @@ mod tests {
         let secret = SecretKey::parse(SECRET).unwrap();
         assert_eq!(secret.public_key_line(), PUBLIC.lines().nth(1).unwrap());
         let text = secret
-            .sign(&prehash(DATA), "1.4.2.tar.gz", 1_796_087_862)
+            .sign(&prehash(DATA), &release("1.4.2"), 1_796_087_862)
             .unwrap();
         let keys = [PublicKey::parse(PUBLIC).unwrap()];
         let sig = Signature::parse(&text).unwrap();
         assert!(sig.is_prehashed());
-        sig.verify(&keys, &prehash(DATA), "1.4.2.tar.gz").unwrap();
+        sig.verify(&keys, &prehash(DATA), &release("1.4.2"))
+            .unwrap();
+        assert_eq!(
+            text.lines().nth(2),
+            Some("trusted comment: timestamp:1796087862\tfile:1.4.2.tar.gz\tversion:1.4.2\thashed")
+        );
+        // The version token binds it whatever the key template: also under a directory.
+        let in_dir = Binding {
+            key: "releases/1.4.2/app.tar.gz".into(),
+            version: "1.4.2".into(),
+            file_name_carries_version: false,
+        };
+        let text = secret.sign(&prehash(DATA), &in_dir, 1).unwrap();
+        let sig = Signature::parse(&text).unwrap();
+        sig.verify(&keys, &prehash(DATA), &in_dir).unwrap();
+        let replayed = Binding {
+            key: "releases/2.0/app.tar.gz".into(),
+            version: "2.0".into(),
+            ..in_dir
+        };
+        assert!(matches!(
+            sig.verify(&keys, &prehash(DATA), &replayed),
+            Err(SignatureError::Unbound { .. })
+        ));
         // Ed25519 is deterministic: the same signature line as minisign's.
         assert_eq!(text.lines().nth(1), PREHASHED.lines().nth(1));
         let e = SecretKey::parse(ENCRYPTED).err().unwrap().to_string();
         assert!(e.contains("encrypted with a password"), "{e}");
+    }
+
+    /// `releases/{version}/app.tar.gz`: the file name is the same for every version.
+    fn in_dir(version: &str) -> Binding {
+        Binding {
+            key: format!("releases/{version}/app.tar.gz"),
+            version: version.into(),
+            file_name_carries_version: false,
+        }
+    }
+
+    #[test]
+    fn the_comment_must_bind_the_version_or_the_key() {
+        let ok = |b: &Binding, comment: &str| b.check(comment).is_ok();
+        // minisign's default comment binds through the file name only where it carries the
+        // version.
+        let default = "timestamp:1\tfile:app.tar.gz\thashed";
+        assert!(!ok(&in_dir("2.0"), default));
+        assert!(ok(&release("2.0"), "timestamp:1\tfile:2.0.tar.gz\thashed"));
+        assert!(!ok(&release("2.0"), "timestamp:1\tfile:1.0.tar.gz\thashed"));
+        let carried = Binding {
+            key: "app/app-2.0.tar.gz".into(),
+            version: "2.0".into(),
+            file_name_carries_version: true,
+        };
+        assert!(ok(&carried, "file:app-2.0.tar.gz"));
+        assert!(!ok(&carried, "file:2.0.tar.gz"));
+
+        // An explicit token, with or without minisign's, under any template.
+        for b in [in_dir("2.0"), release("2.0")] {
+            assert!(ok(&b, "version:2.0"), "{b:?}");
+            assert!(ok(&b, &format!("key:{}", b.key)), "{b:?}");
+            assert!(ok(
+                &b,
+                "timestamp:1\tfile:whatever.tgz\tversion:2.0\thashed"
+            ));
+            assert!(ok(&b, &format!("version:2.0\tkey:{}", b.key)));
+            // Each explicit token must match: exactly, all of them.
+            for bad in [
+                "version:1.0",
+                "version:2.0.0",
+                "version:2",
+                "version:2.0 built by CI",
+                "version: 2.0",
+                "Version:2.0",
+                "key:releases/1.0/app.tar.gz",
+                "version:2.0\tversion:1.0",
+                "version:2.0\tkey:releases/1.0/app.tar.gz",
+                "",
+                "hashed",
+            ] {
+                assert!(!ok(&b, bad), "{b:?} {bad:?}");
+            }
+        }
+        // An explicit token that names another version is not overridden by a matching file name.
+        assert!(!ok(&release("2.0"), "file:2.0.tar.gz\tversion:1.0"));
+
+        // The error names the key, the version, the comment and what would do.
+        let e = in_dir("2.0").check(default).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the trusted comment \"timestamp:1\\tfile:app.tar.gz\\thashed\" does not bind the \
+             signature to releases/2.0/app.tar.gz (version 2.0): it must hold version:2.0 or \
+             key:releases/2.0/app.tar.gz"
+        );
     }
 }

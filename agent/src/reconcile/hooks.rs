@@ -39,7 +39,16 @@ where
             );
             Err(error)
         };
-        let spec = (self.config.hooks.user.as_deref()).or(self.config.release.owner.as_deref());
+        // Checked at load too; again here, with the users as they are now.
+        let (hooks_user, owner) = (
+            self.config.hooks.user.as_deref(),
+            self.config.release.owner.as_deref(),
+        );
+        let uid = |spec: &str| owner::lookup(spec).ok().map(|o| o.uid);
+        if let Err(e) = crate::config::check_hooks_user(hooks_user, owner, uid) {
+            return failed(format!("hooks.user: {e}"));
+        }
+        let spec = hooks_user.or(owner);
         let user = match spec.map(owner::lookup).transpose() {
             Ok(user) => user,
             Err(e) => return failed(format!("hook user: {e}")),

@@ -817,7 +817,7 @@ where
                 let signer = fetch::verify_signature(
                     sig,
                     &artifact.trusted_keys,
-                    &key,
+                    &artifact.binding(&desired.version),
                     &tarball,
                     &downloaded,
                 )?;
