@@ -394,6 +394,7 @@ fn more_hard_links_than_the_file_system_allows_is_a_rejection() {
     let text = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let line = rejection_line(&text).unwrap_or_else(|| panic!("no artifact_rejected in\n{text}"));
+    println!("{line}");
     assert!(line.contains("create hard link"), "{line}");
     assert!(line.contains("Too many links"), "{line}");
     assert_eq!(host.status()["last"]["result"], "rejected");

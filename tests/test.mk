@@ -2,6 +2,7 @@
 #   make test-setup   prepare this machine (as root): host packages, the moto venv and the
 #                     cached Debian root filesystem, under $(DROVER_TEST_CACHE)
 #   make test-boot-stats   boot a few instances and print boot time and memory per container
+#   make race         the app-user race test (issue 13) as a soak: RACE_SECONDS, default 300
 #   make bench        the shipped binary against sha256sum, tar and boto3 on this machine, in
 #                     one run (BENCH_RUNS, BENCH_DIR, BENCH_QUICK=1); not part of `make test`
 
@@ -9,7 +10,7 @@ TESTS_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 DROVER_TEST_CACHE ?= /var/cache/drover-test
 export DROVER_TEST_CACHE
 
-.PHONY: test-setup test-boot-stats bench
+.PHONY: test-setup test-boot-stats bench race
 
 test-setup:
 	sh $(TESTS_DIR)/scripts/setup.sh
@@ -22,3 +23,8 @@ test-boot-stats: test-setup
 bench: test-setup static
 	$(CARGO) build --locked -p drover-tests --bin bench
 	$(CARGO_TARGET_DIR)/debug/bench
+
+RACE_SECONDS ?= 300
+race: test-setup build
+	DROVER_RACE_SECONDS=$(RACE_SECONDS) $(CARGO) test --locked -p drover-tests --test adversarial \
+		-- --nocapture the_app_user_racing_the_tree_walks_reaches_nothing_outside
