@@ -7,8 +7,8 @@
 //!
 //! A hook that is not there is skipped; one that is there but not executable fails. Each runs in
 //! the release directory as `[hooks] user` (default `[release] owner`, else root), in its own
-//! process group, with a clean environment: `PATH`, the app's environment file when there is one,
-//! and `VERSION`, `PREVIOUS_VERSION`, `RELEASE_DIR`, `DROVER_HOOK`. Every line it prints goes to
+//! process group, with a clean environment: the app's settings when there are any, then `PATH`,
+//! `VERSION`, `PREVIOUS_VERSION`, `RELEASE_DIR`, `DROVER_HOOK`, which win. Every line it prints goes to
 //! the journal as a `hook_output` event with the deploy's fields. At `[hooks] timeout`, or when
 //! it exits, whatever is left of its process group is killed.
 
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
+use crate::environment;
 use crate::owner::Owner;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +119,14 @@ pub async fn run(
     command
         .current_dir(ctx.release_dir)
         .env_clear()
+        // The settings were filtered when read (crate::environment); filtered again here so that
+        // no caller can hand a hook a loader or shell variable. drover's own come last and win.
+        .envs(
+            (ctx.environment.iter())
+                .filter(|(k, _)| environment::loader_or_shell_variable(k).is_none())
+                .map(|(k, v)| (k, v)),
+        )
         .env("PATH", PATH)
-        .envs(ctx.environment.iter().map(|(k, v)| (k, v)))
         .env("VERSION", ctx.version)
         .env("PREVIOUS_VERSION", ctx.previous_version.unwrap_or(""))
         .env("RELEASE_DIR", ctx.release_dir)
@@ -261,6 +268,33 @@ mod tests {
         let mut lines = Vec::new();
         let result = run(hook, ctx, |s, l| lines.push((s, l.to_owned()))).await;
         (result, lines)
+    }
+
+    #[tokio::test]
+    async fn drovers_own_variables_win_and_loader_and_shell_variables_are_left_out() {
+        let dir = release_with(
+            Hook::PostActivate,
+            "#!/bin/sh\necho \"$PATH|$VERSION|$DROVER_HOOK|${LD_PRELOAD-unset}|${BASH_ENV-unset}|$GREETING\"\n",
+        );
+        let env = [
+            ("PATH".to_owned(), "/opt/app/evil".to_owned()),
+            ("VERSION".to_owned(), "6.6.6".to_owned()),
+            ("DROVER_HOOK".to_owned(), "none".to_owned()),
+            ("LD_PRELOAD".to_owned(), "/nonexistent/evil.so".to_owned()),
+            ("BASH_ENV".to_owned(), "/nonexistent/rc".to_owned()),
+            ("GREETING".to_owned(), "hi".to_owned()),
+        ];
+        let mut c = ctx(dir.path(), Duration::from_secs(5));
+        c.environment = &env;
+        let (result, lines) = run_collect(Hook::PostActivate, &c).await;
+        assert!(matches!(result, Ok(Ran::Passed(_))), "{result:?}");
+        assert_eq!(
+            lines,
+            [(
+                Stream::Stdout,
+                format!("{PATH}|1.2.0|post-activate|unset|unset|hi")
+            )]
+        );
     }
 
     #[tokio::test]
