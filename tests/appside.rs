@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use drover_tests::release::app_dir;
 use drover_tests::webhook::Receiver;
-use drover_tests::{Instance, World};
+use drover_tests::{wait_for, Instance, World};
 
 const DEPLOY: Duration = Duration::from_secs(90);
 const SECRET: &str = "s3cret-Value-that-must-not-leak";
@@ -286,4 +286,209 @@ fn webhook_notices_go_over_https_and_never_fail_a_deploy() {
         .count();
     assert_eq!(posts, 3, "no request got through: {:?}", https.requests());
     assert!(stderr(&out).contains("notify_failed"), "{}", stderr(&out));
+}
+
+/// Processes inside the instance whose command line contains `pattern`, as `PID USER ARGS`
+/// (`ps` and `pgrep` would count themselves and the shell around them).
+fn processes_matching(instance: &Instance, pattern: &str) -> Vec<String> {
+    let ps = instance.exec_ok(&["ps", "-e", "-o", "pid=,user=,args="]);
+    ps.lines()
+        .filter(|l| l.contains(pattern) && !l.contains("ps -e"))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+/// drover's hook scopes still known to systemd.
+fn hook_scopes(instance: &Instance) -> String {
+    instance.exec_ok(&[
+        "systemctl",
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "drover-hook-*",
+    ])
+}
+
+/// Issue 13, finding 6: whatever a hook starts is gone once the hook is, however it detached
+/// (`setsid`, a double fork, SIGTERM ignored), and at the timeout too. Hooks run as root here.
+#[test]
+fn regression_detached_hook_processes_do_not_outlive_the_hook() {
+    let world = World::new("hook-setsid");
+    let mut spec = world.boot_spec();
+    spec.config_toml.push_str("\n[hooks]\ntimeout = \"6s\"\n");
+    let v1 = release_with_hooks(
+        &world,
+        "1.0.0",
+        &[
+            (
+                "pre-activate",
+                "cat /proc/self/cgroup\n\
+                 setsid sleep 3001 </dev/null >/dev/null 2>&1 &\n\
+                 setsid sh -c 'trap \"\" TERM HUP INT; exec sleep 3002' &\n\
+                 echo started",
+            ),
+            ("validate", "(setsid sleep 3003 &)\nsleep 3004 &"),
+            ("post-activate", "setsid -f sleep 3005"),
+        ],
+    );
+    ship(&world, "1.0.0", &v1);
+    let instance = world.boot(spec);
+    instance.wait_for_events("deployed", 1, DEPLOY);
+    let passed = instance.wait_for_events("hook_passed", 3, DEPLOY);
+    assert!(passed.iter().any(|e| e["HOOK"] == "post-activate"));
+    let left = processes_matching(&instance, "sleep 300");
+    assert!(left.is_empty(), "left behind by the hooks: {left:?}");
+    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+    // Each hook ran in a scope of its own, not in drover's cgroup.
+    let lines = events_with(&instance, "hook_output", "HOOK", "pre-activate");
+    assert!(
+        lines.iter().any(|e| e["MESSAGE"]
+            .as_str()
+            .unwrap()
+            .contains("/drover-hook-pre-activate-")),
+        "{lines:?}"
+    );
+
+    // At the timeout: the hook ignores SIGTERM and waits; what it detached goes with it.
+    let v2 = release_with_hooks(
+        &world,
+        "2.0.0",
+        &[(
+            "pre-activate",
+            "setsid sleep 3006 </dev/null >/dev/null 2>&1 &\n\
+             trap '' TERM\necho waiting\nsleep 3007",
+        )],
+    );
+    ship(&world, "2.0.0", &v2);
+    let aborted = instance.wait_for_events("deploy_aborted", 1, DEPLOY);
+    assert!(
+        aborted[0]["ERROR"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 6 s"),
+        "{aborted:?}"
+    );
+    let left = processes_matching(&instance, "sleep 300");
+    assert!(left.is_empty(), "left behind at the timeout: {left:?}");
+    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+    assert_eq!(instance.served(), "1.0.0");
+    assert_no_kill_failed(&instance);
+
+    // Stopping drover stops a hook that is running, as when hooks ran in drover's own cgroup.
+    let v3 = release_with_hooks(
+        &world,
+        "3.0.0",
+        &[(
+            "pre-activate",
+            "setsid sleep 3008 &\necho running\nsleep 3009",
+        )],
+    );
+    ship(&world, "3.0.0", &v3);
+    wait_for(DEPLOY, "the 3.0.0 hook to run", || {
+        (!events_with(&instance, "hook_output", "VERSION", "3.0.0").is_empty()).then_some(())
+    });
+    instance.exec_ok(&["systemctl", "stop", "drover.service"]);
+    let left = processes_matching(&instance, "sleep 300");
+    assert!(left.is_empty(), "left behind when drover stopped: {left:?}");
+    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+}
+
+/// Issue 13, findings 5 and 6 with hooks run as the app's own user: the unit gives drover no
+/// CAP_KILL, so only systemd can kill what such a hook leaves; and settings from SSM named
+/// `PATH`, `LD_PRELOAD` or `BASH_ENV` reach neither the hook (which gets drover's `PATH`) nor the
+/// environment file (which keeps the app's `PATH`).
+#[test]
+fn regression_app_user_hooks_are_killed_and_settings_cannot_steer_them() {
+    let world = World::new("hook-app-user");
+    let env_path = world.env_path();
+    let moto = drover_tests::Moto::shared();
+    let app_path = "/opt/app/current/bin:/usr/local/bin:/usr/bin:/bin";
+    moto.put_parameter(&format!("{env_path}/GREETING"), "hello");
+    moto.put_parameter(&format!("{env_path}/PATH"), app_path);
+    moto.put_parameter(&format!("{env_path}/LD_PRELOAD"), "/opt/app/evil.so");
+    moto.put_parameter(&format!("{env_path}/BASH_ENV"), "/opt/app/evil.rc");
+    let mut spec = world
+        .boot_spec_with_environment(&env_path, "\n[hooks]\ntimeout = \"6s\"\nuser = \"app\"\n");
+    spec.config_toml = spec
+        .config_toml
+        .replace("keep = 3", "keep = 3\nowner = \"app\"");
+    let instance = world.boot(spec);
+    instance.exec_ok(&["useradd", "--system", "--user-group", "app"]);
+
+    let v1 = release_with_hooks(
+        &world,
+        "1.0.0",
+        &[
+            (
+                "pre-activate",
+                "echo \"as $(id -un): PATH=$PATH LD_PRELOAD=${LD_PRELOAD-unset} \
+                 BASH_ENV=${BASH_ENV-unset} GREETING=$GREETING\"\nsleep 3011 &",
+            ),
+            ("validate", "setsid sleep 3012 </dev/null >/dev/null 2>&1 &"),
+            ("post-activate", "(trap '' TERM; exec sleep 3013) &"),
+        ],
+    );
+    ship(&world, "1.0.0", &v1);
+    instance.wait_for_events("deployed", 1, DEPLOY);
+    let passed = instance.wait_for_events("hook_passed", 3, DEPLOY);
+    assert!(passed.iter().any(|e| e["HOOK"] == "post-activate"));
+    let left = processes_matching(&instance, "sleep 301");
+    assert!(
+        left.is_empty(),
+        "left behind by the app user's hooks: {left:?}"
+    );
+    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+    let pre = events_with(&instance, "hook_output", "HOOK", "pre-activate");
+    assert_eq!(
+        pre[0]["MESSAGE"],
+        "as app: PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+         LD_PRELOAD=unset BASH_ENV=unset GREETING=hello",
+        "{pre:?}"
+    );
+
+    // The app keeps its own PATH; the loader and shell variables are not in its file.
+    assert_eq!(env_var(&instance, "PATH").as_deref(), Some(app_path));
+    assert_eq!(env_var(&instance, "GREETING").as_deref(), Some("hello"));
+    assert_eq!(env_var(&instance, "LD_PRELOAD"), None);
+    let file = fs::read_to_string(instance.path("/var/lib/drover/app.env")).unwrap();
+    assert!(
+        !file.contains("LD_PRELOAD") && !file.contains("BASH_ENV"),
+        "{file}"
+    );
+
+    // At the timeout, as the app user.
+    let v2 = release_with_hooks(
+        &world,
+        "2.0.0",
+        &[(
+            "pre-activate",
+            "setsid sleep 3014 </dev/null >/dev/null 2>&1 &\necho waiting\nexec sleep 3015",
+        )],
+    );
+    ship(&world, "2.0.0", &v2);
+    let aborted = instance.wait_for_events("deploy_aborted", 1, DEPLOY);
+    assert!(
+        aborted[0]["ERROR"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 6 s"),
+        "{aborted:?}"
+    );
+    let left = processes_matching(&instance, "sleep 301");
+    assert!(left.is_empty(), "left behind at the timeout: {left:?}");
+    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+
+    // The refusal was said once, naming the variables, not on every pass or hook.
+    let refused = instance.journal_events("variables_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["VARIABLES"], "BASH_ENV,LD_PRELOAD");
+    assert_eq!(refused[0]["PRIORITY"], "4", "a warning");
+    assert_no_kill_failed(&instance);
+}
+
+/// Every scope was killed and stopped without an error from systemd.
+fn assert_no_kill_failed(instance: &Instance) {
+    let journal = instance.container.journal_text("drover.service");
+    assert!(!journal.contains("Killing what is left"), "{journal}");
 }

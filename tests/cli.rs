@@ -748,3 +748,49 @@ fn an_instance_that_cannot_count_the_fleet_s_failures_does_not_adopt() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(host.current(), "releases/2.0.0");
 }
+
+/// Whether a process whose command line is exactly `args` runs on this host.
+fn running(args: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+            String::from_utf8_lossy(&c)
+                .trim_end_matches('\0')
+                .replace('\0', " ")
+                == args
+        })
+    })
+}
+
+/// Where there is no systemd (this host: no bus), hooks still run, in a process group of their
+/// own that is killed when they end (a process that `setsid`s leaves it; docs/APP.md says so),
+/// and drover says that the hook is not confined.
+#[test]
+fn hooks_run_without_systemd_in_their_process_group() {
+    use drover_tests::release::{raw_tar_gz, RawEntry};
+    let host = Host::new("hooks-no-systemd");
+    let archive = raw_tar_gz(&[
+        RawEntry::file("VERSION", b"1.0.0\n"),
+        RawEntry::file(
+            "hooks/pre-activate",
+            b"#!/bin/sh\nsleep 3021 &\necho \"$DROVER_HOOK ran\"\n",
+        )
+        .with_mode(0o755),
+    ]);
+    host.upload_and_promote("1.0.0", &archive);
+    let out = host
+        .command(&["once"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+        .output()
+        .expect("run drover");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("pre-activate ran"), "{err}");
+    assert!(
+        err.contains("No systemd to put the pre-activate hook in a scope of its own"),
+        "{err}"
+    );
+    assert!(!running("sleep 3021"), "the hook's child outlived it");
+}

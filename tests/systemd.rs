@@ -56,7 +56,7 @@ fn restart_jobs_and_failed_state_through_the_real_bus() {
         assert!(!systemd.is_failed("sleeper.service").await.expect("state"));
 
         match systemd.restart("broken.service").await {
-            Err(UnitError::JobFailed { unit, result }) => {
+            Err(UnitError::JobFailed { unit, result, .. }) => {
                 assert_eq!(
                     (unit.as_str(), result.as_str()),
                     ("broken.service", "failed")

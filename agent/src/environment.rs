@@ -3,7 +3,9 @@
 //! read.
 //!
 //! `/app/env/DATABASE_URL` becomes `DATABASE_URL="…"`; only the path's direct children count, and
-//! a name that is not a shell variable name is left out with a warning that names it. The file is
+//! a name that is not a shell variable name is left out with a warning that names it, as is a
+//! name the dynamic loader, libc or a shell acts on before any code of the app or a hook runs
+//! ([`loader_or_shell_variable`]): from here on, those names reach neither the file nor a hook. The file is
 //! replaced atomically with mode 0600. Values never leave this module except into that file and a
 //! hook's environment: what drover logs and remembers is the names and each parameter's
 //! `Version`, whose [`fingerprint`] tells a change without holding any value.
@@ -44,6 +46,8 @@ pub struct Settings {
     pub variables: Vec<Variable>,
     /// Full names of parameters left out, each with the reason.
     pub skipped: Vec<(String, &'static str)>,
+    /// Variable names left out because the loader, libc or a shell would act on them, sorted.
+    pub refused: Vec<String>,
 }
 
 impl Settings {
@@ -64,6 +68,8 @@ impl Settings {
                 settings
                     .skipped
                     .push((p.name, "not a variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+            } else if loader_or_shell_variable(name).is_some() {
+                settings.refused.push(name.to_owned());
             } else {
                 settings.variables.push(Variable {
                     name: name.to_owned(),
@@ -73,6 +79,7 @@ impl Settings {
             }
         }
         settings.variables.sort_by(|a, b| a.name.cmp(&b.name));
+        settings.refused.sort();
         settings
     }
 
@@ -108,7 +115,7 @@ impl Settings {
             .collect();
         Settings {
             variables,
-            skipped: Vec::new(),
+            ..Settings::default()
         }
     }
 
@@ -140,6 +147,59 @@ impl Settings {
             out.push_str("\"\n");
         }
         out
+    }
+}
+
+/// Names that steer a process before its own code runs, or steer the shell a hook (or an
+/// `ExecStart=` through `sh -c`) is written in: the dynamic loader's, libc's that glibc ignores in
+/// setuid programs (its `unsecvars.h`, secure mode), and those bash and dash read at startup or
+/// act on while running a script. A setting with one of these names could make a hook or the
+/// app's units, some of which may run as root, load or run code that is not the release's, or
+/// run the release's code differently from how it was written. `None`: the name is an ordinary
+/// setting.
+///
+/// Deliberately not here: `TMPDIR` (in `unsecvars.h`, but an ordinary app setting, and the
+/// sandbox gives drover a private `/tmp`), the `MALLOC_*` tuning knobs (`MALLOC_ARENA_MAX` is
+/// common app tuning; only `MALLOC_TRACE`, which writes a file, is refused) and language
+/// runtimes' variables (`PYTHONPATH`, `NODE_OPTIONS`, `JAVA_TOOL_OPTIONS`): they are the app's own
+/// configuration, and a hook in that language runs as the app does. `BASH_FUNC_*%%` needs a `%`,
+/// which no variable name here has.
+pub fn loader_or_shell_variable(name: &str) -> Option<&'static str> {
+    const LIBC: &[&str] = &[
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TZDIR",
+    ];
+    const SHELL: &[&str] = &[
+        "BASH_ENV",
+        "BASHOPTS",
+        "BASH_LOADABLES_PATH",
+        "BASH_XTRACEFD",
+        "CDPATH",
+        "ENV",
+        "EXECIGNORE",
+        "GLOBIGNORE",
+        "IFS",
+        "PS4",
+        "SHELLOPTS",
+    ];
+    if name.starts_with("LD_") {
+        Some("read by the dynamic loader")
+    } else if LIBC.contains(&name) {
+        Some("read by the C library")
+    } else if SHELL.contains(&name) {
+        Some("read by the shell")
+    } else {
+        None
     }
 }
 
@@ -203,6 +263,94 @@ mod tests {
         assert_eq!(
             skipped,
             ["/app/env/nested/KEY", "/app/env/bad-name", "/app/envy/X"]
+        );
+    }
+
+    #[test]
+    fn names_the_loader_libc_or_a_shell_act_on_are_refused_for_the_file_and_hooks() {
+        let s = Settings::from_parameters(
+            "/app/env",
+            vec![
+                p("/app/env/LD_PRELOAD", "/opt/app/current/evil.so", 1),
+                p("/app/env/PATH", "/opt/app/current/bin:/usr/bin", 1),
+                p("/app/env/BASH_ENV", "/opt/app/current/rc", 2),
+                p("/app/env/GREETING", "hello", 1),
+                p("/app/env/IFS", "/", 1),
+                p("/app/env/LD_LIBRARY_PATH", "/x", 1),
+                p("/app/env/MALLOC_ARENA_MAX", "2", 1),
+            ],
+        );
+        assert_eq!(
+            s.refused,
+            ["BASH_ENV", "IFS", "LD_LIBRARY_PATH", "LD_PRELOAD"]
+        );
+        // PATH is the app's to set; a hook gets drover's own (crate::hooks).
+        assert_eq!(s.names(), ["GREETING", "MALLOC_ARENA_MAX", "PATH"]);
+        assert!(s.skipped.is_empty());
+        let file = s.render();
+        assert!(!file.contains("LD_") && !file.contains("BASH_ENV") && !file.contains("IFS"));
+        let hook: Vec<String> = s.pairs().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(hook, ["GREETING", "MALLOC_ARENA_MAX", "PATH"]);
+        // Refused names are not part of what is remembered, so they trigger no restart.
+        assert_eq!(
+            s.remembered(),
+            ["GREETING@1", "MALLOC_ARENA_MAX@1", "PATH@1"]
+        );
+    }
+
+    #[test]
+    fn the_refused_list_is_deliberate() {
+        for name in [
+            "LD_PRELOAD",
+            "LD_AUDIT",
+            "LD_DEBUG_OUTPUT",
+            "LD_ANYTHING_NEW",
+            "GCONV_PATH",
+            "GLIBC_TUNABLES",
+            "NLSPATH",
+            "MALLOC_TRACE",
+            "RES_OPTIONS",
+            "TZDIR",
+            "BASH_ENV",
+            "ENV",
+            "SHELLOPTS",
+            "BASHOPTS",
+            "PS4",
+            "IFS",
+            "CDPATH",
+            "GLOBIGNORE",
+            "EXECIGNORE",
+        ] {
+            assert!(
+                loader_or_shell_variable(name).is_some(),
+                "{name} is allowed"
+            );
+        }
+        for name in [
+            "PATH",
+            "TMPDIR",
+            "TZ",
+            "LANG",
+            "HOME",
+            "MALLOC_ARENA_MAX",
+            "PYTHONPATH",
+            "NODE_OPTIONS",
+            "OLD_PRELOAD",
+            "ld_preload",
+            "ENVIRONMENT",
+            "BASH_ENVIRONMENT",
+            "DATABASE_URL",
+        ] {
+            assert_eq!(loader_or_shell_variable(name), None, "{name} is refused");
+        }
+        assert_eq!(
+            loader_or_shell_variable("LD_PRELOAD"),
+            Some("read by the dynamic loader")
+        );
+        assert_eq!(loader_or_shell_variable("IFS"), Some("read by the shell"));
+        assert_eq!(
+            loader_or_shell_variable("GCONV_PATH"),
+            Some("read by the C library")
         );
     }
 

@@ -30,6 +30,8 @@ pub enum Event {
     EnvironmentChanged,
     /// Those changes passed the health gate.
     EnvironmentApplied,
+    /// Settings whose names the dynamic loader, libc or a shell act on were left out.
+    VariablesRefused,
     NotifyFailed,
     /// A rollout is under way and this instance's turn has not come yet.
     RolloutWaiting,
@@ -65,6 +67,7 @@ impl Event {
             Event::DeployAborted => "deploy_aborted",
             Event::EnvironmentChanged => "environment_changed",
             Event::EnvironmentApplied => "environment_applied",
+            Event::VariablesRefused => "variables_refused",
             Event::NotifyFailed => "notify_failed",
             Event::RolloutWaiting => "rollout_waiting",
             Event::RolloutHalted => "rollout_halted",
@@ -79,7 +82,10 @@ impl Event {
             | Event::RevertFailed
             | Event::HookFailed
             | Event::DeployAborted => Severity::Error,
-            Event::Reverted | Event::NotifyFailed | Event::RolloutHalted => Severity::Warning,
+            Event::Reverted
+            | Event::NotifyFailed
+            | Event::RolloutHalted
+            | Event::VariablesRefused => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -96,7 +102,7 @@ pub struct Fields<'a> {
     pub error: Option<&'a str>,
     /// `HOOK`: which hook, for its events and output.
     pub hook: Option<&'a str>,
-    /// `VARIABLES`: names (never values) of environment variables that changed.
+    /// `VARIABLES`: names (never values) of environment variables that changed or were refused.
     pub variables: Option<&'a str>,
     /// `POSITION`: this instance's place in a rollout, in [0, 1).
     pub position: Option<f64>,

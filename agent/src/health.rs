@@ -149,6 +149,15 @@ mod tests {
         }
     }
 
+    impl crate::service::Confinement for Units {
+        async fn confine(&self, _: &str, _: &str, _: u32) -> Result<(), UnitError> {
+            Err(UnitError::Unreachable("not used by the health gate".into()))
+        }
+        async fn kill_all(&self, _: &str) -> Result<(), UnitError> {
+            Ok(())
+        }
+    }
+
     const POLICY: Policy = Policy {
         timeout: Duration::from_secs(10),
         interval: Duration::from_secs(1),

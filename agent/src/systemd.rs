@@ -1,12 +1,13 @@
-//! The real [`ServiceManager`]: systemd's manager API on the system bus (`DBUS_SYSTEM_BUS_ADDRESS`
-//! is honoured), as `systemctl restart` would use it, minus the process.
+//! The real [`ServiceManager`] and [`Confinement`]: systemd's manager API on the system bus
+//! (`DBUS_SYSTEM_BUS_ADDRESS` is honoured), as `systemctl restart` and `systemd-run --scope` would
+//! use it, minus the process.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use zbus::OwnedObjectPath;
+use zbus::{OwnedObjectPath, Variant};
 
-use crate::service::{ServiceManager, UnitError};
+use crate::service::{Confinement, ServiceManager, UnitError};
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -15,6 +16,15 @@ use crate::service::{ServiceManager, UnitError};
 )]
 trait Manager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Variant<'_>)],
+        aux: &[(&str, &[(&str, Variant<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn subscribe(&self) -> zbus::Result<()>;
@@ -96,7 +106,7 @@ impl ServiceManager for Systemd {
     async fn restart(&self, unit: &str) -> Result<(), UnitError> {
         let manager = self.manager(unit).await?;
         // Listen before asking, or a fast job could finish before we are listening.
-        let mut removed = manager
+        let removed = manager
             .receive_job_removed()
             .await
             .map_err(|e| bus(unit, e))?;
@@ -110,6 +120,90 @@ impl ServiceManager for Systemd {
             .restart_unit(unit, "replace")
             .await
             .map_err(|e| bus(unit, e))?;
+        self.finished(unit, "restart", removed, job).await
+    }
+
+    async fn is_failed(&self, unit: &str) -> Result<bool, UnitError> {
+        let proxy = self.unit(unit).await?;
+        let state = proxy.active_state().await.map_err(|e| bus(unit, e))?;
+        Ok(state == "failed")
+    }
+}
+
+impl Confinement for Systemd {
+    async fn confine(&self, scope: &str, description: &str, pid: u32) -> Result<(), UnitError> {
+        let manager = self.manager(scope).await?;
+        let mut properties = vec![
+            ("Description", Variant::from(description)),
+            ("PIDs", Variant::from(vec![pid])),
+            // Gone from systemd's memory once it is over, whatever the hook's end.
+            ("CollectMode", Variant::from("inactive-or-failed")),
+        ];
+        // Stopping drover (or its unit going down) stops its hooks, as when they ran in its
+        // own cgroup.
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok();
+        if let Some(service) = own.as_deref().and_then(own_service) {
+            properties.push(("BindsTo", Variant::from(vec![service])));
+        }
+        let removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| bus(scope, e))?;
+        let job = manager
+            .start_transient_unit(scope, "fail", &properties, &[])
+            .await
+            .map_err(|e| bus(scope, e))?;
+        self.finished(scope, "start", removed, job).await
+    }
+
+    async fn kill_all(&self, scope: &str) -> Result<(), UnitError> {
+        let manager = self.manager(scope).await?;
+        // SIGKILL at once, not the stop's SIGTERM and a 90 s wait for what ignores it; systemd
+        // goes on signalling until no new process turns up in the scope.
+        match manager.kill_unit(scope, "all", libc::SIGKILL).await {
+            Err(e) if !gone(&e) => return Err(bus(scope, e)),
+            _ => {}
+        }
+        // The stop job ends once the scope's cgroup is empty.
+        let removed = manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| bus(scope, e))?;
+        match manager.stop_unit(scope, "replace").await {
+            Ok(job) => self.finished(scope, "stop", removed, job).await,
+            Err(e) if gone(&e) => Ok(()),
+            Err(e) => Err(bus(scope, e)),
+        }
+    }
+}
+
+/// The scope emptied and was collected, or had nothing left to signal.
+fn gone(e: &zbus::Error) -> bool {
+    matches!(e, zbus::Error::MethodError(name, _, _)
+        if matches!(name.as_str(), "org.freedesktop.systemd1.NoSuchUnit"
+            | "org.freedesktop.systemd1.NoSuchProcess"))
+}
+
+/// The service drover runs as, from `/proc/self/cgroup` (`0::/system.slice/drover.service`);
+/// `None` when it runs from a session or a scope.
+fn own_service(cgroups: &str) -> Option<&str> {
+    cgroups
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .filter_map(|path| path.rsplit('/').next())
+        .find(|unit| unit.ends_with(".service"))
+}
+
+impl Systemd {
+    /// Waits for `job` on `unit` to be removed, with `removed` subscribed before it was asked
+    /// for (a fast job can finish before the call returns); `done` is success.
+    async fn finished(
+        &self,
+        unit: &str,
+        kind: &'static str,
+        mut removed: JobRemovedStream,
+        job: OwnedObjectPath,
+    ) -> Result<(), UnitError> {
         let wait = async {
             while let Some(signal) = removed.next().await {
                 let Ok(args) = signal.args() else { continue };
@@ -122,28 +216,22 @@ impl ServiceManager for Systemd {
         match tokio::time::timeout(self.job_timeout, wait).await {
             Err(_) => Err(UnitError::JobTimeout {
                 unit: unit.to_owned(),
+                job: kind,
                 seconds: self.job_timeout.as_secs(),
             }),
             Ok(None) => Err(UnitError::Bus {
                 unit: unit.to_owned(),
-                message: "the bus closed while waiting for the restart job".into(),
+                message: format!("the bus closed while waiting for the {kind} job"),
             }),
             Ok(Some(result)) if result == "done" => Ok(()),
             Ok(Some(result)) => Err(UnitError::JobFailed {
                 unit: unit.to_owned(),
+                job: kind,
                 result,
             }),
         }
     }
 
-    async fn is_failed(&self, unit: &str) -> Result<bool, UnitError> {
-        let proxy = self.unit(unit).await?;
-        let state = proxy.active_state().await.map_err(|e| bus(unit, e))?;
-        Ok(state == "failed")
-    }
-}
-
-impl Systemd {
     /// `loaded`, `not-found`, `bad-setting`, …: whether systemd knows the unit (`drover doctor`).
     pub async fn load_state(&self, unit: &str) -> Result<String, UnitError> {
         let proxy = self.unit(unit).await?;
@@ -160,5 +248,27 @@ impl Systemd {
             .build()
             .await
             .map_err(|e| bus(unit, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_service_drover_runs_as() {
+        assert_eq!(
+            own_service("0::/system.slice/drover.service\n"),
+            Some("drover.service")
+        );
+        // cgroups v1 and v2 side by side (hybrid).
+        let hybrid = "12:pids:/system.slice/drover.service\n1:name=systemd:/system.slice/drover.service\n0::/system.slice/drover.service\n";
+        assert_eq!(own_service(hybrid), Some("drover.service"));
+        assert_eq!(
+            own_service("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+        assert_eq!(own_service("0::/\n"), None);
+        assert_eq!(own_service(""), None);
     }
 }

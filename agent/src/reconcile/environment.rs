@@ -38,6 +38,22 @@ where
                             "Leaving parameter {name} out of the environment file: {why}");
                     }
                 }
+                // Once when the refused names change (and on the first read), not every pass.
+                let refused_before = self.settings.as_ref().map(|s| &s.refused);
+                if !settings.refused.is_empty() && refused_before != Some(&settings.refused) {
+                    let names = settings.refused.join(",");
+                    emit(
+                        Event::VariablesRefused,
+                        &Fields {
+                            variables: Some(&names),
+                            ..Fields::default()
+                        },
+                        &format!(
+                            "Leaving {names} out of the app's environment file and its hooks: \
+                             the dynamic loader, the C library or a shell acts on these names"
+                        ),
+                    );
+                }
                 self.settings = Some(settings);
                 Ok(())
             }

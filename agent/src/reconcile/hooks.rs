@@ -67,7 +67,7 @@ where
             timeout: self.config.hooks.timeout,
             environment: &environment,
         };
-        let result = hooks::run(hook, &ctx, |_, line| {
+        let result = hooks::run(hook, &ctx, &self.services, |_, line| {
             emit(Event::HookOutput, &fields, line);
         })
         .await;

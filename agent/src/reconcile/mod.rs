@@ -1111,6 +1111,16 @@ mod tests {
         }
     }
 
+    /// No systemd here: hooks run in a process group (crate::hooks has the scope's tests).
+    impl crate::service::Confinement for Rc<FakeUnits> {
+        async fn confine(&self, _: &str, _: &str, _: u32) -> Result<(), UnitError> {
+            Err(UnitError::Unreachable("no systemd in these tests".into()))
+        }
+        async fn kill_all(&self, _: &str) -> Result<(), UnitError> {
+            Ok(())
+        }
+    }
+
     /// The "app": healthy unless the active release contains a file named UNHEALTHY.
     struct ReleaseProbe(PathBuf);
 
