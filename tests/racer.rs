@@ -1,5 +1,6 @@
 //! The app's user turned attacker, for the race tests (issue 13): run as that user, it finds
-//! every directory it owns under a release root, makes it world-writable, keeps a descriptor to
+//! every directory it owns under a release root, makes it world-writable (or, for each `d7`,
+//! unreadable), keeps a descriptor to
 //! each (so it can go on after root moves the tree somewhere it cannot reach by path), and, above
 //! all in those root has moved into the staging area, swaps every entry in them
 //! with a symlink to a sentinel outside, and back, with `renameat2(RENAME_EXCHANGE)`, as fast as
@@ -115,8 +116,14 @@ fn discover(dir: &Path, uid: u32, held: &mut HashMap<(u64, u64), OwnedFd>) {
         if meta.uid() == uid && !held.contains_key(&key) && held.len() < MAX_HELD {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             if let Ok(fd) = rfs::open(&path, flags, Mode::empty()) {
-                // World-writable: if root takes it back but keeps the mode, we still can.
-                let _ = rfs::fchmod(&fd, Mode::from_raw_mode(0o777));
+                // World-writable: if root takes it back but keeps the mode, we still can. Every
+                // `d7` is made 0000 instead, against a root without CAP_DAC_OVERRIDE that must
+                // still prune it.
+                let mode = match entry.file_name().as_bytes() {
+                    b"d7" => 0,
+                    _ => 0o777,
+                };
+                let _ = rfs::fchmod(&fd, Mode::from_raw_mode(mode));
                 held.insert(key, fd);
             }
         }

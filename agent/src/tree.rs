@@ -142,12 +142,28 @@ impl Walk {
                     Err(e) => return Err(io::Error::from(e)).at("remove", &self.path),
                 }
             }
-            let dir = match open_nofollow_dir(parent, name) {
+            // O_PATH: its owner may have made it unreadable (0000), and we have no
+            // CAP_DAC_OVERRIDE; taking it over needs no access to it.
+            let handle = rfs::openat(
+                parent,
+                name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            let handle = match handle {
                 Err(rustix::io::Errno::NOENT) => return Ok(()),
                 Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => continue,
                 other => other.map_err(io::Error::from).at("open", &self.path)?,
             };
-            self.take_over(&dir)?;
+            self.take_over(&handle)?;
+            let dir = rfs::openat(
+                &handle,
+                c".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io::Error::from)
+            .at("open", &self.path)?;
             self.down()?;
             let emptied = self.remove_children(dir);
             self.depth -= 1;
@@ -161,23 +177,30 @@ impl Walk {
         Err(io::Error::other("kept changing while it was being removed")).at("remove", &self.path)
     }
 
-    /// Makes the directory ours and `0700`, on its descriptor. chown comes first because only
-    /// the owner may chmod (drover has no CAP_FOWNER); the mode follows at once, and until it
-    /// does the former owner can do only what it could before.
+    /// Makes the directory behind the `O_PATH` handle ours and `0700`. chown comes first
+    /// because only the owner may chmod (drover has no CAP_FOWNER); the mode follows at once,
+    /// and until it does the former owner can do only what it could before. Both act on the
+    /// inode the handle holds: `fchownat(AT_EMPTY_PATH)`, and chmod through the handle's
+    /// `/proc/self/fd` link (chmod has no `AT_EMPTY_PATH` before Linux 6.6's `fchmodat2`), which
+    /// names that inode whatever happens to the directory's name.
     fn take_over(&self, dir: &OwnedFd) -> Result<(), PathError> {
+        use std::os::fd::AsRawFd;
         let stat = rfs::fstat(dir)
             .map_err(io::Error::from)
             .at("stat", &self.path)?;
         let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
         if stat.st_uid != uid.as_raw() || stat.st_gid != gid.as_raw() {
-            rfs::fchown(dir, Some(uid), Some(gid))
+            rfs::chownat(dir, c"", Some(uid), Some(gid), AtFlags::EMPTY_PATH)
                 .map_err(io::Error::from)
                 .at("chown", &self.path)?;
         }
         if stat.st_mode & 0o7777 != 0o700 {
-            rfs::fchmod(dir, Mode::from_raw_mode(0o700))
-                .map_err(io::Error::from)
-                .at("chmod", &self.path)?;
+            rfs::chmod(
+                format!("/proc/self/fd/{}", dir.as_raw_fd()),
+                Mode::from_raw_mode(0o700),
+            )
+            .map_err(io::Error::from)
+            .at("chmod", &self.path)?;
         }
         Ok(())
     }
