@@ -53,6 +53,8 @@ fn corpus() -> Vec<Case> {
         .collect();
     let long_gnu = vec![b'a'; 100_000];
     let long_pax = "d/".repeat(2100) + "f";
+    // 127 directories: a member in the last one is 128 levels deep, the most a name may be.
+    let deepest = vec!["d"; 127].join("/");
     // 4,090 bytes: under the 4,096 a name may have, over it once below the release root.
     let near_path_max = format!("{}/", "a".repeat(250)).repeat(16) + &"b".repeat(74);
     // TARmageddon: the ustar size says 0, so a reader that trusts it takes the PAX-sized data
@@ -212,6 +214,26 @@ fn corpus() -> Vec<Case> {
                 RawEntry::file("x", b"x"),
             ],
             &["over the system's limit of 4096"],
+        ),
+        case(
+            "127 directories deep, then a fifo in them (staging must still be emptied)",
+            &[
+                app(),
+                RawEntry::pax(&[("path", &deepest)]),
+                RawEntry::dir("placeholder"),
+                RawEntry::pax(&[("path", &format!("{deepest}/pipe"))]),
+                RawEntry::fifo("placeholder"),
+            ],
+            &["(258 bytes)", "fifo"],
+        ),
+        case(
+            "a name 129 levels deep",
+            &[
+                app(),
+                RawEntry::pax(&[("path", &format!("{deepest}/d/f"))]),
+                RawEntry::file("placeholder", b"x"),
+            ],
+            &["path deeper than 128 directory levels"],
         ),
         Case {
             name: "1001 repeats of ./ (each a member)",

@@ -794,3 +794,63 @@ fn hooks_run_without_systemd_in_their_process_group() {
     );
     assert!(!running("sleep 3021"), "the hook's child outlived it");
 }
+
+/// Issue 13 review: a hook that runs as root gets none of the app's settings, since whoever
+/// writes the parameters could otherwise reach root through what an interpreter reads
+/// (`PERL5OPT` here); the settings' names are in a `variables_refused` warning. A hook that runs
+/// as another user gets them.
+#[test]
+fn a_hook_run_as_root_gets_no_settings() {
+    use drover_tests::release::{raw_tar_gz, RawEntry};
+    for (user, expect_settings) in [(None, false), (Some("65534:65534"), true)] {
+        let world = drover_tests::World::new("root-hook-env");
+        let endpoint = world.moto.endpoint();
+        let env_path = world.env_path();
+        let env_file = world.dir().join("app.env");
+        let hooks = user.map(|u| format!("[hooks]\nuser = \"{u}\"\n"));
+        let extra = format!(
+            "[environment]\npath = \"{env_path}\"\nfile = \"{}\"\n{}",
+            env_file.display(),
+            hooks.unwrap_or_default()
+        );
+        let host = Host::with_config(world, &endpoint, &extra);
+        // The hook user must be able to reach its release, as it can /opt/app.
+        std::fs::set_permissions(
+            host.world.dir(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        host.world
+            .moto
+            .put_parameter(&format!("{env_path}/PERL5OPT"), "-Mwarnings");
+        host.world
+            .moto
+            .put_parameter(&format!("{env_path}/DATABASE_URL"), "postgres://db");
+        let archive = raw_tar_gz(&[
+            RawEntry::file("VERSION", b"1.0.0\n"),
+            RawEntry::file(
+                "hooks/pre-activate",
+                b"#!/bin/sh\necho \"settings:${DATABASE_URL:-none} ${PERL5OPT:-none}\"\n",
+            )
+            .with_mode(0o755),
+        ]);
+        host.upload_and_promote("1.0.0", &archive);
+        let out = host
+            .command(&["once"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+            .output()
+            .expect("run drover");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        if expect_settings {
+            assert!(err.contains("settings:postgres://db -Mwarnings"), "{err}");
+        } else {
+            assert!(err.contains("settings:none none"), "{err}");
+            let refused = err
+                .lines()
+                .find(|l| l.contains("event=\"variables_refused\"") && l.contains("runs as root"))
+                .unwrap_or_else(|| panic!("no variables_refused for the root hook in\n{err}"));
+            assert!(refused.contains("DATABASE_URL"), "{refused}");
+        }
+    }
+}

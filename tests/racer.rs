@@ -1,6 +1,6 @@
 //! The app's user turned attacker, for the race tests (issue 13): run as that user, it finds
 //! every directory it owns under a release root, makes it world-writable (or, for each `d7`,
-//! unreadable), keeps a descriptor to
+//! unreadable; in each `d0/d6` it buries a chain 300 directories deep), keeps a descriptor to
 //! each (so it can go on after root moves the tree somewhere it cannot reach by path), and, above
 //! all in those root has moved into the staging area, swaps every entry in them
 //! with a symlink to a sentinel outside, and back, with `renameat2(RENAME_EXCHANGE)`, as fast as
@@ -124,11 +124,36 @@ fn discover(dir: &Path, uid: u32, held: &mut HashMap<(u64, u64), OwnedFd>) {
                     _ => 0o777,
                 };
                 let _ = rfs::fchmod(&fd, Mode::from_raw_mode(mode));
+                if path.ends_with("d0/d6") {
+                    bury(&fd);
+                }
                 held.insert(key, fd);
             }
         }
         discover(&path, uid, held);
     }
+}
+
+/// Builds a chain of 300 directories in `dir` (as deep as the app's user likes), the last one
+/// unreadable, against walks that hold a descriptor per level.
+fn bury(dir: &OwnedFd) {
+    let Ok(mut fd) = rfs::openat(dir, c".", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+    else {
+        return;
+    };
+    for _ in 0..300 {
+        let _ = rfs::mkdirat(&fd, "deep", Mode::from_raw_mode(0o755));
+        match rfs::openat(
+            &fd,
+            "deep",
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        ) {
+            Ok(next) => fd = next,
+            Err(_) => return,
+        }
+    }
+    let _ = rfs::fchmod(&fd, Mode::from_raw_mode(0));
 }
 
 /// One round over the entries of `dir`: each swapped with a symlink to `target` and back,

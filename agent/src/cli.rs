@@ -143,6 +143,10 @@ const FAILED: u8 = 1;
 const BAD_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
+    // What drover creates must not depend on who started it: the unit says UMask=0022, and an
+    // operator's shell with umask 000 would otherwise make the release root, `releases/` and
+    // a release's directories writable by the app's user (issue 13 review).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let cli = Cli::parse();
     logging::init(cli.verbose);
     // rustls on ring for every TLS client (the SDK's is built on it in aws.rs): reqwest, for

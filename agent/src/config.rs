@@ -648,6 +648,21 @@ pub fn check_hooks_user(
     owner: Option<&str>,
     uid: impl Fn(&str) -> Option<u32>,
 ) -> Result<(), String> {
+    // Whoever runs the hooks, a group of root for a user that is not root is root's reach.
+    if let Some((_, group)) = hooks_user.or(owner).and_then(|s| s.split_once(':')) {
+        let spec = hooks_user.or(owner).unwrap_or_default();
+        if matches!(group, "0" | "root") && uid(spec) != Some(0) {
+            let key = if hooks_user.is_some() {
+                "hooks.user"
+            } else {
+                "release.owner"
+            };
+            return Err(format!(
+                "{key} {spec:?} has group root (gid 0): hooks its user can rewrite would run \
+                 with root's group; name another group"
+            ));
+        }
+    }
     let (Some(user), Some(owner)) = (hooks_user, owner) else {
         return Ok(());
     };
@@ -851,6 +866,12 @@ mod tests {
         assert!(check_hooks_user(Some("toor"), None, uid).is_ok());
         // Without /etc/passwd, only root by name or number.
         assert!(check_hooks_user(Some("toor"), Some("app"), |s| spec_uid(s, "")).is_ok());
+        // Group root for a user that is not root (issue 13 review).
+        assert!(check_hooks_user(Some("app:0"), Some("app"), uid).is_err());
+        assert!(check_hooks_user(Some("app:root"), None, uid).is_err());
+        assert!(check_hooks_user(None, Some("1001:0"), uid).is_err());
+        assert!(check_hooks_user(None, Some("app:app"), uid).is_ok());
+        assert!(check_hooks_user(Some("root:root"), None, uid).is_ok());
     }
 
     #[test]

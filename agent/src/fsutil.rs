@@ -126,10 +126,15 @@ pub fn free_space(path: &Path) -> Result<u64, PathError> {
 /// rather than a consequence of the input itself (a name the file system refuses, one link too
 /// many). Callers decide with it whether to retry later or reject what they were given.
 pub fn is_machine_fault(e: &io::Error) -> bool {
-    const MACHINE: [i32; 14] = [
+    const MACHINE: [i32; 18] = [
         libc::ENOSPC,
         libc::EDQUOT,
         libc::EIO,
+        // A file system that found itself corrupt (ext4, XFS), or a network one gone away.
+        libc::EUCLEAN,
+        libc::EBADMSG,
+        libc::ENOTCONN,
+        libc::ENOLINK,
         libc::EROFS,
         libc::ENOMEM,
         libc::EMFILE,

@@ -106,7 +106,7 @@ impl Layout {
     pub fn new_staging(&self, purpose: &str, version: &Version) -> Result<PathBuf, PathError> {
         let dir = self
             .staging_dir()
-            .join(format!("{purpose}-{version}-{}", std::process::id()));
+            .join(fresh_name(purpose, version.as_str()));
         tree::remove_tree(&dir)?;
         self.ensure()?;
         fs::create_dir(&dir).at("create directory", &dir)?;
@@ -114,25 +114,29 @@ impl Layout {
     }
 
     /// Removes whatever an interrupted earlier run left in the staging area, and a stray
-    /// temporary `current` link. Returns what was removed.
-    pub fn clean_staging(&self) -> Result<Vec<PathBuf>, PathError> {
+    /// temporary `current` link. Returns what was removed, and what could not be: a leftover
+    /// that resists removal costs space, never a deploy (new staging directories get fresh
+    /// names).
+    pub fn clean_staging(&self) -> Result<(Vec<PathBuf>, Vec<PathError>), PathError> {
         let staging = self.staging_dir();
-        let mut removed = Vec::new();
+        let (mut removed, mut left) = (Vec::new(), Vec::new());
         let entries = match fs::read_dir(&staging) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((removed, left)),
             other => other.at("list", &staging)?,
         };
         for entry in entries {
             let path = entry.at("list", &staging)?.path();
-            tree::remove_tree(&path)?;
-            removed.push(path);
+            match tree::remove_tree(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) => left.push(e),
+            }
         }
         let tmp_link = self.tmp_link();
         if fs::symlink_metadata(&tmp_link).is_ok() {
             fs::remove_file(&tmp_link).at("remove", &tmp_link)?;
             removed.push(tmp_link);
         }
-        Ok(removed)
+        Ok((removed, left))
     }
 
     /// Moves a complete, synced release directory from staging into `releases/{version}`.
@@ -196,9 +200,7 @@ impl Layout {
     /// removed, so a crash midway never leaves a half-deleted release behind.
     pub fn discard(&self, version: &str) -> Result<(), PathError> {
         let src = self.release_dir(version);
-        let trash = self
-            .staging_dir()
-            .join(format!("discard-{version}-{}", std::process::id()));
+        let trash = self.staging_dir().join(fresh_name("discard", version));
         tree::remove_tree(&trash)?;
         self.ensure()?;
         fs::rename(&src, &trash).at("move out of releases", &src)?;
@@ -209,6 +211,15 @@ impl Layout {
     fn tmp_link(&self) -> PathBuf {
         self.root.join(".current.tmp")
     }
+}
+
+/// A staging name no earlier pass of this process, nor a leftover, has: `{purpose}-{version}-`
+/// then the process id and a count.
+fn fresh_name(purpose: &str, version: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("{purpose}-{version}-{}-{n}", std::process::id())
 }
 
 #[cfg(test)]
@@ -265,7 +276,8 @@ mod tests {
         let s = layout.new_staging("download", &v).unwrap();
         fs::write(s.join("partial"), b"xx").unwrap();
         std::os::unix::fs::symlink("releases/1.0", layout.tmp_link()).unwrap();
-        let removed = layout.clean_staging().unwrap();
+        let (removed, left) = layout.clean_staging().unwrap();
+        assert!(left.is_empty());
         assert_eq!(removed.len(), 2);
         assert_eq!(fs::read_dir(layout.staging_dir()).unwrap().count(), 0);
         assert!(fs::symlink_metadata(layout.tmp_link()).is_err());

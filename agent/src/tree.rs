@@ -14,14 +14,19 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Gid, Mode, OFlags, Uid};
+use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Gid, Mode, OFlags, RenameFlags, Uid};
 
 use crate::fsutil::{IoContext, PathError};
 use crate::owner::Owner;
 
-/// Deepest directory nesting walked (one open descriptor per level). [`crate::unpack`] refuses
-/// deeper archives, so only a tree its owner deepened afterwards can reach it.
+/// Deepest directory nesting [`give_tree`] walks (two open descriptors per level). It only ever
+/// walks what [`crate::unpack`] made, which refuses names deeper than half of this.
 pub const MAX_DEPTH: usize = 256;
+
+/// How deep [`remove_tree`] goes before it moves a directory up to the top of the tree being
+/// removed instead of into it: removal holds at most this many descriptors, however deep a
+/// tree the app's user built in its release.
+const FLATTEN_DEPTH: usize = 32;
 
 /// Gives everything below `root` to `owner`, links themselves rather than their targets.
 /// A directory is given away only after everything in it: at no moment does the owner hold a
@@ -30,10 +35,7 @@ pub const MAX_DEPTH: usize = 256;
 /// root without CAP_DAC_OVERRIDE only has as its owner. Returns how many entries changed hands.
 pub fn give_tree(root: &Path, owner: Owner) -> Result<u64, PathError> {
     let dir = open_root(root)?;
-    let mut walk = Walk {
-        path: root.to_owned(),
-        depth: 0,
-    };
+    let mut walk = Walk::new(root);
     let mut count = 0;
     walk.give(dir, owner, &mut count)?;
     Ok(count)
@@ -43,7 +45,9 @@ pub fn give_tree(root: &Path, owner: Owner) -> Result<u64, PathError> {
 /// owns what is in it. Each directory is taken over before it is read: made ours (CAP_CHOWN)
 /// and `0700` at once, on its descriptor, so its former owner can no longer add, rename or swap
 /// anything in it, even from a descriptor or working directory it opened earlier. Files are not
-/// chowned: unlinking needs only the directory. The parent of `path` must be ours.
+/// chowned: unlinking needs only the directory. A directory deeper than a few dozen levels is
+/// moved up to the top of the tree (it is ours by then) and removed from there, so no depth
+/// wedges removal. The parent of `path` must be ours.
 pub fn remove_tree(path: &Path) -> Result<(), PathError> {
     let (parent, name) = split(path)?;
     let parent_fd = rfs::open(
@@ -56,20 +60,30 @@ pub fn remove_tree(path: &Path) -> Result<(), PathError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         other => other.at("open", parent)?,
     };
-    let mut walk = Walk {
-        path: path.to_owned(),
-        depth: 0,
-    };
+    let mut walk = Walk::new(path);
     walk.remove_entry(parent_fd.as_fd(), &name)
 }
 
-/// Where a walk is, for messages; the walk itself never resolves this path.
+/// Where a walk is. `path` is for messages only: the walk never resolves it.
 struct Walk {
     path: PathBuf,
     depth: usize,
+    /// While removing: the top of the tree, taken over, where deep directories are moved.
+    top: Option<OwnedFd>,
+    /// Directories moved up so far, for their new names.
+    flattened: u64,
 }
 
 impl Walk {
+    fn new(path: &Path) -> Self {
+        Walk {
+            path: path.to_owned(),
+            depth: 0,
+            top: None,
+            flattened: 0,
+        }
+    }
+
     fn give(&mut self, dir: OwnedFd, owner: Owner, count: &mut u64) -> Result<(), PathError> {
         let (uid, gid) = (Uid::from_raw(owner.uid), Gid::from_raw(owner.gid));
         let mut entries = Dir::new(dir)
@@ -156,6 +170,11 @@ impl Walk {
                 other => other.map_err(io::Error::from).at("open", &self.path)?,
             };
             self.take_over(&handle)?;
+            if self.depth >= FLATTEN_DEPTH {
+                // Ours now: move it up, where the top's listing finds it again.
+                self.move_to_top(parent, name)?;
+                return Ok(());
+            }
             let dir = rfs::openat(
                 &handle,
                 c".",
@@ -164,6 +183,9 @@ impl Walk {
             )
             .map_err(io::Error::from)
             .at("open", &self.path)?;
+            if self.top.is_none() {
+                self.top = Some(dir.try_clone().at("open", &self.path)?);
+            }
             self.down()?;
             let emptied = self.remove_children(dir);
             self.depth -= 1;
@@ -175,6 +197,21 @@ impl Walk {
             }
         }
         Err(io::Error::other("kept changing while it was being removed")).at("remove", &self.path)
+    }
+
+    /// Moves `name` (a directory already taken over) from `parent` to the top of the tree.
+    fn move_to_top(&mut self, parent: BorrowedFd<'_>, name: &CStr) -> Result<(), PathError> {
+        let Some(top) = &self.top else {
+            return Err(io::Error::other("no top to move to")).at("move", &self.path);
+        };
+        loop {
+            self.flattened += 1;
+            let new_name = format!(".flattened-{}", self.flattened);
+            match rfs::renameat_with(parent, name, top, new_name.as_str(), RenameFlags::NOREPLACE) {
+                Err(rustix::io::Errno::EXIST) => continue,
+                other => return other.map_err(io::Error::from).at("move up", &self.path),
+            }
+        }
     }
 
     /// Makes the directory behind the `O_PATH` handle ours and `0700`. chown comes first
@@ -355,6 +392,31 @@ mod tests {
         }
         assert_eq!(fs::metadata(&tree).unwrap().uid(), 0);
         assert_eq!(fs::metadata(&target).unwrap().uid(), 0);
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+    }
+
+    /// Issue 13 review: a tree deeper than any descriptor budget (its owner can build one in its
+    /// release) is still removed, so it cannot wedge pruning or the staging area.
+    #[test]
+    fn a_tree_of_any_depth_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("t");
+        fs::create_dir(&tree).unwrap();
+        // Built relative to each new directory: the whole path would be over PATH_MAX.
+        let mut fd = rfs::open(&tree, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..3000 {
+            rfs::mkdirat(&fd, "d", Mode::from_raw_mode(0o500)).unwrap();
+            fd = rfs::openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        rfs::openat(
+            &fd,
+            "f",
+            OFlags::CREATE | OFlags::WRONLY,
+            Mode::from_raw_mode(0),
+        )
+        .unwrap();
+        drop(fd);
         remove_tree(&tree).unwrap();
         assert!(!tree.exists());
     }

@@ -64,6 +64,10 @@ pub enum UnpackError {
     /// Reading the archive or writing failed outside any one entry: not the artifact's fault.
     #[error(transparent)]
     Io(#[from] PathError),
+    /// The system could not read the downloaded archive (an I/O error, say): the machine's
+    /// fault, whatever the archive holds.
+    #[error("reading the archive: {0}")]
+    Read(io::Error),
 }
 
 impl UnpackError {
@@ -73,7 +77,7 @@ impl UnpackError {
     /// own directories).
     pub fn is_artifact_fault(&self) -> bool {
         match self {
-            UnpackError::Io(_) => false,
+            UnpackError::Io(_) | UnpackError::Read(_) => false,
             UnpackError::Refused { source, .. } => !crate::fsutil::is_machine_fault(source),
             _ => true,
         }
@@ -95,8 +99,13 @@ impl<T> EntryContext<T> for io::Result<T> {
     }
 }
 
+/// A read error: what the decompressor or the tar framing says of the bytes is the archive's
+/// fault; an error the system gave while reading the file is not.
 fn corrupt(e: io::Error) -> UnpackError {
-    UnpackError::Corrupt(e.to_string())
+    match e.raw_os_error() {
+        Some(_) => UnpackError::Read(e),
+        None => UnpackError::Corrupt(e.to_string()),
+    }
 }
 
 /// A read error between members, where `last` is the last member read (for the message).
@@ -142,7 +151,7 @@ const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
 /// Deepest nesting of a name; the tree walks that give a release away and prune it
 /// ([`crate::tree`]) hold one descriptor per level.
-const MAX_DEPTH: usize = crate::tree::MAX_DEPTH;
+const MAX_DEPTH: usize = crate::tree::MAX_DEPTH / 2;
 /// How much of a large file is written before its writeback is started.
 const WRITEBACK_CHUNK: u64 = 8 << 20;
 
@@ -237,7 +246,7 @@ fn map_read_error(e: io::Error, entry: &str) -> UnpackError {
             what: "unpacked size",
             limit: c.0,
         },
-        None if entry.is_empty() => corrupt(e),
+        None if entry.is_empty() || e.raw_os_error().is_some() => corrupt(e),
         None => UnpackError::Corrupt(format!("in entry {:?}: {e}", shorten(entry))),
     }
 }
@@ -459,6 +468,9 @@ impl<'a> Extractor<'a> {
                     fs::create_dir(&path).refused("create directory", parent)?;
                     self.stats.dirs += 1;
                     self.seen.insert(parent.to_owned(), Kind::Dir);
+                    // Its mode set like any other, whatever the umask; a later member naming
+                    // it replaces this.
+                    self.dir_modes.insert(parent.to_owned(), 0o755);
                 }
             }
             end += i + 1;
@@ -906,6 +918,10 @@ mod tests {
         assert!(refused(libc::EINVAL).is_artifact_fault());
         assert!(!refused(libc::ENOSPC).is_artifact_fault());
         assert!(!refused(libc::EIO).is_artifact_fault());
+        assert!(!refused(libc::EUCLEAN).is_artifact_fault());
+        // Reading the downloaded file failed: the machine's fault, not "corrupt".
+        assert!(!corrupt(io::Error::from_raw_os_error(libc::EIO)).is_artifact_fault());
+        assert!(corrupt(io::Error::new(io::ErrorKind::InvalidData, "bad")).is_artifact_fault());
     }
 
     /// Issue 13, finding 9: no group or world write survives, and a sticky directory does not

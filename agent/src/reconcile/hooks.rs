@@ -53,11 +53,39 @@ where
             Ok(user) => user,
             Err(e) => return failed(format!("hook user: {e}")),
         };
-        let environment = self
-            .settings
-            .as_ref()
-            .map(|s| s.pairs())
-            .unwrap_or_default();
+        if let Some(user) = user.filter(|u| u.uid != 0 && u.gid == 0) {
+            return failed(format!(
+                "hook user {}:{} has group root (gid 0): a hook its owner can rewrite would run                  with root's group; give hooks.user (or release.owner) another group",
+                user.uid, user.gid
+            ));
+        }
+        // Settings go only to a hook that runs as someone other than root: whoever can write
+        // the parameters must not reach root through the many variables interpreters act on
+        // (PERL5OPT, PYTHONWARNINGS, NODE_OPTIONS, ...), which no list can close.
+        let as_root = user.is_none_or(|u| u.uid == 0);
+        let environment = match (&self.settings, as_root) {
+            (Some(settings), true) if !settings.pairs().is_empty() => {
+                let names = settings
+                    .pairs()
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                emit(
+                    Event::VariablesRefused,
+                    &Fields {
+                        variables: Some(&names),
+                        ..fields
+                    },
+                    &format!(
+                        "The {name} hook of {version} runs as root: the app's settings are not                          given to it (run hooks as the app's user with [hooks] user or                          [release] owner)"
+                    ),
+                );
+                Vec::new()
+            }
+            (Some(settings), false) => settings.pairs(),
+            _ => Vec::new(),
+        };
         let release_dir = self.layout.release_dir(version);
         let ctx = Context {
             release_dir: &release_dir,

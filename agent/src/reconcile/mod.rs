@@ -350,8 +350,12 @@ where
     /// flight by returning to the last good release.
     async fn prepare(&mut self) -> Result<State, String> {
         self.layout.ensure().map_err(|e| e.to_string())?;
-        for path in self.layout.clean_staging().map_err(|e| e.to_string())? {
+        let (removed, left) = self.layout.clean_staging().map_err(|e| e.to_string())?;
+        for path in removed {
             tracing::info!(target: "drover", path = %path.display(), "removed leftover staging");
+        }
+        for e in left {
+            tracing::warn!(target: "drover", error = %e, "cannot remove leftover staging");
         }
         let mut state = match self.state_file.load() {
             Ok(s) => s,
