@@ -386,7 +386,7 @@ fn render_user_data(args: &UserDataArgs) -> Result<String, String> {
     .map_err(|e| e.to_string())
 }
 
-type RealAgent = Agent<SsmSource, S3Store, Systemd, HttpProbe>;
+type RealAgent = Agent<(SsmSource, S3Store, Systemd, HttpProbe)>;
 
 async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
     let sdk = aws::sdk_config(&config.aws).await;

@@ -7,23 +7,14 @@
 
 use std::path::PathBuf;
 
-use super::{Agent, Outcome};
+use super::{Agent, Outcome, Parts};
 use crate::environment::{self, Settings};
 use crate::events::{emit, Event, Fields};
-use crate::health::HealthProbe;
-use crate::service::ServiceManager;
 use crate::source::DesiredSource;
 use crate::state::{Result as Res, State};
-use crate::store::ArtifactStore;
 use crate::version::Version;
 
-impl<S, A, M, H> Agent<S, A, M, H>
-where
-    S: DesiredSource,
-    A: ArtifactStore,
-    M: ServiceManager,
-    H: HealthProbe,
-{
+impl<P: Parts> Agent<P> {
     /// 1, continued: the settings under `[environment] path`, kept for this pass.
     pub(super) async fn read_settings(&mut self) -> Result<(), Outcome> {
         let Some(env) = &self.config.environment else {

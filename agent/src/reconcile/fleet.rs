@@ -4,13 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{Agent, Outcome};
+use super::{Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
 use crate::fleet::{self, IdentityError, Report, Status};
-use crate::health::HealthProbe;
 use crate::rollout;
-use crate::service::ServiceManager;
-use crate::source::DesiredSource;
 use crate::state::{Request, State};
 use crate::store::{ArtifactStore, StoreError};
 use crate::version::Desired;
@@ -41,13 +38,7 @@ pub(super) struct Written {
     day: u64,
 }
 
-impl<S, A, M, H> Agent<S, A, M, H>
-where
-    S: DesiredSource,
-    A: ArtifactStore,
-    M: ServiceManager,
-    H: HealthProbe,
-{
+impl<P: Parts> Agent<P> {
     /// This instance's id, when the fleet features need one.
     async fn instance_id(&mut self) -> Result<String, IdentityError> {
         let Some(identity) = self.identity.as_mut() else {

@@ -1,24 +1,14 @@
 //! Running a release's hooks (see [`crate::hooks`]) as steps of a deploy, with their output and
 //! outcome in the journal under the deploy's fields.
 
-use super::{Agent, Outcome};
+use super::{Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
-use crate::health::HealthProbe;
 use crate::hooks::{self, Context, Hook, Ran};
 use crate::owner;
-use crate::service::ServiceManager;
-use crate::source::DesiredSource;
 use crate::state::{Request, Result as Res, State};
-use crate::store::ArtifactStore;
 use crate::version::Version;
 
-impl<S, A, M, H> Agent<S, A, M, H>
-where
-    S: DesiredSource,
-    A: ArtifactStore,
-    M: ServiceManager,
-    H: HealthProbe,
-{
+impl<P: Parts> Agent<P> {
     /// Runs `hook` from `version`'s release. `Err` carries the reason, already in the journal.
     pub(super) async fn run_hook(
         &self,

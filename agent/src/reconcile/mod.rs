@@ -103,12 +103,29 @@ pub enum Mode {
     Once,
 }
 
-pub struct Agent<S, A, M, H> {
+/// The outside world a pass works through: where the desired version comes from, where the
+/// artifacts are, the service manager and the health probe. One bundle, so that each file of
+/// the loop names it once: `impl<P: Parts> Agent<P>`.
+pub trait Parts {
+    type Source: DesiredSource;
+    type Store: ArtifactStore;
+    type Services: ServiceManager;
+    type Probe: HealthProbe;
+}
+
+impl<S: DesiredSource, A: ArtifactStore, M: ServiceManager, H: HealthProbe> Parts for (S, A, M, H) {
+    type Source = S;
+    type Store = A;
+    type Services = M;
+    type Probe = H;
+}
+
+pub struct Agent<P: Parts> {
     config: Config,
-    source: S,
-    store: A,
-    services: M,
-    probe: Option<H>,
+    source: P::Source,
+    store: P::Store,
+    services: P::Services,
+    probe: Option<P::Probe>,
     layout: Layout,
     state_file: StateFile,
     mode: Mode,
@@ -163,13 +180,7 @@ impl From<PathError> for FetchFailure {
     }
 }
 
-impl<S, A, M, H> Agent<S, A, M, H>
-where
-    S: DesiredSource,
-    A: ArtifactStore,
-    M: ServiceManager,
-    H: HealthProbe,
-{
+impl<S: DesiredSource, A: ArtifactStore, M: ServiceManager, H: HealthProbe> Agent<(S, A, M, H)> {
     pub fn new(
         config: Config,
         source: S,
@@ -195,7 +206,9 @@ where
             reported_status: None,
         }
     }
+}
 
+impl<P: Parts> Agent<P> {
     /// Where the instance id comes from, for rollouts and `[fleet]` status objects.
     pub fn with_identity(mut self, identity: crate::fleet::Identity) -> Self {
         self.identity = Some(identity);
@@ -1161,7 +1174,7 @@ mod tests {
         root: PathBuf,
         parameter: Rc<RefCell<Parameter>>,
         units: Rc<FakeUnits>,
-        agent: Agent<MemSource, MemStore, Rc<FakeUnits>, ReleaseProbe>,
+        agent: Agent<(MemSource, MemStore, Rc<FakeUnits>, ReleaseProbe)>,
     }
 
     impl World {
