@@ -1,0 +1,271 @@
+//! A deploy as its steps, in the order of SPEC's flow: fetch (2 and 3, [`crate::fetch::release`])
+//! → the new release's pre-activate hook → switch (4) → restart (5) → health (6) → its validate
+//! hook → commit (7), or the revert of [`super::revert`]. Also the steps a deploy shares with a
+//! revert: activating a release (restart and health gate), and pruning old ones.
+
+use super::{Agent, Outcome, Parts};
+use crate::events::{emit, Event, Fields};
+use crate::fetch::{self, FetchFailure};
+use crate::health::{self, Policy};
+use crate::hooks::Hook;
+use crate::plan;
+use crate::service::ServiceManager;
+use crate::state::{Pending, Request, Result as Res, State};
+use crate::version::{Desired, Version};
+use crate::{failpoint, notify};
+
+impl<P: Parts> Agent<P> {
+    pub(super) async fn deploy(
+        &mut self,
+        state: &mut State,
+        request: Request,
+        desired: Desired,
+        download: bool,
+    ) -> Outcome {
+        let version = desired.version.clone();
+        let previous = state.good.clone().filter(|g| g != version.as_str());
+        let fields = Fields {
+            version: Some(version.as_str()),
+            previous_version: previous.as_deref(),
+            parameter_version: Some(request.parameter_version),
+            ..Fields::default()
+        };
+        emit(
+            Event::DeployStarted,
+            &fields,
+            &match &previous {
+                Some(p) => format!("Deploying {version} (running {p})"),
+                None => format!("Deploying {version}"),
+            },
+        );
+        notify::status(&format!("deploying {version}"));
+
+        // 2 and 3. Fetch, verify and unpack.
+        if download {
+            let job = fetch::Job {
+                artifact: &self.config.artifact,
+                owner: self.config.release.owner.as_deref(),
+                layout: &self.layout,
+                desired: &desired,
+                fields: &fields,
+            };
+            if let Err(failure) = fetch::release(&self.store, &job).await {
+                return self.fetch_failed(state, request, &version, &fields, failure);
+            }
+        }
+
+        // The new release's pre-activate hook (migrations), before anything is switched.
+        if let Err(error) = self
+            .run_hook(Hook::PreActivate, version.as_str(), &fields)
+            .await
+        {
+            return self.abort(state, request, &version, &fields, error);
+        }
+
+        // 4. Switch.
+        if self.switch(state, &version, &request).is_err() {
+            return Outcome::Retry;
+        }
+        emit(
+            Event::Switched,
+            &fields,
+            &format!("Switched current to {version}"),
+        );
+        failpoint::hit("after_switch");
+
+        // 5 and 6. Restart and health, then the new release's validate hook (smoke tests).
+        match self.activate_and_validate(version.as_str(), &fields).await {
+            Ok(()) => {
+                // 7. Commit.
+                failpoint::hit("before_commit");
+                state.commit(version.as_str(), Some(request.clone()));
+                self.commit_environment(state);
+                self.record(state, Res::Deployed, &version, Some(request), None);
+                self.announce(Event::Deployed, &fields, &format!("Deployed {version}"));
+                failpoint::hit("after_commit");
+                self.prune(state);
+                // Reported, not acted on: the deploy stands.
+                let _ = self
+                    .run_hook(Hook::PostActivate, version.as_str(), &fields)
+                    .await;
+                Outcome::Deployed
+            }
+            Err(error) => {
+                self.revert(state, request, &version, previous.as_deref(), error)
+                    .await
+            }
+        }
+    }
+    /// 4: points `current` at `version`, with the switch recorded first so that a crash can be
+    /// undone; the app's new environment file, if its settings changed, goes in with it. On
+    /// failure `current` is unchanged and the state says so (the error is logged).
+    pub(super) fn switch(
+        &self,
+        state: &mut State,
+        version: &Version,
+        request: &Request,
+    ) -> Result<(), ()> {
+        let new_environment = self.environment_change();
+        state.pending = Some(Pending {
+            version: version.to_string(),
+            request: Some(request.clone()),
+        });
+        state.environment_pending = new_environment.is_some();
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
+            state.pending = None;
+            state.environment_pending = false;
+            return Err(());
+        }
+        failpoint::hit("after_pending_saved");
+        if let Some(text) = &new_environment {
+            if let Err(e) = self.write_environment(text) {
+                tracing::error!(target: "drover", error = %e, "cannot write the environment file; nothing switched");
+                state.pending = None;
+                state.environment_pending = false;
+                let _ = self.save(state);
+                return Err(());
+            }
+        }
+        if let Err(e) = self.layout.switch(version.as_str()) {
+            // A new environment file stays pending: the next pass puts the good one back.
+            tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
+            state.pending = None;
+            let _ = self.save(state);
+            return Err(());
+        }
+        Ok(())
+    }
+    /// A fetch that produced no release: wait, retry later, or reject the request for good.
+    pub(super) fn fetch_failed(
+        &self,
+        state: &mut State,
+        request: Request,
+        version: &Version,
+        fields: &Fields<'_>,
+        failure: FetchFailure,
+    ) -> Outcome {
+        match failure {
+            FetchFailure::Missing(error) => {
+                let message = format!("The artifact of {version} is not there yet: {error}");
+                emit(Event::PollFailed, &fields.with_error(&error), &message);
+                Outcome::Waiting
+            }
+            FetchFailure::Transient(error) => {
+                let message = format!("Fetching {version} failed, will retry: {error}");
+                emit(Event::PollFailed, &fields.with_error(&error), &message);
+                Outcome::Retry
+            }
+            FetchFailure::Rejected(error) => {
+                let message = format!("Rejected the artifact of {version}: {error}");
+                emit(
+                    Event::ArtifactRejected,
+                    &fields.with_error(&error),
+                    &message,
+                );
+                state.remember_failed(request.clone());
+                self.record(state, Res::Rejected, version, Some(request), Some(error));
+                Outcome::Rejected
+            }
+        }
+    }
+    /// 5 and 6 for one version: restart every unit, then the health gate.
+    pub(super) async fn activate(&self, version: &str, fields: &Fields<'_>) -> Result<(), String> {
+        self.restart_units(fields).await?;
+        failpoint::hit("after_restart");
+        match health::wait_healthy(
+            self.probe.as_ref(),
+            &self.services,
+            &self.config.service.units,
+            self.policy(),
+        )
+        .await
+        {
+            Ok(()) => {
+                emit(
+                    Event::HealthPassed,
+                    fields,
+                    &format!("{version} is healthy"),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let error = e.to_string();
+                emit(
+                    Event::HealthFailed,
+                    &fields.with_error(&error),
+                    &format!("{version} is not healthy: {error}"),
+                );
+                Err(error)
+            }
+        }
+    }
+    /// The whole gate a change must pass: [`Agent::activate`], then `version`'s validate hook.
+    pub(super) async fn activate_and_validate(
+        &self,
+        version: &str,
+        fields: &Fields<'_>,
+    ) -> Result<(), String> {
+        self.activate(version, fields).await?;
+        self.run_hook(Hook::Validate, version, fields).await
+    }
+    pub(super) async fn restart_units(&self, fields: &Fields<'_>) -> Result<(), String> {
+        for unit in &self.config.service.units {
+            match self.services.restart(unit).await {
+                Ok(()) => emit(
+                    Event::UnitRestarted,
+                    &Fields {
+                        unit: Some(unit),
+                        ..*fields
+                    },
+                    &format!("Restarted {unit}"),
+                ),
+                Err(e) => {
+                    let error = e.to_string();
+                    emit(
+                        Event::HealthFailed,
+                        &Fields {
+                            unit: Some(unit),
+                            error: Some(&error),
+                            ..*fields
+                        },
+                        &format!("Restarting {unit} failed: {error}"),
+                    );
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+    pub(super) fn policy(&self) -> Policy {
+        let h = &self.config.health;
+        Policy {
+            timeout: h.timeout,
+            interval: h.interval,
+            successes: h.successes,
+        }
+    }
+    /// Old releases beyond `keep`, never the active one or the previous good one.
+    pub(super) fn prune(&self, state: &State) {
+        let Ok(releases) = self.layout.list() else {
+            return;
+        };
+        let active = self.layout.active().ok().flatten();
+        let protect: Vec<&str> = [
+            active.as_deref(),
+            state.good.as_deref(),
+            state.previous.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for version in plan::prune_plan(&releases, self.config.release.keep, &protect) {
+            match self.layout.discard(&version) {
+                Ok(()) => {
+                    tracing::info!(target: "drover", version = %version, "pruned old release")
+                }
+                Err(e) => tracing::warn!(target: "drover", error = %e, "pruning failed"),
+            }
+        }
+    }
+}

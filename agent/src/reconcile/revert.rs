@@ -1,0 +1,221 @@
+//! Going back: the revert of a deploy that failed its health gate (7, the other way),
+//! `drover rollback`, and the recovery of a switch an earlier run left in flight.
+
+use super::{lock_state, Agent, Outcome, Parts};
+use crate::events::{emit, Event, Fields};
+use crate::failpoint;
+use crate::state::{self, Outcome as Record, Pending, Request, Result as Res, State};
+use crate::version::Version;
+
+impl<P: Parts> Agent<P> {
+    /// Returns to the last good release after a deploy was interrupted. The units are restarted
+    /// whichever way `current` points now: they may be running the interrupted version's code
+    /// (a crash after the switch back but before the restart leaves exactly that).
+    pub(super) async fn recover(&mut self, state: &mut State, pending: &Pending) {
+        let environment_back = state.environment_pending && self.put_back_environment(state);
+        // Without a good release on disk (a first deploy), nothing to go back to: the next pass
+        // tries again; only a restored environment file needs the units restarted.
+        let Some(good) = state.good.clone().filter(|g| self.layout.has_release(g)) else {
+            if environment_back {
+                let _ = self.restart_units(&Fields::default()).await;
+            }
+            return;
+        };
+        let fields = Fields {
+            version: Some(&pending.version),
+            previous_version: Some(&good),
+            parameter_version: pending.request.as_ref().map(|r| r.parameter_version),
+            ..Fields::default()
+        };
+        if self.layout.active().ok().flatten().as_deref() != Some(good.as_str()) {
+            if let Err(e) = self.layout.switch(&good) {
+                tracing::error!(target: "drover", error = %e, "cannot switch back after an interrupted deploy");
+                return;
+            }
+            emit(
+                Event::Switched,
+                &fields,
+                &format!(
+                    "Deploy of {} was interrupted; switched back to {good}",
+                    pending.version
+                ),
+            );
+        }
+        // Best effort: the next pass checks health and retries the deploy.
+        let _ = self.restart_units(&fields).await;
+    }
+    /// A new environment file was in place, not yet committed, when the agent stopped: the last
+    /// good one goes back (the caller restarts the units for it, once) and the next pass tries
+    /// again. Returns whether the file was put back.
+    pub(super) fn put_back_environment(&self, state: &mut State) -> bool {
+        state.environment_pending = false;
+        match self.restore_environment() {
+            Ok(()) => {
+                tracing::warn!(target: "drover", "An environment change was interrupted; put the last good environment file back");
+                true
+            }
+            Err(e) => {
+                tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back");
+                false
+            }
+        }
+    }
+    /// 7, the other way: back to the previous good release, restarted and checked again.
+    pub(super) async fn revert(
+        &mut self,
+        state: &mut State,
+        request: Request,
+        version: &Version,
+        previous: Option<&str>,
+        error: String,
+    ) -> Outcome {
+        state.remember_failed(request.clone());
+        // Saved before switching back, so that an agent killed during the revert does not try
+        // the failed version once more after it restarts.
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state");
+        }
+        failpoint::hit("after_failed_saved");
+        let fields = Fields {
+            version: Some(version.as_str()),
+            previous_version: previous,
+            parameter_version: Some(request.parameter_version),
+            ..Fields::default()
+        };
+        let Some(previous) = previous.filter(|p| self.layout.has_release(p)) else {
+            let why =
+                format!("{error}; no previous release to switch back to, {version} stays current");
+            self.announce(
+                Event::RevertFailed,
+                &fields.with_error(&why),
+                &format!("Deploy of {version} failed and there is nothing to go back to"),
+            );
+            self.record(state, Res::Failed, version, Some(request), Some(why));
+            return Outcome::Failed;
+        };
+        if let Err(e) = self.layout.switch(previous) {
+            let why = format!("{error}; switching back failed: {e}");
+            self.announce(
+                Event::RevertFailed,
+                &fields.with_error(&why),
+                &format!("Could not switch back to {previous}"),
+            );
+            self.record(state, Res::RevertFailed, version, Some(request), Some(why));
+            return Outcome::RevertFailed;
+        }
+        emit(
+            Event::Switched,
+            &fields,
+            &format!("Switched current back to {previous}"),
+        );
+        failpoint::hit("after_revert_switch");
+        if state.environment_pending {
+            if let Err(e) = self.restore_environment() {
+                tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back");
+            }
+        }
+        match self.activate(previous, &fields).await {
+            Ok(()) => {
+                self.announce(
+                    Event::Reverted,
+                    &fields.with_error(&error),
+                    &format!("Reverted to {previous}: {version} failed: {error}"),
+                );
+                self.record(state, Res::Reverted, version, Some(request), Some(error));
+                Outcome::Reverted
+            }
+            Err(e) => {
+                let why = format!("{error}; {previous} is not healthy either: {e}");
+                self.announce(
+                    Event::RevertFailed,
+                    &fields.with_error(&why),
+                    &format!("Reverted to {previous}, but it is not healthy either"),
+                );
+                self.record(state, Res::RevertFailed, version, Some(request), Some(why));
+                Outcome::RevertFailed
+            }
+        }
+    }
+    /// Records how a deploy ended, clearing the switch in flight, in one save.
+    pub(super) fn record(
+        &self,
+        state: &mut State,
+        result: Res,
+        version: &Version,
+        request: Option<Request>,
+        error: Option<String>,
+    ) {
+        state.pending = None;
+        state.environment_pending = false;
+        state.last = Some(Record {
+            result,
+            version: Some(version.to_string()),
+            request,
+            error,
+            at: state::now(),
+        });
+        if let Err(e) = self.save(state) {
+            tracing::error!(target: "drover", error = %e, "cannot save state");
+        }
+    }
+    /// `drover rollback`: back to the previous good release now, remembering the request that
+    /// brought the current one as failed. Returns whether the previous release is healthy.
+    pub async fn rollback(&mut self) -> Result<bool, String> {
+        let _lock = lock_state(&self.config.agent.state_dir).map_err(|e| e.to_string())?;
+        let mut state = self.prepare().await?;
+        let target = state
+            .previous
+            .clone()
+            .ok_or("no previous good release to roll back to")?;
+        if !self.layout.has_release(&target) {
+            return Err(format!("previous release {target} is no longer on disk"));
+        }
+        let current = self.layout.active().ok().flatten();
+        let current_version = current.as_deref().and_then(|c| Version::parse(c).ok());
+        if let Some(applied) = state.applied.clone() {
+            state.remember_failed(applied);
+        }
+        let fields = Fields {
+            version: current.as_deref(),
+            previous_version: Some(&target),
+            ..Fields::default()
+        };
+        state.pending = Some(Pending {
+            version: target.clone(),
+            request: None,
+        });
+        self.save(&state)?;
+        self.layout.switch(&target).map_err(|e| e.to_string())?;
+        emit(
+            Event::Switched,
+            &fields,
+            &format!("Switched current back to {target} (operator rollback)"),
+        );
+        let healthy = self.activate(&target, &fields).await;
+        state.good = Some(target.clone());
+        state.previous = None;
+        state.applied = None;
+        let rolled_back = Version::parse(&target).map_err(|e| e.to_string())?;
+        match healthy {
+            Ok(()) => {
+                let from = current_version.map(|v| v.to_string()).unwrap_or_default();
+                self.announce(
+                    Event::Reverted,
+                    &fields,
+                    &format!("Rolled back from {from} to {target} by operator"),
+                );
+                self.record(&mut state, Res::RolledBack, &rolled_back, None, None);
+                Ok(true)
+            }
+            Err(e) => {
+                self.announce(
+                    Event::RevertFailed,
+                    &fields.with_error(&e),
+                    &format!("Rolled back to {target}, but it is not healthy"),
+                );
+                self.record(&mut state, Res::RevertFailed, &rolled_back, None, Some(e));
+                Ok(false)
+            }
+        }
+    }
+}
