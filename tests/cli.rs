@@ -769,24 +769,11 @@ fn running(args: &str) -> bool {
 /// and drover says that the hook is not confined.
 #[test]
 fn hooks_run_without_systemd_in_their_process_group() {
-    use drover_tests::release::{raw_tar_gz, RawEntry};
     let host = Host::new("hooks-no-systemd");
-    let archive = raw_tar_gz(&[
-        RawEntry::file("VERSION", b"1.0.0\n"),
-        RawEntry::file(
-            "hooks/pre-activate",
-            b"#!/bin/sh\nsleep 3021 &\necho \"$DROVER_HOOK ran\"\n",
-        )
-        .with_mode(0o755),
-    ]);
-    host.upload_and_promote("1.0.0", &archive);
-    let out = host
-        .command(&["once"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
-        .output()
-        .expect("run drover");
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let err = deploy_with_hook(
+        &host,
+        b"#!/bin/sh\nsleep 3021 &\necho \"$DROVER_HOOK ran\"\n",
+    );
     assert!(err.contains("pre-activate ran"), "{err}");
     assert!(
         err.contains("No systemd to put the pre-activate hook in a scope of its own"),
@@ -801,7 +788,6 @@ fn hooks_run_without_systemd_in_their_process_group() {
 /// as another user gets them.
 #[test]
 fn a_hook_run_as_root_gets_no_settings() {
-    use drover_tests::release::{raw_tar_gz, RawEntry};
     for (user, expect_settings) in [(None, false), (Some("65534:65534"), true)] {
         let world = drover_tests::World::new("root-hook-env");
         let endpoint = world.moto.endpoint();
@@ -826,22 +812,10 @@ fn a_hook_run_as_root_gets_no_settings() {
         host.world
             .moto
             .put_parameter(&format!("{env_path}/DATABASE_URL"), "postgres://db");
-        let archive = raw_tar_gz(&[
-            RawEntry::file("VERSION", b"1.0.0\n"),
-            RawEntry::file(
-                "hooks/pre-activate",
-                b"#!/bin/sh\necho \"settings:${DATABASE_URL:-none} ${PERL5OPT:-none}\"\n",
-            )
-            .with_mode(0o755),
-        ]);
-        host.upload_and_promote("1.0.0", &archive);
-        let out = host
-            .command(&["once"])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
-            .output()
-            .expect("run drover");
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(0), "{err}");
+        let err = deploy_with_hook(
+            &host,
+            b"#!/bin/sh\necho \"settings:${DATABASE_URL:-none} ${PERL5OPT:-none}\"\n",
+        );
         if expect_settings {
             assert!(err.contains("settings:postgres://db -Mwarnings"), "{err}");
         } else {
@@ -853,4 +827,23 @@ fn a_hook_run_as_root_gets_no_settings() {
             assert!(refused.contains("DATABASE_URL"), "{refused}");
         }
     }
+}
+
+/// Deploys 1.0.0 with `script` as its pre-activate hook, with `drover once` on a host with no
+/// systemd bus, and returns what drover logged (after checking that the deploy passed).
+fn deploy_with_hook(host: &Host, script: &[u8]) -> String {
+    use drover_tests::release::{raw_tar_gz, RawEntry};
+    let archive = raw_tar_gz(&[
+        RawEntry::file("VERSION", b"1.0.0\n"),
+        RawEntry::file("hooks/pre-activate", script).with_mode(0o755),
+    ]);
+    host.upload_and_promote("1.0.0", &archive);
+    let out = host
+        .command(&["once"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+        .output()
+        .expect("run drover");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    err
 }
