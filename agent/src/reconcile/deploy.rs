@@ -96,6 +96,7 @@ impl<P: Parts> Agent<P> {
             }
         }
     }
+
     /// 4: points `current` at `version`, with the switch recorded first so that a crash can be
     /// undone; the app's new environment file, if its settings changed, goes in with it. On
     /// failure `current` is unchanged and the state says so (the error is logged).
@@ -136,6 +137,7 @@ impl<P: Parts> Agent<P> {
         }
         Ok(())
     }
+
     /// A fetch that produced no release: wait, retry later, or reject the request for good.
     pub(super) fn fetch_failed(
         &self,
@@ -169,6 +171,7 @@ impl<P: Parts> Agent<P> {
             }
         }
     }
+
     /// 5 and 6 for one version: restart every unit, then the health gate.
     pub(super) async fn activate(&self, version: &str, fields: &Fields<'_>) -> Result<(), String> {
         self.restart_units(fields).await?;
@@ -200,6 +203,7 @@ impl<P: Parts> Agent<P> {
             }
         }
     }
+
     /// The whole gate a change must pass: [`Agent::activate`], then `version`'s validate hook.
     pub(super) async fn activate_and_validate(
         &self,
@@ -209,6 +213,7 @@ impl<P: Parts> Agent<P> {
         self.activate(version, fields).await?;
         self.run_hook(Hook::Validate, version, fields).await
     }
+
     pub(super) async fn restart_units(&self, fields: &Fields<'_>) -> Result<(), String> {
         for unit in &self.config.service.units {
             match self.services.restart(unit).await {
@@ -237,6 +242,7 @@ impl<P: Parts> Agent<P> {
         }
         Ok(())
     }
+
     pub(super) fn policy(&self) -> Policy {
         let h = &self.config.health;
         Policy {
@@ -245,6 +251,7 @@ impl<P: Parts> Agent<P> {
             successes: h.successes,
         }
     }
+
     /// Old releases beyond `keep`, never the active one or the previous good one.
     pub(super) fn prune(&self, state: &State) {
         let Ok(releases) = self.layout.list() else {

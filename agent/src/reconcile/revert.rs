@@ -44,6 +44,7 @@ impl<P: Parts> Agent<P> {
         // Best effort: the next pass checks health and retries the deploy.
         let _ = self.restart_units(&fields).await;
     }
+
     /// A new environment file was in place, not yet committed, when the agent stopped: the last
     /// good one goes back (the caller restarts the units for it, once) and the next pass tries
     /// again. Returns whether the file was put back.
@@ -60,6 +61,7 @@ impl<P: Parts> Agent<P> {
             }
         }
     }
+
     /// 7, the other way: back to the previous good release, restarted and checked again.
     pub(super) async fn revert(
         &mut self,
@@ -136,6 +138,7 @@ impl<P: Parts> Agent<P> {
             }
         }
     }
+
     /// Records how a deploy ended, clearing the switch in flight, in one save.
     pub(super) fn record(
         &self,
@@ -158,6 +161,7 @@ impl<P: Parts> Agent<P> {
             tracing::error!(target: "drover", error = %e, "cannot save state");
         }
     }
+
     /// `drover rollback`: back to the previous good release now, remembering the request that
     /// brought the current one as failed. Returns whether the previous release is healthy.
     pub async fn rollback(&mut self) -> Result<bool, String> {
