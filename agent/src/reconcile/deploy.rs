@@ -3,6 +3,7 @@
 //! hook → commit (7), or the revert of [`super::revert`]. Also the steps a deploy shares with a
 //! revert: activating a release (restart and health gate), and pruning old ones.
 
+use super::ending::Ending;
 use super::{Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
 use crate::fetch::{self, FetchFailure};
@@ -80,15 +81,21 @@ impl<P: Parts> Agent<P> {
                 failpoint::hit("before_commit");
                 state.commit(version.as_str(), Some(request.clone()));
                 self.commit_environment(state);
-                self.record(state, Res::Deployed, &version, Some(request), None);
-                self.announce(Event::Deployed, &fields, &format!("Deployed {version}"));
+                let ending = Ending {
+                    result: Res::Deployed,
+                    version: &version,
+                    request: Some(request),
+                    error: None,
+                    message: format!("Deployed {version}"),
+                };
+                let deployed = self.finish(state, ending, &fields);
                 failpoint::hit("after_commit");
                 self.prune(state);
                 // Reported, not acted on: the deploy stands.
                 let _ = self
                     .run_hook(Hook::PostActivate, version.as_str(), &fields)
                     .await;
-                Outcome::Deployed
+                deployed
             }
             Err(error) => {
                 self.revert(state, request, &version, previous.as_deref(), error)
@@ -159,15 +166,15 @@ impl<P: Parts> Agent<P> {
                 Outcome::Retry
             }
             FetchFailure::Rejected(error) => {
-                let message = format!("Rejected the artifact of {version}: {error}");
-                emit(
-                    Event::ArtifactRejected,
-                    &fields.with_error(&error),
-                    &message,
-                );
                 state.remember_failed(request.clone());
-                self.record(state, Res::Rejected, version, Some(request), Some(error));
-                Outcome::Rejected
+                let ending = Ending {
+                    result: Res::Rejected,
+                    version,
+                    request: Some(request),
+                    message: format!("Rejected the artifact of {version}: {error}"),
+                    error: Some(error),
+                };
+                self.finish(state, ending, fields)
             }
         }
     }

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use super::ending::Ending;
 use super::{Agent, Outcome, Parts};
 use crate::environment::{self, Settings};
 use crate::events::{emit, Event, Fields};
@@ -176,14 +177,14 @@ impl<P: Parts> Agent<P> {
         Some(match gate {
             Ok(()) => {
                 self.commit_environment(state);
-                let request = state.applied.clone();
-                self.record(state, Res::EnvironmentApplied, version, request, None);
-                self.announce(
-                    Event::EnvironmentApplied,
-                    &fields,
-                    &format!("Applied the app's new environment ({changed}) to {version}"),
-                );
-                Outcome::EnvironmentApplied
+                let ending = Ending {
+                    result: Res::EnvironmentApplied,
+                    version,
+                    request: state.applied.clone(),
+                    error: None,
+                    message: format!("Applied the app's new environment ({changed}) to {version}"),
+                };
+                self.finish(state, ending, &fields)
             }
             Err(error) => {
                 state.environment_failed = Some(fingerprint);
@@ -207,37 +208,25 @@ impl<P: Parts> Agent<P> {
                 "cannot put the last good environment file back: {e}"
             )),
         };
-        match result {
-            Ok(()) => {
-                self.announce(
-                    Event::Reverted,
-                    &fields.with_error(&error),
-                    &format!("Reverted the app's environment on {version}: {error}"),
-                );
-                let request = state.applied.clone();
-                self.record(
-                    state,
-                    Res::EnvironmentReverted,
-                    version,
-                    request,
-                    Some(error),
-                );
-                Outcome::Reverted
-            }
-            Err(e) => {
-                let why = format!("{error}; with the last good environment: {e}");
-                self.announce(
-                    Event::RevertFailed,
-                    &fields.with_error(&why),
-                    &format!(
-                        "Reverted the app's environment on {version}, but it is not healthy either"
-                    ),
-                );
-                let request = state.applied.clone();
-                self.record(state, Res::RevertFailed, version, request, Some(why));
-                Outcome::RevertFailed
-            }
-        }
+        let ending = match result {
+            Ok(()) => Ending {
+                result: Res::EnvironmentReverted,
+                version,
+                request: state.applied.clone(),
+                message: format!("Reverted the app's environment on {version}: {error}"),
+                error: Some(error),
+            },
+            Err(e) => Ending {
+                result: Res::RevertFailed,
+                version,
+                request: state.applied.clone(),
+                error: Some(format!("{error}; with the last good environment: {e}")),
+                message: format!(
+                    "Reverted the app's environment on {version}, but it is not healthy either"
+                ),
+            },
+        };
+        self.finish(state, ending, fields)
     }
 }
 

@@ -171,7 +171,7 @@ impl<P: Parts> Agent<P> {
             return;
         };
         let failed_before = (outcome == Outcome::Skipped).then(|| failure_name(state, request));
-        let Some(name) = failed_before.or_else(|| status_name(outcome)) else {
+        let Some(name) = failed_before.or_else(|| outcome.status()) else {
             return;
         };
         let running = self.layout.active().ok().flatten();
@@ -259,29 +259,6 @@ fn failure_name(state: &State, request: &Request) -> Status {
     }
 }
 
-/// What a pass's outcome says in a status object; `None` for passes that say nothing new (a
-/// transient error, an artifact not there yet, an invalid value; a skipped request is named by
-/// [`failure_name`]).
-fn status_name(outcome: Outcome) -> Option<Status> {
-    Some(match outcome {
-        Outcome::Deployed => Status::Deployed,
-        Outcome::InSync | Outcome::EnvironmentApplied => Status::InSync,
-        Outcome::Reverted => Status::Reverted,
-        Outcome::Failed => Status::Failed,
-        Outcome::RevertFailed => Status::RevertFailed,
-        Outcome::Rejected => Status::Rejected,
-        Outcome::Aborted => Status::Aborted,
-        Outcome::Unhealthy => Status::Unhealthy,
-        Outcome::AwaitingTurn => Status::Waiting,
-        Outcome::Halted => Status::Halted,
-        Outcome::Skipped
-        | Outcome::Invalid
-        | Outcome::Waiting
-        | Outcome::Retry
-        | Outcome::Throttled => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,10 +272,10 @@ mod tests {
             Outcome::Rejected,
             Outcome::Aborted,
         ] {
-            assert!(status_name(outcome).unwrap().is_failure(), "{outcome:?}");
+            assert!(outcome.status().unwrap().is_failure(), "{outcome:?}");
         }
         for outcome in [Outcome::Deployed, Outcome::Halted, Outcome::AwaitingTurn] {
-            assert!(!status_name(outcome).unwrap().is_failure(), "{outcome:?}");
+            assert!(!outcome.status().unwrap().is_failure(), "{outcome:?}");
         }
     }
 }

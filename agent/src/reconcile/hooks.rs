@@ -1,6 +1,7 @@
 //! Running a release's hooks (see [`crate::hooks`]) as steps of a deploy, with their output and
 //! outcome in the journal under the deploy's fields.
 
+use super::ending::Ending;
 use super::{Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
 use crate::hooks::{self, Context, Hook, Ran};
@@ -117,12 +118,13 @@ impl<P: Parts> Agent<P> {
         error: String,
     ) -> Outcome {
         state.remember_failed(request.clone());
-        self.announce(
-            Event::DeployAborted,
-            &fields.with_error(&error),
-            &format!("Deploy of {version} aborted before the switch: {error}"),
-        );
-        self.record(state, Res::Aborted, version, Some(request), Some(error));
-        Outcome::Aborted
+        let ending = Ending {
+            result: Res::Aborted,
+            version,
+            request: Some(request),
+            message: format!("Deploy of {version} aborted before the switch: {error}"),
+            error: Some(error),
+        };
+        self.finish(state, ending, fields)
     }
 }

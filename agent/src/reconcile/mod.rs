@@ -9,6 +9,7 @@
 //! a switch in flight is recorded first, so an agent killed at any point finds its way back.
 
 mod deploy;
+mod ending;
 mod environment;
 mod fleet;
 mod hooks;

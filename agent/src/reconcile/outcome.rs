@@ -1,5 +1,7 @@
 //! How a pass ended ([`Outcome`]), and how passes are run ([`Mode`]).
 
+use crate::fleet::Status;
+
 /// How one reconcile ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -51,6 +53,29 @@ impl Outcome {
             Outcome::AwaitingTurn => "waiting for this instance's turn in the rollout",
             Outcome::Halted => "rollout halted: too many instances failed the version",
         }
+    }
+
+    /// What the outcome says in a status object; `None` for passes that say nothing new (a
+    /// transient error, an artifact not there yet, an invalid value; a skipped request is named
+    /// by the failure it skips).
+    pub fn status(self) -> Option<Status> {
+        Some(match self {
+            Outcome::Deployed => Status::Deployed,
+            Outcome::InSync | Outcome::EnvironmentApplied => Status::InSync,
+            Outcome::Reverted => Status::Reverted,
+            Outcome::Failed => Status::Failed,
+            Outcome::RevertFailed => Status::RevertFailed,
+            Outcome::Rejected => Status::Rejected,
+            Outcome::Aborted => Status::Aborted,
+            Outcome::Unhealthy => Status::Unhealthy,
+            Outcome::AwaitingTurn => Status::Waiting,
+            Outcome::Halted => Status::Halted,
+            Outcome::Skipped
+            | Outcome::Invalid
+            | Outcome::Waiting
+            | Outcome::Retry
+            | Outcome::Throttled => return None,
+        })
     }
 
     /// `drover once` exits 0 only for these.

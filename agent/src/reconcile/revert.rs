@@ -1,10 +1,11 @@
 //! Going back: the revert of a deploy that failed its health gate (7, the other way),
 //! `drover rollback`, and the recovery of a switch an earlier run left in flight.
 
+use super::ending::Ending;
 use super::{lock_state, Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
 use crate::failpoint;
-use crate::state::{self, Outcome as Record, Pending, Request, Result as Res, State};
+use crate::state::{Pending, Request, Result as Res, State};
 use crate::version::Version;
 
 impl<P: Parts> Agent<P> {
@@ -87,23 +88,24 @@ impl<P: Parts> Agent<P> {
         let Some(previous) = previous.filter(|p| self.layout.has_release(p)) else {
             let why =
                 format!("{error}; no previous release to switch back to, {version} stays current");
-            self.announce(
-                Event::RevertFailed,
-                &fields.with_error(&why),
-                &format!("Deploy of {version} failed and there is nothing to go back to"),
-            );
-            self.record(state, Res::Failed, version, Some(request), Some(why));
-            return Outcome::Failed;
+            let ending = Ending {
+                result: Res::Failed,
+                version,
+                request: Some(request),
+                error: Some(why),
+                message: format!("Deploy of {version} failed and there is nothing to go back to"),
+            };
+            return self.finish(state, ending, &fields);
         };
         if let Err(e) = self.layout.switch(previous) {
-            let why = format!("{error}; switching back failed: {e}");
-            self.announce(
-                Event::RevertFailed,
-                &fields.with_error(&why),
-                &format!("Could not switch back to {previous}"),
-            );
-            self.record(state, Res::RevertFailed, version, Some(request), Some(why));
-            return Outcome::RevertFailed;
+            let ending = Ending {
+                result: Res::RevertFailed,
+                version,
+                request: Some(request),
+                error: Some(format!("{error}; switching back failed: {e}")),
+                message: format!("Could not switch back to {previous}"),
+            };
+            return self.finish(state, ending, &fields);
         }
         emit(
             Event::Switched,
@@ -116,50 +118,23 @@ impl<P: Parts> Agent<P> {
                 tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back");
             }
         }
-        match self.activate(previous, &fields).await {
-            Ok(()) => {
-                self.announce(
-                    Event::Reverted,
-                    &fields.with_error(&error),
-                    &format!("Reverted to {previous}: {version} failed: {error}"),
-                );
-                self.record(state, Res::Reverted, version, Some(request), Some(error));
-                Outcome::Reverted
-            }
-            Err(e) => {
-                let why = format!("{error}; {previous} is not healthy either: {e}");
-                self.announce(
-                    Event::RevertFailed,
-                    &fields.with_error(&why),
-                    &format!("Reverted to {previous}, but it is not healthy either"),
-                );
-                self.record(state, Res::RevertFailed, version, Some(request), Some(why));
-                Outcome::RevertFailed
-            }
-        }
-    }
-
-    /// Records how a deploy ended, clearing the switch in flight, in one save.
-    pub(super) fn record(
-        &self,
-        state: &mut State,
-        result: Res,
-        version: &Version,
-        request: Option<Request>,
-        error: Option<String>,
-    ) {
-        state.pending = None;
-        state.environment_pending = false;
-        state.last = Some(Record {
-            result,
-            version: Some(version.to_string()),
-            request,
-            error,
-            at: state::now(),
-        });
-        if let Err(e) = self.save(state) {
-            tracing::error!(target: "drover", error = %e, "cannot save state");
-        }
+        let ending = match self.activate(previous, &fields).await {
+            Ok(()) => Ending {
+                result: Res::Reverted,
+                version,
+                request: Some(request),
+                message: format!("Reverted to {previous}: {version} failed: {error}"),
+                error: Some(error),
+            },
+            Err(e) => Ending {
+                result: Res::RevertFailed,
+                version,
+                request: Some(request),
+                error: Some(format!("{error}; {previous} is not healthy either: {e}")),
+                message: format!("Reverted to {previous}, but it is not healthy either"),
+            },
+        };
+        self.finish(state, ending, &fields)
     }
 
     /// `drover rollback`: back to the previous good release now, remembering the request that
@@ -200,26 +175,24 @@ impl<P: Parts> Agent<P> {
         state.previous = None;
         state.applied = None;
         let rolled_back = Version::parse(&target).map_err(|e| e.to_string())?;
-        match healthy {
-            Ok(()) => {
-                let from = current_version.map(|v| v.to_string()).unwrap_or_default();
-                self.announce(
-                    Event::Reverted,
-                    &fields,
-                    &format!("Rolled back from {from} to {target} by operator"),
-                );
-                self.record(&mut state, Res::RolledBack, &rolled_back, None, None);
-                Ok(true)
-            }
-            Err(e) => {
-                self.announce(
-                    Event::RevertFailed,
-                    &fields.with_error(&e),
-                    &format!("Rolled back to {target}, but it is not healthy"),
-                );
-                self.record(&mut state, Res::RevertFailed, &rolled_back, None, Some(e));
-                Ok(false)
-            }
-        }
+        let from = current_version.map(|v| v.to_string()).unwrap_or_default();
+        let ending = match &healthy {
+            Ok(()) => Ending {
+                result: Res::RolledBack,
+                version: &rolled_back,
+                request: None,
+                error: None,
+                message: format!("Rolled back from {from} to {target} by operator"),
+            },
+            Err(e) => Ending {
+                result: Res::RevertFailed,
+                version: &rolled_back,
+                request: None,
+                error: Some(e.clone()),
+                message: format!("Rolled back to {target}, but it is not healthy"),
+            },
+        };
+        self.finish(&mut state, ending, &fields);
+        Ok(healthy.is_ok())
     }
 }
