@@ -67,28 +67,28 @@ const FAILED_MEMORY: usize = 32;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// The version last committed as healthy.
-    pub good: Option<String>,
+    pub(crate) good: Option<String>,
     /// The good version before `good`: where `drover rollback` goes.
-    pub previous: Option<String>,
+    pub(crate) previous: Option<String>,
     /// The request that brought `good`.
-    pub applied: Option<Request>,
-    pub pending: Option<Pending>,
-    pub last: Option<Outcome>,
+    pub(crate) applied: Option<Request>,
+    pub(crate) pending: Option<Pending>,
+    pub(crate) last: Option<Outcome>,
     /// Requests that failed; not retried until the parameter changes.
     #[serde(default)]
-    pub failed: Vec<Request>,
+    pub(crate) failed: Vec<Request>,
     /// `[environment]`: the variables of the last good environment file, as `NAME@version`
     /// (never values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub environment: Option<Vec<String>>,
+    pub(crate) environment: Option<Vec<String>>,
     /// The fingerprint of settings that failed the health gate; not tried again until they
     /// change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub environment_failed: Option<String>,
+    pub(crate) environment_failed: Option<String>,
     /// A new environment file is in place but not yet committed: a restart puts the last good
     /// one back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub environment_pending: bool,
+    pub(crate) environment_pending: bool,
 }
 
 impl State {
@@ -107,6 +107,88 @@ impl State {
         }
         let excess = self.failed.len().saturating_sub(FAILED_MEMORY);
         self.failed.drain(..excess);
+    }
+
+    // Transitions: every change the loop makes, by name. Each is computed in memory; the caller
+    // saves once (`StateFile::save`), as Bottlerocket's signpost does.
+
+    /// A switch to `version` is about to start (with a new environment file, or not): recorded
+    /// first, so that a crash in the middle can be undone.
+    pub fn begin_switch(&mut self, version: &str, request: Option<Request>, environment: bool) {
+        self.pending = Some(Pending {
+            version: version.to_owned(),
+            request,
+        });
+        self.environment_pending = environment;
+    }
+
+    /// The switch an earlier run left in flight, to be undone; it is no longer in flight.
+    pub fn take_pending(&mut self) -> Option<Pending> {
+        self.pending.take()
+    }
+
+    /// The switch did not happen, and nothing of it is in place.
+    pub fn abort_switch(&mut self) {
+        self.pending = None;
+        self.environment_pending = false;
+    }
+
+    /// The switch itself failed after a new environment file went in: that file stays pending,
+    /// and the next pass puts the good one back.
+    pub fn switch_failed(&mut self) {
+        self.pending = None;
+    }
+
+    /// How a deploy, a change of settings or a rollback ended; nothing is in flight any more.
+    pub fn finish(&mut self, last: Outcome) {
+        self.abort_switch();
+        self.last = Some(last);
+    }
+
+    /// The parameter's value is not a request.
+    pub fn invalid(&mut self, request: Request, error: &str) {
+        self.last = Some(Outcome {
+            result: Result::Invalid,
+            version: None,
+            request: Some(request),
+            error: Some(error.to_owned()),
+            at: now(),
+        });
+    }
+
+    /// The running version was put again: the request `drover rollback` would undo.
+    pub fn reapplied(&mut self, request: Request) {
+        self.applied = Some(request);
+    }
+
+    /// `drover rollback` went back to `target`: it is the good release now, with nothing before
+    /// it and no request behind it.
+    pub fn rolled_back(&mut self, target: &str) {
+        self.good = Some(target.to_owned());
+        self.previous = None;
+        self.applied = None;
+    }
+
+    /// A new environment file is in place, not yet through the health gate.
+    pub fn environment_staged(&mut self) {
+        self.environment_pending = true;
+    }
+
+    /// The environment file that was pending is gone back to the last good one.
+    pub fn environment_put_back(&mut self) {
+        self.environment_pending = false;
+    }
+
+    /// The new settings passed: `remembered` (names and versions) is what is good now.
+    pub fn environment_committed(&mut self, remembered: Vec<String>) {
+        self.environment = Some(remembered);
+        self.environment_failed = None;
+        self.environment_pending = false;
+    }
+
+    /// Settings with this fingerprint failed the health gate: not tried again until they change.
+    pub fn environment_rejected(&mut self, fingerprint: String) {
+        self.environment_failed = Some(fingerprint);
     }
 
     /// Records `version` as the new good release, keeping the old good one as `previous`.
@@ -174,6 +256,56 @@ pub fn now() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    /// The named transitions do what their names say, and only that.
+    #[test]
+    fn transitions() {
+        let request = Request {
+            value: "2.0".into(),
+            parameter_version: 7,
+        };
+        let mut s = State::default();
+        s.begin_switch("2.0", Some(request.clone()), true);
+        assert_eq!(s.pending.as_ref().map(|p| p.version.as_str()), Some("2.0"));
+        assert!(s.environment_pending);
+        s.switch_failed();
+        assert!(
+            s.pending.is_none() && s.environment_pending,
+            "the new file stays pending"
+        );
+        s.begin_switch("2.0", None, true);
+        s.abort_switch();
+        assert!(s.pending.is_none() && !s.environment_pending);
+        s.begin_switch("2.0", Some(request.clone()), true);
+        s.commit("2.0", Some(request.clone()));
+        s.finish(Outcome {
+            result: Result::Deployed,
+            version: Some("2.0".into()),
+            request: Some(request.clone()),
+            error: None,
+            at: 1,
+        });
+        assert!(s.pending.is_none() && !s.environment_pending);
+        assert_eq!(
+            s.last_of(&request).map(|l| l.result),
+            Some(Result::Deployed)
+        );
+        s.commit("3.0", None);
+        assert_eq!(
+            (s.good.as_deref(), s.previous.as_deref()),
+            (Some("3.0"), Some("2.0"))
+        );
+        s.rolled_back("2.0");
+        assert_eq!(
+            (s.good.as_deref(), s.previous.as_deref()),
+            (Some("2.0"), None)
+        );
+        assert!(s.applied.is_none());
+        s.environment_staged();
+        s.environment_rejected("abc".into());
+        s.environment_committed(vec!["A@1".into()]);
+        assert!(!s.environment_pending && s.environment_failed.is_none());
+    }
+
     use super::*;
 
     fn req(v: &str, n: i64) -> Request {

@@ -11,7 +11,7 @@ use crate::health::{self, Policy};
 use crate::hooks::Hook;
 use crate::plan;
 use crate::service::ServiceManager;
-use crate::state::{Pending, Request, Result as Res, State};
+use crate::state::{Request, Result as Res, State};
 use crate::version::{Desired, Version};
 use crate::{failpoint, notify};
 
@@ -114,23 +114,21 @@ impl<P: Parts> Agent<P> {
         request: &Request,
     ) -> Result<(), ()> {
         let new_environment = self.environment_change();
-        state.pending = Some(Pending {
-            version: version.to_string(),
-            request: Some(request.clone()),
-        });
-        state.environment_pending = new_environment.is_some();
+        state.begin_switch(
+            version.as_str(),
+            Some(request.clone()),
+            new_environment.is_some(),
+        );
         if let Err(e) = self.save(state) {
             tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
-            state.pending = None;
-            state.environment_pending = false;
+            state.abort_switch();
             return Err(());
         }
         failpoint::hit("after_pending_saved");
         if let Some(text) = &new_environment {
             if let Err(e) = self.write_environment(text) {
                 tracing::error!(target: "drover", error = %e, "cannot write the environment file; nothing switched");
-                state.pending = None;
-                state.environment_pending = false;
+                state.abort_switch();
                 let _ = self.save(state);
                 return Err(());
             }
@@ -138,7 +136,7 @@ impl<P: Parts> Agent<P> {
         if let Err(e) = self.layout.switch(version.as_str()) {
             // A new environment file stays pending: the next pass puts the good one back.
             tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
-            state.pending = None;
+            state.switch_failed();
             let _ = self.save(state);
             return Err(());
         }

@@ -76,9 +76,7 @@ impl<P: Parts> Agent<P> {
             error,
             message,
         } = ending;
-        state.pending = None;
-        state.environment_pending = false;
-        state.last = Some(Record {
+        state.finish(Record {
             result,
             version: Some(version.to_string()),
             request,

@@ -115,9 +115,7 @@ impl<P: Parts> Agent<P> {
                 tracing::error!(target: "drover", error = %e, "cannot keep a copy of the good environment file");
             }
         }
-        state.environment = Some(settings.remembered());
-        state.environment_failed = None;
-        state.environment_pending = false;
+        state.environment_committed(settings.remembered());
     }
 
     /// The version is in sync, but the settings changed: restart the units for them, through
@@ -157,7 +155,7 @@ impl<P: Parts> Agent<P> {
             &fields,
             &format!("The app's environment changed ({changed}); restarting {version} for it"),
         );
-        state.environment_pending = true;
+        state.environment_staged();
         if let Err(e) = self.save(state) {
             tracing::error!(target: "drover", error = %e, "cannot save state before writing the environment file");
             return Some(Outcome::Retry);
@@ -168,7 +166,7 @@ impl<P: Parts> Agent<P> {
                 &fields.with_error(&e),
                 &format!("Writing the environment file failed: {e}"),
             );
-            state.environment_pending = false;
+            state.environment_put_back();
             let _ = self.save(state);
             return Some(Outcome::Retry);
         }
@@ -187,7 +185,7 @@ impl<P: Parts> Agent<P> {
                 self.finish(state, ending, &fields)
             }
             Err(error) => {
-                state.environment_failed = Some(fingerprint);
+                state.environment_rejected(fingerprint);
                 self.revert_environment(state, version, &fields, error)
                     .await
             }

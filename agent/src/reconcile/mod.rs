@@ -27,8 +27,7 @@ use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
 use crate::service::ServiceManager;
 use crate::source::{DesiredSource, SourceError};
-use crate::state::Result as Res;
-use crate::state::{self, Outcome as Record, Request, State, StateFile};
+use crate::state::{Request, State, StateFile};
 use crate::store::ArtifactStore;
 use crate::version::{self, Version};
 use crate::webhook::Webhook;
@@ -272,7 +271,7 @@ impl<P: Parts> Agent<P> {
                 State::default()
             }
         };
-        if let Some(pending) = state.pending.take() {
+        if let Some(pending) = state.take_pending() {
             self.recover(&mut state, &pending).await;
             self.save(&state)?;
         } else if state.environment_pending {
@@ -295,13 +294,7 @@ impl<P: Parts> Agent<P> {
                 },
                 &format!("Ignoring the parameter's value: {error}"),
             );
-            state.last = Some(Record {
-                result: Res::Invalid,
-                version: None,
-                request: Some(request),
-                error: Some(error.to_owned()),
-                at: state::now(),
-            });
+            state.invalid(request, error);
             let _ = self.save(state);
         }
         Outcome::Invalid
@@ -336,7 +329,7 @@ impl<P: Parts> Agent<P> {
     async fn in_sync(&mut self, state: &mut State, request: Request, version: &Version) -> Outcome {
         if state.applied.as_ref() != Some(&request) {
             // A re-put of the running version: it is the request `drover rollback` would undo.
-            state.applied = Some(request);
+            state.reapplied(request);
             let _ = self.save(state);
         }
         if let Some(outcome) = self.apply_environment(state, version).await {

@@ -50,7 +50,7 @@ impl<P: Parts> Agent<P> {
     /// good one goes back (the caller restarts the units for it, once) and the next pass tries
     /// again. Returns whether the file was put back.
     pub(super) fn put_back_environment(&self, state: &mut State) -> bool {
-        state.environment_pending = false;
+        state.environment_put_back();
         match self.restore_environment() {
             Ok(()) => {
                 tracing::warn!(target: "drover", "An environment change was interrupted; put the last good environment file back");
@@ -159,10 +159,7 @@ impl<P: Parts> Agent<P> {
             previous_version: Some(&target),
             ..Fields::default()
         };
-        state.pending = Some(Pending {
-            version: target.clone(),
-            request: None,
-        });
+        state.begin_switch(&target, None, false);
         self.save(&state)?;
         self.layout.switch(&target).map_err(|e| e.to_string())?;
         emit(
@@ -171,9 +168,7 @@ impl<P: Parts> Agent<P> {
             &format!("Switched current back to {target} (operator rollback)"),
         );
         let healthy = self.activate(&target, &fields).await;
-        state.good = Some(target.clone());
-        state.previous = None;
-        state.applied = None;
+        state.rolled_back(&target);
         let rolled_back = Version::parse(&target).map_err(|e| e.to_string())?;
         let from = current_version.map(|v| v.to_string()).unwrap_or_default();
         let ending = match &healthy {

@@ -6,7 +6,7 @@ use crate::digest::Sha256Digest;
 use crate::fetch::tests::MemStore;
 use crate::service::UnitError;
 use crate::source::{Parameter, SourceError};
-use crate::state::Pending;
+use crate::state::{Pending, Result as Res};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
