@@ -127,14 +127,7 @@ pub fn failure_key(prefix: &str, version: &str, parameter_version: i64, instance
 
 /// `t` as RFC 3339 in UTC, whole seconds.
 pub fn rfc3339(t: SystemTime) -> String {
-    use aws_sdk_ssm::primitives::{DateTime, DateTimeFormat};
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    DateTime::from_secs(secs)
-        .fmt(DateTimeFormat::DateTime)
-        .unwrap_or_default()
+    crate::rfc3339::format(t)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

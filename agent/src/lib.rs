@@ -25,6 +25,7 @@ pub mod owner;
 pub mod plan;
 pub mod reconcile;
 pub mod releases;
+pub mod rfc3339;
 pub mod rollout;
 pub mod service;
 pub mod signature;

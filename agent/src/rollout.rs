@@ -130,11 +130,8 @@ pub fn parse(value: &serde_json::Value) -> Result<Rollout, RolloutError> {
 }
 
 fn parse_time(value: &serde_json::Value) -> Result<SystemTime, String> {
-    use aws_sdk_ssm::primitives::{DateTime, DateTimeFormat};
     let text = value.as_str().ok_or("not a string")?;
-    DateTime::from_str(text, DateTimeFormat::DateTime)
-        .ok()
-        .and_then(|t| SystemTime::try_from(t).ok())
+    crate::rfc3339::parse(text)
         .ok_or_else(|| format!("{text:?} is not a time like \"2026-12-01T10:00:00Z\""))
 }
 
