@@ -233,7 +233,7 @@ impl DesiredSource for SsmSource {
     async fn read_path(
         &self,
         path: &str,
-    ) -> Result<Vec<crate::environment::Parameter>, SourceError> {
+    ) -> Result<Vec<crate::environment::PathParameter>, SourceError> {
         let mut pages = self
             .client
             .get_parameters_by_path()
@@ -246,7 +246,7 @@ impl DesiredSource for SsmSource {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.error_for(path, e))?;
             for p in page.parameters() {
-                found.push(crate::environment::Parameter {
+                found.push(crate::environment::PathParameter {
                     name: p.name().unwrap_or_default().to_owned(),
                     value: p.value().unwrap_or_default().to_owned(),
                     version: p.version(),

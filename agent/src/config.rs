@@ -48,7 +48,7 @@ pub struct Config {
     pub service: Service,
     pub health: Health,
     pub aws: Aws,
-    pub agent: Agent,
+    pub agent: AgentSection,
     pub hooks: Hooks,
     pub environment: Option<Environment>,
     pub notify: Notify,
@@ -161,7 +161,7 @@ pub struct Aws {
 }
 
 #[derive(Clone, Debug)]
-pub struct Agent {
+pub struct AgentSection {
     pub state_dir: PathBuf,
 }
 
@@ -635,7 +635,7 @@ impl Config {
                 metadata_endpoint_url: raw.aws.metadata_endpoint_url,
             },
             fleet,
-            agent: Agent { state_dir },
+            agent: AgentSection { state_dir },
         })
     }
 }

@@ -18,7 +18,7 @@ use crate::fsutil::{self, PathError};
 
 /// One parameter under the path, as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Parameter {
+pub struct PathParameter {
     /// The full name, `/app/env/DATABASE_URL`.
     pub name: String,
     pub value: String,
@@ -52,7 +52,7 @@ pub struct Settings {
 
 impl Settings {
     /// Turns the parameters under `path` into variables.
-    pub fn from_parameters(path: &str, parameters: Vec<Parameter>) -> Self {
+    pub fn from_parameters(path: &str, parameters: Vec<PathParameter>) -> Self {
         let prefix = format!("{}/", path.trim_end_matches('/'));
         let mut settings = Settings::default();
         for p in parameters {
@@ -238,8 +238,8 @@ pub fn changed_names(old: &Settings, new: &Settings) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn p(name: &str, value: &str, version: i64) -> Parameter {
-        Parameter {
+    fn p(name: &str, value: &str, version: i64) -> PathParameter {
+        PathParameter {
             name: name.into(),
             value: value.into(),
             version,

@@ -273,7 +273,7 @@ pub struct Status {
     pub good: Option<String>,
     pub previous: Option<String>,
     pub pending: Option<String>,
-    pub last: Option<crate::state::Outcome>,
+    pub last: Option<crate::state::Record>,
     pub failed: Vec<crate::state::Request>,
     pub releases: Vec<String>,
     /// `[environment]`: the variables of the last good environment file as `NAME@version`

@@ -31,7 +31,7 @@ pub trait DesiredSource {
     fn read_path(
         &self,
         _path: &str,
-    ) -> impl Future<Output = Result<Vec<crate::environment::Parameter>, SourceError>> {
+    ) -> impl Future<Output = Result<Vec<crate::environment::PathParameter>, SourceError>> {
         std::future::ready(Ok(Vec::new()))
     }
 }

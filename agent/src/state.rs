@@ -20,7 +20,7 @@ pub struct Request {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Result {
+pub enum Verdict {
     /// The desired version runs and passed its health check.
     Deployed,
     /// The new version failed; the previous good one runs again and is healthy.
@@ -45,8 +45,8 @@ pub enum Result {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    pub result: Result,
+pub struct Record {
+    pub result: Verdict,
     pub version: Option<String>,
     pub request: Option<Request>,
     pub error: Option<String>,
@@ -73,7 +73,7 @@ pub struct State {
     /// The request that brought `good`.
     pub(crate) applied: Option<Request>,
     pub(crate) pending: Option<Pending>,
-    pub(crate) last: Option<Outcome>,
+    pub(crate) last: Option<Record>,
     /// Requests that failed; not retried until the parameter changes.
     #[serde(default)]
     pub(crate) failed: Vec<Request>,
@@ -97,7 +97,7 @@ impl State {
     }
 
     /// How the last deploy ended, if it was one of `request`.
-    pub fn last_of(&self, request: &Request) -> Option<&Outcome> {
+    pub fn last_of(&self, request: &Request) -> Option<&Record> {
         (self.last.as_ref()).filter(|last| last.request.as_ref() == Some(request))
     }
 
@@ -140,15 +140,15 @@ impl State {
     }
 
     /// How a deploy, a change of settings or a rollback ended; nothing is in flight any more.
-    pub fn finish(&mut self, last: Outcome) {
+    pub fn finish(&mut self, last: Record) {
         self.abort_switch();
         self.last = Some(last);
     }
 
     /// The parameter's value is not a request.
     pub fn invalid(&mut self, request: Request, error: &str) {
-        self.last = Some(Outcome {
-            result: Result::Invalid,
+        self.last = Some(Record {
+            result: Verdict::Invalid,
             version: None,
             request: Some(request),
             error: Some(error.to_owned()),
@@ -277,8 +277,8 @@ mod tests {
         assert!(s.pending.is_none() && !s.environment_pending);
         s.begin_switch("2.0", Some(request.clone()), true);
         s.commit("2.0", Some(request.clone()));
-        s.finish(Outcome {
-            result: Result::Deployed,
+        s.finish(Record {
+            result: Verdict::Deployed,
             version: Some("2.0".into()),
             request: Some(request.clone()),
             error: None,
@@ -287,7 +287,7 @@ mod tests {
         assert!(s.pending.is_none() && !s.environment_pending);
         assert_eq!(
             s.last_of(&request).map(|l| l.result),
-            Some(Result::Deployed)
+            Some(Verdict::Deployed)
         );
         s.commit("3.0", None);
         assert_eq!(

@@ -11,7 +11,7 @@ use crate::health::{self, Policy};
 use crate::hooks::Hook;
 use crate::plan;
 use crate::service::ServiceManager;
-use crate::state::{Request, Result as Res, State};
+use crate::state::{Request, State, Verdict};
 use crate::version::{Desired, Version};
 use crate::{failpoint, notify};
 
@@ -82,7 +82,7 @@ impl<P: Parts> Agent<P> {
                 state.commit(version.as_str(), Some(request.clone()));
                 self.commit_environment(state);
                 let ending = Ending {
-                    result: Res::Deployed,
+                    result: Verdict::Deployed,
                     version: &version,
                     request: Some(request),
                     error: None,
@@ -166,7 +166,7 @@ impl<P: Parts> Agent<P> {
             FetchFailure::Rejected(error) => {
                 state.remember_failed(request.clone());
                 let ending = Ending {
-                    result: Res::Rejected,
+                    result: Verdict::Rejected,
                     version,
                     request: Some(request),
                     message: format!("Rejected the artifact of {version}: {error}"),

@@ -6,12 +6,12 @@
 
 use super::{Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
-use crate::state::{self, Outcome as Record, Request, Result as Res, State};
+use crate::state::{self, Record, Request, State, Verdict};
 use crate::version::Version;
 
 pub(super) struct Ending<'a> {
     /// What the state's `last.result` will say; the event and the outcome follow from it.
-    pub result: Res,
+    pub result: Verdict,
     pub version: &'a Version,
     pub request: Option<Request>,
     /// Why it went wrong: the state's `last.error`, and the event's `ERROR`.
@@ -21,15 +21,15 @@ pub(super) struct Ending<'a> {
 }
 
 /// The journal event an ending is reported as.
-fn event(result: Res) -> Event {
+fn event(result: Verdict) -> Event {
     match result {
-        Res::Deployed => Event::Deployed,
-        Res::Reverted | Res::EnvironmentReverted | Res::RolledBack => Event::Reverted,
-        Res::RevertFailed | Res::Failed => Event::RevertFailed,
-        Res::Rejected => Event::ArtifactRejected,
-        Res::Aborted => Event::DeployAborted,
-        Res::EnvironmentApplied => Event::EnvironmentApplied,
-        Res::Invalid => Event::PollFailed,
+        Verdict::Deployed => Event::Deployed,
+        Verdict::Reverted | Verdict::EnvironmentReverted | Verdict::RolledBack => Event::Reverted,
+        Verdict::RevertFailed | Verdict::Failed => Event::RevertFailed,
+        Verdict::Rejected => Event::ArtifactRejected,
+        Verdict::Aborted => Event::DeployAborted,
+        Verdict::EnvironmentApplied => Event::EnvironmentApplied,
+        Verdict::Invalid => Event::PollFailed,
     }
 }
 
@@ -47,16 +47,16 @@ fn is_notice(event: Event) -> bool {
 
 /// The pass's outcome for an ending. A reverted change of settings counts as a revert (the
 /// fleet status says `reverted` too).
-fn outcome(result: Res) -> Outcome {
+fn outcome(result: Verdict) -> Outcome {
     match result {
-        Res::Deployed => Outcome::Deployed,
-        Res::Reverted | Res::EnvironmentReverted | Res::RolledBack => Outcome::Reverted,
-        Res::RevertFailed => Outcome::RevertFailed,
-        Res::Failed => Outcome::Failed,
-        Res::Rejected => Outcome::Rejected,
-        Res::Aborted => Outcome::Aborted,
-        Res::EnvironmentApplied => Outcome::EnvironmentApplied,
-        Res::Invalid => Outcome::Invalid,
+        Verdict::Deployed => Outcome::Deployed,
+        Verdict::Reverted | Verdict::EnvironmentReverted | Verdict::RolledBack => Outcome::Reverted,
+        Verdict::RevertFailed => Outcome::RevertFailed,
+        Verdict::Failed => Outcome::Failed,
+        Verdict::Rejected => Outcome::Rejected,
+        Verdict::Aborted => Outcome::Aborted,
+        Verdict::EnvironmentApplied => Outcome::EnvironmentApplied,
+        Verdict::Invalid => Outcome::Invalid,
     }
 }
 
@@ -109,16 +109,16 @@ mod tests {
     fn results_events_and_outcomes_agree() {
         use crate::fleet::Status;
         for result in [
-            Res::Deployed,
-            Res::Reverted,
-            Res::RevertFailed,
-            Res::Failed,
-            Res::Rejected,
-            Res::Invalid,
-            Res::RolledBack,
-            Res::Aborted,
-            Res::EnvironmentApplied,
-            Res::EnvironmentReverted,
+            Verdict::Deployed,
+            Verdict::Reverted,
+            Verdict::RevertFailed,
+            Verdict::Failed,
+            Verdict::Rejected,
+            Verdict::Invalid,
+            Verdict::RolledBack,
+            Verdict::Aborted,
+            Verdict::EnvironmentApplied,
+            Verdict::EnvironmentReverted,
         ] {
             let outcome = outcome(result);
             let failed = outcome.status().is_some_and(Status::is_failure);
@@ -126,20 +126,20 @@ mod tests {
                 failed,
                 matches!(
                     result,
-                    Res::Reverted
-                        | Res::RevertFailed
-                        | Res::Failed
-                        | Res::Rejected
-                        | Res::Aborted
-                        | Res::EnvironmentReverted
-                        | Res::RolledBack
+                    Verdict::Reverted
+                        | Verdict::RevertFailed
+                        | Verdict::Failed
+                        | Verdict::Rejected
+                        | Verdict::Aborted
+                        | Verdict::EnvironmentReverted
+                        | Verdict::RolledBack
                 ),
                 "{result:?}"
             );
-            assert_eq!(outcome.is_success(), !failed && result != Res::Invalid);
+            assert_eq!(outcome.is_success(), !failed && result != Verdict::Invalid);
             assert_eq!(
                 is_notice(event(result)),
-                !matches!(result, Res::Rejected | Res::Invalid),
+                !matches!(result, Verdict::Rejected | Verdict::Invalid),
                 "{result:?}"
             );
         }

@@ -10,11 +10,11 @@
 
 mod deploy;
 mod ending;
-mod environment;
-mod fleet;
-mod hooks;
+mod fleet_gate;
+mod hook_steps;
 mod outcome;
 mod revert;
+mod settings;
 
 pub use outcome::{Mode, Outcome};
 
@@ -68,7 +68,7 @@ pub struct Agent<P: Parts> {
     /// `[fleet]` and rollouts: where this instance's id comes from.
     identity: Option<crate::fleet::Identity>,
     /// What the status object last written says.
-    reported_status: Option<fleet::Written>,
+    reported_status: Option<fleet_gate::Written>,
 }
 
 impl<S: DesiredSource, A: ArtifactStore, M: ServiceManager, H: HealthProbe> Agent<(S, A, M, H)> {
@@ -207,7 +207,7 @@ impl<P: Parts> Agent<P> {
             on_disk: self.layout.has_release(desired.version.as_str()),
         });
         tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
-        let mut place = fleet::Place::default();
+        let mut place = fleet_gate::Place::default();
         let (outcome, tried) = match step {
             Step::SkipFailed => {
                 let skipped = self.skip(&request, &desired.version);

@@ -5,7 +5,7 @@ use super::ending::Ending;
 use super::{lock_state, Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
 use crate::failpoint;
-use crate::state::{Pending, Request, Result as Res, State};
+use crate::state::{Pending, Request, State, Verdict};
 use crate::version::Version;
 
 impl<P: Parts> Agent<P> {
@@ -89,7 +89,7 @@ impl<P: Parts> Agent<P> {
             let why =
                 format!("{error}; no previous release to switch back to, {version} stays current");
             let ending = Ending {
-                result: Res::Failed,
+                result: Verdict::Failed,
                 version,
                 request: Some(request),
                 error: Some(why),
@@ -99,7 +99,7 @@ impl<P: Parts> Agent<P> {
         };
         if let Err(e) = self.layout.switch(previous) {
             let ending = Ending {
-                result: Res::RevertFailed,
+                result: Verdict::RevertFailed,
                 version,
                 request: Some(request),
                 error: Some(format!("{error}; switching back failed: {e}")),
@@ -120,14 +120,14 @@ impl<P: Parts> Agent<P> {
         }
         let ending = match self.activate(previous, &fields).await {
             Ok(()) => Ending {
-                result: Res::Reverted,
+                result: Verdict::Reverted,
                 version,
                 request: Some(request),
                 message: format!("Reverted to {previous}: {version} failed: {error}"),
                 error: Some(error),
             },
             Err(e) => Ending {
-                result: Res::RevertFailed,
+                result: Verdict::RevertFailed,
                 version,
                 request: Some(request),
                 error: Some(format!("{error}; {previous} is not healthy either: {e}")),
@@ -173,14 +173,14 @@ impl<P: Parts> Agent<P> {
         let from = current_version.map(|v| v.to_string()).unwrap_or_default();
         let ending = match &healthy {
             Ok(()) => Ending {
-                result: Res::RolledBack,
+                result: Verdict::RolledBack,
                 version: &rolled_back,
                 request: None,
                 error: None,
                 message: format!("Rolled back from {from} to {target} by operator"),
             },
             Err(e) => Ending {
-                result: Res::RevertFailed,
+                result: Verdict::RevertFailed,
                 version: &rolled_back,
                 request: None,
                 error: Some(e.clone()),

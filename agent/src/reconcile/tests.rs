@@ -6,7 +6,7 @@ use crate::digest::Sha256Digest;
 use crate::fetch::tests::MemStore;
 use crate::service::UnitError;
 use crate::source::{Parameter, SourceError};
-use crate::state::{Pending, Result as Res};
+use crate::state::{Pending, Verdict};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -176,7 +176,7 @@ async fn first_deploy_upgrade_and_in_sync() {
         (s.good.as_deref(), s.previous.as_deref()),
         (Some("2"), Some("1"))
     );
-    assert_eq!(s.last.unwrap().result, Res::Deployed);
+    assert_eq!(s.last.unwrap().result, Verdict::Deployed);
     assert!(s.pending.is_none());
 }
 
@@ -247,7 +247,7 @@ async fn unhealthy_version_is_reverted_and_not_retried_until_put_again() {
     assert_eq!(w.active().as_deref(), Some("1"));
     let s = w.state();
     assert_eq!(s.good.as_deref(), Some("1"));
-    assert_eq!(s.last.as_ref().unwrap().result, Res::Reverted);
+    assert_eq!(s.last.as_ref().unwrap().result, Verdict::Reverted);
     assert!(s.last.unwrap().error.unwrap().contains("HTTP 500"));
     let restarts = w.units.restarts.get();
     assert_eq!(w.agent.reconcile().await, Outcome::Skipped);
@@ -267,7 +267,7 @@ async fn no_previous_release_leaves_the_failed_one_current() {
     w.put("1");
     assert_eq!(w.agent.reconcile().await, Outcome::Failed);
     assert_eq!(w.active().as_deref(), Some("1"));
-    assert_eq!(w.state().last.unwrap().result, Res::Failed);
+    assert_eq!(w.state().last.unwrap().result, Verdict::Failed);
     assert_eq!(w.agent.reconcile().await, Outcome::Skipped);
 }
 
@@ -286,7 +286,7 @@ async fn digest_mismatch_is_rejected_before_anything_is_unpacked() {
         std::fs::read_dir(w.root.join(".staging")).unwrap().count(),
         0
     );
-    assert_eq!(w.state().last.unwrap().result, Res::Rejected);
+    assert_eq!(w.state().last.unwrap().result, Verdict::Rejected);
 
     // A digest in the JSON value wins over the .sha256 object.
     let good = Sha256Digest::of(&tarball("evil", true));
@@ -369,7 +369,7 @@ async fn rollback_returns_to_previous_and_skips_the_current_request() {
     w.agent.reconcile().await;
     assert_eq!(w.agent.rollback().await, Ok(true));
     assert_eq!(w.active().as_deref(), Some("1"));
-    assert_eq!(w.state().last.unwrap().result, Res::RolledBack);
+    assert_eq!(w.state().last.unwrap().result, Verdict::RolledBack);
     assert_eq!(w.agent.reconcile().await, Outcome::Skipped);
     assert_eq!(
         w.agent.rollback().await,

@@ -6,7 +6,7 @@ use super::{Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
 use crate::hooks::{self, Context, Hook, Ran};
 use crate::owner;
-use crate::state::{Request, Result as Res, State};
+use crate::state::{Request, State, Verdict};
 use crate::version::Version;
 
 impl<P: Parts> Agent<P> {
@@ -119,7 +119,7 @@ impl<P: Parts> Agent<P> {
     ) -> Outcome {
         state.remember_failed(request.clone());
         let ending = Ending {
-            result: Res::Aborted,
+            result: Verdict::Aborted,
             version,
             request: Some(request),
             message: format!("Deploy of {version} aborted before the switch: {error}"),

@@ -249,12 +249,12 @@ async fn bounded<T>(
 
 /// How a request that this instance remembers as failed ended here, for its status object.
 fn failure_name(state: &State, request: &Request) -> Status {
-    use crate::state::Result as Res;
+    use crate::state::Verdict;
     match state.last_of(request).map(|last| last.result) {
-        Some(Res::Reverted) => Status::Reverted,
-        Some(Res::RevertFailed) => Status::RevertFailed,
-        Some(Res::Rejected) => Status::Rejected,
-        Some(Res::Aborted) => Status::Aborted,
+        Some(Verdict::Reverted) => Status::Reverted,
+        Some(Verdict::RevertFailed) => Status::RevertFailed,
+        Some(Verdict::Rejected) => Status::Rejected,
+        Some(Verdict::Aborted) => Status::Aborted,
         _ => Status::Failed,
     }
 }

@@ -12,7 +12,7 @@ use super::{Agent, Outcome, Parts};
 use crate::environment::{self, Settings};
 use crate::events::{emit, Event, Fields};
 use crate::source::DesiredSource;
-use crate::state::{Result as Res, State};
+use crate::state::{State, Verdict};
 use crate::version::Version;
 
 impl<P: Parts> Agent<P> {
@@ -176,7 +176,7 @@ impl<P: Parts> Agent<P> {
             Ok(()) => {
                 self.commit_environment(state);
                 let ending = Ending {
-                    result: Res::EnvironmentApplied,
+                    result: Verdict::EnvironmentApplied,
                     version,
                     request: state.applied.clone(),
                     error: None,
@@ -208,14 +208,14 @@ impl<P: Parts> Agent<P> {
         };
         let ending = match result {
             Ok(()) => Ending {
-                result: Res::EnvironmentReverted,
+                result: Verdict::EnvironmentReverted,
                 version,
                 request: state.applied.clone(),
                 message: format!("Reverted the app's environment on {version}: {error}"),
                 error: Some(error),
             },
             Err(e) => Ending {
-                result: Res::RevertFailed,
+                result: Verdict::RevertFailed,
                 version,
                 request: state.applied.clone(),
                 error: Some(format!("{error}; with the last good environment: {e}")),
