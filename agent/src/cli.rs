@@ -307,7 +307,7 @@ fn unpack_limits(
     }
     if let Some(size) = &args.max_unpacked_size {
         limits.max_unpacked_size =
-            config::parse_size(size).map_err(|e| format!("--max-unpacked-size: {e}"))?;
+            crate::units::parse_size(size).map_err(|e| format!("--max-unpacked-size: {e}"))?;
     }
     if let Some(n) = args.max_entries {
         limits.max_entries = n;

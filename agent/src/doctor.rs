@@ -10,7 +10,6 @@ use crate::health::{HealthProbe, HttpProbe};
 use crate::source::{DesiredSource, SourceError};
 use crate::store::StoreError;
 use crate::systemd::Systemd;
-use crate::version;
 
 /// The result of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,7 +136,7 @@ async fn check_fleet(
     config: &Config,
     sdk: &aws_config::SdkConfig,
     store: &S3Store,
-    request: Option<&(version::Desired, i64)>,
+    request: Option<&(crate::value::Desired, i64)>,
 ) {
     let desired = request.map(|(d, _)| d);
     let rollout = desired.and_then(|d| d.rollout.as_ref());
@@ -238,10 +237,10 @@ async fn check_parameter(
     report: &mut Report,
     config: &Config,
     source: &SsmSource,
-) -> Option<(version::Desired, i64)> {
+) -> Option<(crate::value::Desired, i64)> {
     let name = format!("parameter {}", config.source.parameter);
     match source.read().await {
-        Ok(p) => match version::parse_value(&p.value) {
+        Ok(p) => match crate::value::parse_value(&p.value) {
             Ok(d) => {
                 report.add(
                     name,
@@ -296,7 +295,7 @@ async fn check_artifact(
     report: &mut Report,
     config: &Config,
     store: &S3Store,
-    desired: Option<&version::Desired>,
+    desired: Option<&crate::value::Desired>,
 ) {
     let Some(desired) = desired else {
         report.add(

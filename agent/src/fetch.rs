@@ -15,7 +15,7 @@ use crate::releases::Layout;
 use crate::signature::{Binding, Prehash, PublicKey, Signature, SignatureError};
 use crate::store::{self, ArtifactStore, ObjectBody, StoreError};
 use crate::unpack::{self, Limits, UnpackError};
-use crate::version::Desired;
+use crate::value::Desired;
 use crate::{failpoint, owner};
 
 #[derive(Debug, thiserror::Error)]

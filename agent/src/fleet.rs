@@ -142,7 +142,7 @@ pub enum IdentityError {
     Malformed(String),
 }
 
-/// Asks where the instance id lives (IMDS, see [`crate::aws::imds_identity`]) once.
+/// Asks where the instance id lives (IMDS, through the lookup `aws.rs` builds) once.
 pub type Lookup = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<String, IdentityError>>>>>;
 
 /// Where this instance's id comes from: looked up once, then remembered.

@@ -139,7 +139,7 @@ pub fn promote_value(version: &str, rollout: Option<&str>) -> Result<String, Str
     let rollout: serde_json::Value =
         serde_json::from_str(rollout).map_err(|e| format!("--rollout is not JSON: {e}"))?;
     let value = serde_json::json!({ "version": version, "rollout": rollout }).to_string();
-    crate::version::parse_value(&value).map_err(|e| format!("--rollout: {e}"))?;
+    crate::value::parse_value(&value).map_err(|e| format!("--rollout: {e}"))?;
     Ok(value)
 }
 
@@ -157,7 +157,7 @@ pub async fn fleet_status(
         .ok_or("[fleet] status_prefix is not set in the config: instances write no status")?;
     // The request that asks for the version now, if one does: failures count per request.
     let asked = match source.read().await {
-        Ok(p) => crate::version::parse_value(&p.value)
+        Ok(p) => crate::value::parse_value(&p.value)
             .ok()
             .map(|d| (d.version, p.version)),
         Err(e) if version.is_none() => return Err(e.to_string()),
@@ -352,7 +352,7 @@ mod tests {
     fn promote_puts_the_bare_version_or_a_checked_rollout() {
         assert_eq!(promote_value("1.4.2", None).unwrap(), "1.4.2");
         let value = promote_value("2.0.0", Some(r#"{"duration":"30m"}"#)).unwrap();
-        let desired = crate::version::parse_value(&value).unwrap();
+        let desired = crate::value::parse_value(&value).unwrap();
         assert_eq!(desired.version.as_str(), "2.0.0");
         assert!(desired.rollout.is_some());
         assert!(promote_value("2.0.0", Some("{"))

@@ -87,7 +87,7 @@ fn duration(field: &str, value: &serde_json::Value) -> Result<Duration, RolloutE
     let text = value
         .as_str()
         .ok_or_else(|| invalid(field, "not a string like \"30m\""))?;
-    let span = crate::config::parse_duration(text).map_err(|e| invalid(field, e))?;
+    let span = crate::units::parse_duration(text).map_err(|e| invalid(field, e))?;
     if span > MAX_SPAN {
         return Err(invalid(field, format!("{text:?} is longer than 366 days")));
     }

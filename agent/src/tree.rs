@@ -20,7 +20,7 @@ use crate::fsutil::{IoContext, PathError};
 use crate::owner::Owner;
 
 /// Deepest directory nesting [`give_tree`] walks (two open descriptors per level). It only ever
-/// walks what [`crate::unpack`] made, which refuses names deeper than half of this.
+/// walks what the unpacker made, which refuses names deeper than half of this.
 pub const MAX_DEPTH: usize = 256;
 
 /// How deep [`remove_tree`] goes before it moves a directory up to the top of the tree being

@@ -12,7 +12,8 @@ use crate::hooks::Hook;
 use crate::plan;
 use crate::service::ServiceManager;
 use crate::state::{Request, State, Verdict};
-use crate::version::{Desired, Version};
+use crate::value::Desired;
+use crate::version::Version;
 use crate::{failpoint, notify};
 
 impl<P: Parts> Agent<P> {

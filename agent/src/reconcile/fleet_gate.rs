@@ -10,7 +10,7 @@ use crate::fleet::{self, IdentityError, Report, Status};
 use crate::rollout;
 use crate::state::{Request, State};
 use crate::store::{ArtifactStore, StoreError};
-use crate::version::Desired;
+use crate::value::Desired;
 
 /// How long writing or listing status objects may take before the pass goes on without it.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);

@@ -29,7 +29,7 @@ use crate::service::ServiceManager;
 use crate::source::{DesiredSource, SourceError};
 use crate::state::{Request, State, StateFile};
 use crate::store::ArtifactStore;
-use crate::version::{self, Version};
+use crate::version::Version;
 use crate::webhook::Webhook;
 
 /// The outside world a pass works through: where the desired version comes from, where the
@@ -193,7 +193,7 @@ impl<P: Parts> Agent<P> {
             value: parameter.value,
             parameter_version: parameter.version,
         };
-        let desired = match version::parse_value(&request.value) {
+        let desired = match crate::value::parse_value(&request.value) {
             Ok(d) => d,
             Err(e) => return self.invalid(&mut state, request, &e.to_string()),
         };
