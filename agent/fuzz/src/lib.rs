@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use drover::digest::{parse_sha256sum, Sha256Digest};
 use drover::unpack::{unpack, Limits};
-use drover::version::{parse_value, Desired};
+use drover::value::{parse_value, Desired};
 
 pub mod tree;
 use tree::{check_release, names, walk, Kind};
