@@ -264,42 +264,47 @@ impl Digests {
     }
 }
 
-/// Why a fetch produced no release, and so what the loop does about it.
-#[derive(Debug)]
+/// Why a fetch produced no release: the typed error of the stage that stopped it. What the loop
+/// does about it is [`FetchFailure::disposition`], decided here, once.
+#[derive(Debug, thiserror::Error)]
 pub enum FetchFailure {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    /// The staging area, the owner's chown, the sync or the rename into `releases/`.
+    #[error(transparent)]
+    Disk(#[from] PathError),
+    /// `[release] owner` names nobody (yet): cloud-init may still be creating the user.
+    #[error("{0}")]
+    Owner(String),
+    #[error("unpack task: {0}")]
+    Task(String),
+}
+
+/// What to do about a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The object is not there (yet): an upload may still be on its way; poll at the normal pace.
+    Wait,
+    /// The network, the API or this machine: try again after a backoff.
+    Retry,
     /// The artifact is bad: remember the request as failed.
-    Rejected(String),
-    /// The object is not there (yet): an upload may still be on its way.
-    Missing(String),
-    /// The network, the API or the disk: try again later.
-    Transient(String),
+    Reject,
 }
 
-impl From<FetchError> for FetchFailure {
-    fn from(e: FetchError) -> Self {
-        match e {
-            FetchError::Store(StoreError::NotFound { .. }) => FetchFailure::Missing(e.to_string()),
-            e if e.is_artifact_fault() => FetchFailure::Rejected(e.to_string()),
-            e => FetchFailure::Transient(e.to_string()),
+impl FetchFailure {
+    /// The one place that says whose fault a failure is: only what the artifact's content
+    /// causes is a rejection; everything about the machine, the network or the API is retried.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            FetchFailure::Fetch(FetchError::Store(StoreError::NotFound { .. })) => {
+                Disposition::Wait
+            }
+            FetchFailure::Fetch(e) if e.is_artifact_fault() => Disposition::Reject,
+            FetchFailure::Unpack(e) if e.is_artifact_fault() => Disposition::Reject,
+            _ => Disposition::Retry,
         }
-    }
-}
-
-impl From<UnpackError> for FetchFailure {
-    fn from(e: UnpackError) -> Self {
-        if e.is_artifact_fault() {
-            FetchFailure::Rejected(e.to_string())
-        } else {
-            FetchFailure::Transient(e.to_string())
-        }
-    }
-}
-
-/// Everything else that can stop a fetch (the staging area, a task, the owner's chown) is this
-/// machine's trouble, not the artifact's.
-impl From<PathError> for FetchFailure {
-    fn from(e: PathError) -> Self {
-        FetchFailure::Transient(e.to_string())
     }
 }
 
@@ -339,7 +344,7 @@ async fn fetch_into<S: ArtifactStore>(
         .owner
         .map(owner::lookup)
         .transpose()
-        .map_err(FetchFailure::Transient)?;
+        .map_err(FetchFailure::Owner)?;
     let expected = expected_digest(store, &key, desired.sha256, artifact.download_timeout).await?;
     // With trusted keys, the signature is read (and its key checked) before the download.
     let signature = match artifact.trusted_keys.is_empty() {
@@ -408,7 +413,7 @@ async fn fetch_into<S: ArtifactStore>(
         Ok((stats, given))
     })
     .await
-    .map_err(|e| FetchFailure::Transient(format!("unpack task: {e}")))??;
+    .map_err(|e| FetchFailure::Task(e.to_string()))??;
     tracing::info!(
         target: "drover",
         version = desired.version.as_str(),
@@ -559,6 +564,54 @@ pub(crate) mod tests {
             !err.is_artifact_fault(),
             "a slow network, not a bad artifact"
         );
+    }
+
+    /// Whose fault a failure is, decided in one place: the artifact's content is rejected; a
+    /// missing object is waited for; the machine, the network and a user not there yet are
+    /// retried.
+    #[test]
+    fn dispositions() {
+        use std::io;
+        let not_found = FetchError::Store(StoreError::NotFound {
+            bucket: "b".into(),
+            key: "k".into(),
+        });
+        assert_eq!(
+            FetchFailure::from(not_found).disposition(),
+            Disposition::Wait
+        );
+        let too_large = FetchError::TooLarge {
+            key: "k".into(),
+            limit: 1,
+        };
+        assert_eq!(
+            FetchFailure::from(too_large).disposition(),
+            Disposition::Reject
+        );
+        let refused = UnpackError::Refused {
+            entry: "l".into(),
+            op: "create hard link",
+            source: io::Error::from_raw_os_error(libc::EMLINK),
+        };
+        assert_eq!(
+            FetchFailure::from(refused).disposition(),
+            Disposition::Reject
+        );
+        let full = UnpackError::Refused {
+            entry: "f".into(),
+            op: "write",
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(FetchFailure::from(full).disposition(), Disposition::Retry);
+        let disk = PathError {
+            op: "create directory",
+            path: "/opt/app/.staging/x".into(),
+            source: io::Error::from_raw_os_error(libc::EIO),
+        };
+        assert_eq!(FetchFailure::from(disk).disposition(), Disposition::Retry);
+        let owner = FetchFailure::Owner("release.owner \"app\": no user \"app\"".into());
+        assert_eq!(owner.disposition(), Disposition::Retry);
+        assert_eq!(owner.to_string(), "release.owner \"app\": no user \"app\"");
     }
 
     #[tokio::test]

@@ -188,12 +188,14 @@ fn release(c: &Check, raw: raw::Release) -> Result<Release, ConfigError> {
     let keep = match raw.keep {
         None => 5,
         Some(k) if (2..=1000).contains(&k) => k as usize,
-        Some(k) => return Err(c.invalid(
-            "release.keep",
-            format!(
+        Some(k) => {
+            return Err(c.invalid(
+                "release.keep",
+                format!(
                 "{k} is out of range: keep at least 2 (the current and the previous good release)"
             ),
-        )),
+            ))
+        }
     };
     if let Some(spec) = &raw.owner {
         crate::owner::check_spec(spec).map_err(|e| c.invalid("release.owner", e))?;

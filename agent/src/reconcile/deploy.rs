@@ -6,7 +6,7 @@
 use super::ending::Ending;
 use super::{Agent, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
-use crate::fetch::{self, FetchFailure};
+use crate::fetch::{self, Disposition, FetchFailure};
 use crate::health::{self, Policy};
 use crate::hooks::Hook;
 use crate::plan;
@@ -153,18 +153,19 @@ impl<P: Parts> Agent<P> {
         fields: &Fields<'_>,
         failure: FetchFailure,
     ) -> Outcome {
-        match failure {
-            FetchFailure::Missing(error) => {
+        let error = failure.to_string();
+        match failure.disposition() {
+            Disposition::Wait => {
                 let message = format!("The artifact of {version} is not there yet: {error}");
                 emit(Event::PollFailed, &fields.with_error(&error), &message);
                 Outcome::Waiting
             }
-            FetchFailure::Transient(error) => {
+            Disposition::Retry => {
                 let message = format!("Fetching {version} failed, will retry: {error}");
                 emit(Event::PollFailed, &fields.with_error(&error), &message);
                 Outcome::Retry
             }
-            FetchFailure::Rejected(error) => {
+            Disposition::Reject => {
                 state.remember_failed(request.clone());
                 let ending = Ending {
                     result: Verdict::Rejected,
