@@ -16,6 +16,17 @@ use crate::value::Desired;
 use crate::version::Version;
 use crate::{failpoint, notify};
 
+/// Why a switch did not happen (each is in the journal already): `current` is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SwitchError {
+    #[error("cannot save state before the switch: {0}")]
+    SaveState(String),
+    #[error("cannot write the environment file: {0}")]
+    Environment(String),
+    #[error(transparent)]
+    Link(#[from] crate::fsutil::PathError),
+}
+
 impl<P: Parts> Agent<P> {
     pub(super) async fn deploy(
         &mut self,
@@ -113,7 +124,7 @@ impl<P: Parts> Agent<P> {
         state: &mut State,
         version: &Version,
         request: &Request,
-    ) -> Result<(), ()> {
+    ) -> Result<(), SwitchError> {
         let new_environment = self.environment_change();
         state.begin_switch(
             version.as_str(),
@@ -123,7 +134,7 @@ impl<P: Parts> Agent<P> {
         if let Err(e) = self.save(state) {
             tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
             state.abort_switch();
-            return Err(());
+            return Err(SwitchError::SaveState(e));
         }
         failpoint::hit("after_pending_saved");
         if let Some(text) = &new_environment {
@@ -131,7 +142,7 @@ impl<P: Parts> Agent<P> {
                 tracing::error!(target: "drover", error = %e, "cannot write the environment file; nothing switched");
                 state.abort_switch();
                 let _ = self.save(state);
-                return Err(());
+                return Err(SwitchError::Environment(e));
             }
         }
         if let Err(e) = self.layout.switch(version.as_str()) {
@@ -139,7 +150,7 @@ impl<P: Parts> Agent<P> {
             tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
             state.switch_failed();
             let _ = self.save(state);
-            return Err(());
+            return Err(SwitchError::Link(e));
         }
         Ok(())
     }
