@@ -361,17 +361,7 @@ fn regression_detached_hook_processes_do_not_outlive_the_hook() {
         )],
     );
     ship(&world, "2.0.0", &v2);
-    let aborted = instance.wait_for_events("deploy_aborted", 1, DEPLOY);
-    assert!(
-        aborted[0]["ERROR"]
-            .as_str()
-            .unwrap()
-            .contains("did not finish within 6 s"),
-        "{aborted:?}"
-    );
-    let left = processes_matching(&instance, "sleep 300");
-    assert!(left.is_empty(), "left behind at the timeout: {left:?}");
-    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+    assert_timed_out_leaving_nothing(&instance, "sleep 300");
     assert_eq!(instance.served(), "1.0.0");
     assert_no_kill_failed(&instance);
 
@@ -467,17 +457,7 @@ fn regression_app_user_hooks_are_killed_and_settings_cannot_steer_them() {
         )],
     );
     ship(&world, "2.0.0", &v2);
-    let aborted = instance.wait_for_events("deploy_aborted", 1, DEPLOY);
-    assert!(
-        aborted[0]["ERROR"]
-            .as_str()
-            .unwrap()
-            .contains("did not finish within 6 s"),
-        "{aborted:?}"
-    );
-    let left = processes_matching(&instance, "sleep 301");
-    assert!(left.is_empty(), "left behind at the timeout: {left:?}");
-    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+    assert_timed_out_leaving_nothing(&instance, "sleep 301");
 
     // The refusal was said once, naming the variables, not on every pass or hook.
     let refused = instance.journal_events("variables_refused");
@@ -491,4 +471,20 @@ fn regression_app_user_hooks_are_killed_and_settings_cannot_steer_them() {
 fn assert_no_kill_failed(instance: &Instance) {
     let journal = instance.container.journal_text("drover.service");
     assert!(!journal.contains("Killing what is left"), "{journal}");
+}
+
+/// The deploy was aborted at the hook's 6 s timeout, and nothing the hook started (processes
+/// matching `pattern`, its scope) is left.
+fn assert_timed_out_leaving_nothing(instance: &Instance, pattern: &str) {
+    let aborted = instance.wait_for_events("deploy_aborted", 1, DEPLOY);
+    assert!(
+        aborted[0]["ERROR"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 6 s"),
+        "{aborted:?}"
+    );
+    let left = processes_matching(instance, pattern);
+    assert!(left.is_empty(), "left behind at the timeout: {left:?}");
+    assert_eq!(hook_scopes(instance), "", "scopes left behind");
 }

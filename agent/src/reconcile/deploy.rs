@@ -194,14 +194,7 @@ impl<P: Parts> Agent<P> {
     pub(super) async fn activate(&self, version: &str, fields: &Fields<'_>) -> Result<(), String> {
         self.restart_units(fields).await?;
         failpoint::hit("after_restart");
-        match health::wait_healthy(
-            self.probe.as_ref(),
-            &self.services,
-            &self.config.service.units,
-            self.policy(),
-        )
-        .await
-        {
+        match self.health_gate().await {
             Ok(()) => {
                 emit(
                     Event::HealthPassed,
@@ -259,6 +252,17 @@ impl<P: Parts> Agent<P> {
             }
         }
         Ok(())
+    }
+
+    /// The health gate over the app's units, with `[health]`'s policy.
+    pub(super) async fn health_gate(&self) -> Result<(), health::HealthError> {
+        health::wait_healthy(
+            self.probe.as_ref(),
+            &self.services,
+            &self.config.service.units,
+            self.policy(),
+        )
+        .await
     }
 
     pub(super) fn policy(&self) -> Policy {

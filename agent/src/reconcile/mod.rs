@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::environment::Settings;
 use crate::events::{emit, Event, Fields};
 use crate::fsutil::{IoContext, PathError};
-use crate::health::{self, HealthProbe};
+use crate::health::HealthProbe;
 use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
 use crate::service::ServiceManager;
@@ -338,14 +338,7 @@ impl<P: Parts> Agent<P> {
         if self.mode == Mode::Daemon {
             return Outcome::InSync;
         }
-        match health::wait_healthy(
-            self.probe.as_ref(),
-            &self.services,
-            &self.config.service.units,
-            self.policy(),
-        )
-        .await
-        {
+        match self.health_gate().await {
             Ok(()) => Outcome::InSync,
             Err(e) => {
                 emit(
