@@ -26,10 +26,16 @@ include tests/test.mk
 build:
 	$(CARGO) build --workspace --all-targets --locked
 
+# How many tests run at once, set here rather than taken from the machine's core count. The
+# integration tests (one binary) mostly wait on containers, polls and health checks: on 2 cores
+# 3 at a time took 282 s, 2 took 350 s, and 4 took 268 s but stretched the load-sensitive tests
+# (docs/PERFORMANCE.md, "Build and test times"). Tests that need the machine alone say so.
+TEST_THREADS ?= 3
+
 ## Everything: unit tests, integration tests against moto, container scenarios with real systemd.
 test: test-setup build
 	$(CARGO) fmt --all -- --check
-	$(CARGO) test --workspace --locked --no-fail-fast
+	$(CARGO) test --workspace --locked --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 test-unit: build
 	$(CARGO) test --workspace --locked --lib

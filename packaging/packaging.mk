@@ -5,7 +5,8 @@
 #                    the bare binary, a .tar.gz, a .deb, an .rpm and SHA256SUMS (dist.sh)
 #   make check-dist  reads them back with dpkg-deb, rpm and tar (check-dist.sh); lintian, when
 #                    installed, is reported but not enforced
-#   make test-packages   the .deb installed and deploying in a test container (tests/packages.rs)
+#   make test-packages   the .deb installed and deploying in a test container: tests/packages.rs,
+#                    the `packages::` tests of the integration binary
 #   make deny        cargo-deny over Cargo.lock with deny.toml (in `make check`): licenses, bans,
 #                    sources, and advisories from the RustSec database, which it clones from
 #                    GitHub. Where that fails, so does the check, saying why; DENY_OFFLINE=1
@@ -60,7 +61,7 @@ check-dist: dist
 # The host side of the test (drover publish/promote) uses the debug binary.
 test-packages: test-setup check-dist
 	$(CARGO) build --locked -p drover
-	$(CARGO) test --locked -p drover-tests --test packages -- --nocapture
+	$(CARGO) test --locked -p drover-tests --test integration -- --nocapture packages::
 
 # `make test` builds and checks the packages before its cargo test run, which includes
 # tests/packages.rs.

@@ -26,5 +26,5 @@ bench: test-setup static
 
 RACE_SECONDS ?= 300
 race: test-setup build
-	DROVER_RACE_SECONDS=$(RACE_SECONDS) $(CARGO) test --locked -p drover-tests --test adversarial \
-		-- --nocapture the_app_user_racing_the_tree_walks_reaches_nothing_outside
+	DROVER_RACE_SECONDS=$(RACE_SECONDS) $(CARGO) test --locked -p drover-tests --test integration \
+		-- --nocapture --exact adversarial::the_app_user_racing_the_tree_walks_reaches_nothing_outside
