@@ -23,6 +23,9 @@ include tests/test.mk
 -include cloud-init/cloud-init.mk
 -include agent/fuzz/fuzz.mk
 
+# The one debug build: every target that uses it (demo, test, the checks) depends on it rather
+# than building a subset, which would resolve other features (tests/Cargo.toml says why) and
+# compile the AWS SDK a second time.
 build:
 	$(CARGO) build --workspace --all-targets --locked
 
@@ -41,8 +44,7 @@ test-unit: build
 	$(CARGO) test --workspace --locked --lib
 
 ## The main job: an instance deploying, upgrading and rolling back an app, narrated.
-demo: test-setup
-	$(CARGO) build --locked -p drover -p drover-tests --bins
+demo: test-setup build
 	$(CARGO_TARGET_DIR)/debug/demo
 
 ## The shipped binary: glibc linked statically (runs in an empty chroot), size-tuned profile.

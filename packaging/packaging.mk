@@ -59,8 +59,7 @@ check-dist: dist
 	bash $(PACKAGING_DIR)/check-dist.sh '$(DROVER_VERSION)' '$(DIST_DIR)'
 
 # The host side of the test (drover publish/promote) uses the debug binary.
-test-packages: test-setup check-dist
-	$(CARGO) build --locked -p drover
+test-packages: test-setup build check-dist
 	$(CARGO) test --locked -p drover-tests --test integration -- --nocapture packages::
 
 # `make test` builds and checks the packages before its cargo test run, which includes

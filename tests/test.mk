@@ -16,9 +16,8 @@ test-setup:
 	sh $(TESTS_DIR)/scripts/setup.sh
 
 # The containers install target/debug/drover, which `cargo test` does not build by itself.
-test-boot-stats: test-setup
-	cargo build -p drover
-	cargo run -q -p drover-tests --example boot_stats
+test-boot-stats: test-setup build
+	$(CARGO) run -q --locked -p drover-tests --example boot_stats
 
 bench: test-setup static
 	$(CARGO) build --locked -p drover-tests --bin bench

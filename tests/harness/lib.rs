@@ -71,7 +71,7 @@ pub fn workspace_dir() -> PathBuf {
 }
 
 /// The drover binary under test: `$DROVER_BIN`, else `target/debug/drover` of this workspace
-/// (`cargo build -p drover` makes it; `cargo test` alone does not build another package's binary).
+/// (`make build` makes it; `cargo test` alone does not build another package's binary).
 pub fn drover_bin() -> PathBuf {
     let path = std::env::var_os("DROVER_BIN")
         .map(PathBuf::from)
@@ -83,7 +83,7 @@ pub fn drover_bin() -> PathBuf {
         });
     assert!(
         path.is_file(),
-        "no drover binary at {}: run `cargo build -p drover` or set DROVER_BIN",
+        "no drover binary at {}: run `make build` or set DROVER_BIN",
         path.display()
     );
     path
