@@ -35,9 +35,14 @@ build:
 # (docs/PERFORMANCE.md, "Build and test times"). Tests that need the machine alone say so.
 TEST_THREADS ?= 3
 
-## Everything: unit tests, integration tests against moto, container scenarios with real systemd.
+## What CI runs (.ci/run), a step a line: `make check` (fmt, clippy -D warnings, and the checks
+## the fragments add: unit files, rendered user-data, CloudFormation, cargo-deny) without the
+## RustSec advisories, which need GitHub; the release packages; then unit tests, integration
+## tests against moto and container scenarios with real systemd (tests/packages.rs installs the
+## .deb just checked).
 test: test-setup build
-	$(CARGO) fmt --all -- --check
+	$(MAKE) --no-print-directory check DENY_OFFLINE=1
+	$(MAKE) --no-print-directory check-dist
 	$(CARGO) test --workspace --locked --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 test-unit: build
