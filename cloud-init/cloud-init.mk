@@ -12,11 +12,10 @@ CLOUD_INIT_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 CHECKS += check-userdata
 .PHONY: check-userdata
 
-check-userdata:
+check-userdata: build
 	@command -v cloud-init >/dev/null || { \
 	    echo "check-userdata: no cloud-init on this machine; run make test-setup" >&2; \
 	    exit 1; }
-	$(CARGO) build --locked -p drover
 	@set -eu; \
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	digest=$$(sha256sum $(DROVER_BIN) | cut -d' ' -f1); \

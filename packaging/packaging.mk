@@ -5,13 +5,14 @@
 #                    the bare binary, a .tar.gz, a .deb, an .rpm and SHA256SUMS (dist.sh)
 #   make check-dist  reads them back with dpkg-deb, rpm and tar (check-dist.sh); lintian, when
 #                    installed, is reported but not enforced
-#   make test-packages   the .deb installed and deploying in a test container (tests/packages.rs)
+#   make test-packages   the .deb installed and deploying in a test container: tests/packages.rs,
+#                    the `packages::` tests of the integration binary
 #   make deny        cargo-deny over Cargo.lock with deny.toml (in `make check`): licenses, bans,
 #                    sources, and advisories from the RustSec database, which it clones from
 #                    GitHub. Where that fails, so does the check, saying why; DENY_OFFLINE=1
 #                    skips only the advisories and says so.
 #
-# `make test` runs check-dist and tests/packages.rs too, so it builds the static binary: about
+# `make test` runs check-dist before tests/packages.rs, so it builds the static binary: about
 # 7 minutes cold on 2 cores, about 2 when only drover itself changed (docs/PACKAGING.md).
 
 PACKAGING_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
@@ -58,29 +59,28 @@ check-dist: dist
 	bash $(PACKAGING_DIR)/check-dist.sh '$(DROVER_VERSION)' '$(DIST_DIR)'
 
 # The host side of the test (drover publish/promote) uses the debug binary.
-test-packages: test-setup check-dist
-	$(CARGO) build --locked -p drover
-	$(CARGO) test --locked -p drover-tests --test packages -- --nocapture
+test-packages: test-setup build check-dist
+	$(CARGO) test --locked -p drover-tests --test integration -- --nocapture packages::
 
-# `make test` builds and checks the packages before its cargo test run, which includes
-# tests/packages.rs.
-test: check-dist
-
-# cargo-deny, installed when missing. `cargo install` builds in a directory of its own, not in
-# the CARGO_TARGET_DIR exported for the project's build.
+# cargo-deny, built once per version into a directory of its own beside the test machine's other
+# caches (outside the checkout, so that CI's fresh clones reuse it), with the versions of its
+# own Cargo.lock (--locked). `cargo install` builds in a temporary directory, not in the
+# CARGO_TARGET_DIR exported for the project's build. Building it takes about 2.5 minutes on 2 cores
+# (docs/PERFORMANCE.md, "Build and test times"), once.
 CARGO_DENY_VERSION := 0.20.2
-CARGO_DENY = $(CARGO) deny --manifest-path Cargo.toml --config $(PACKAGING_DIR)/deny.toml --locked
+CARGO_DENY_ROOT ?= $(DROVER_TEST_CACHE)/cargo-deny-$(CARGO_DENY_VERSION)
+CARGO_DENY_BIN := $(CARGO_DENY_ROOT)/bin/cargo-deny
+CARGO_DENY = $(CARGO_DENY_BIN) deny --manifest-path Cargo.toml --config $(PACKAGING_DIR)/deny.toml --locked
 DENY_OFFLINE ?=
 
 CHECKS += deny
 
 .PHONY: deny
 
-deny:
-	@if [ "$$($(CARGO) deny --version 2>/dev/null)" != "cargo-deny $(CARGO_DENY_VERSION)" ]; then \
-	  echo "env -u CARGO_TARGET_DIR $(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION)"; \
-	  env -u CARGO_TARGET_DIR $(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION); \
-	fi
+$(CARGO_DENY_BIN):
+	env -u CARGO_TARGET_DIR $(CARGO) install --locked --root $(CARGO_DENY_ROOT) cargo-deny --version $(CARGO_DENY_VERSION)
+
+deny: $(CARGO_DENY_BIN)
 	$(CARGO_DENY) check --hide-inclusion-graph licenses bans sources
 ifeq ($(DENY_OFFLINE),1)
 	@echo "deny: advisories SKIPPED (DENY_OFFLINE=1): Cargo.lock was NOT checked against the RustSec advisory database"

@@ -1,6 +1,7 @@
 //! drover's D-Bus client against the real systemd of a booted instance, driven from the host
 //! through the container's bus socket (`DBUS_SYSTEM_BUS_ADDRESS`), as TESTBED.md describes.
-//! One test in this binary: it sets the process's bus address.
+//! The test sets the process's bus address, which every process another test started would
+//! inherit: it has the machine alone, and takes the address back when done.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -17,6 +18,7 @@ fn install_unit(instance: &drover_tests::Instance, name: &str, body: &str) {
 
 #[test]
 fn restart_jobs_and_failed_state_through_the_real_bus() {
+    let _alone = drover_tests::alone();
     let world = World::new("systemd");
     let instance = world.boot_instance();
     install_unit(
@@ -34,8 +36,7 @@ fn restart_jobs_and_failed_state_through_the_real_bus() {
         "crasher.service",
         "[Service]\nExecStart=/bin/sh -c 'sleep 0.3; exit 3'\n",
     );
-    // SAFETY of set_var: this binary has one test and no other threads reading the environment.
-    unsafe_set_bus(&instance);
+    let _bus = unsafe_set_bus(&instance);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -91,11 +92,28 @@ fn restart_jobs_and_failed_state_through_the_real_bus() {
     });
 }
 
-fn unsafe_set_bus(instance: &drover_tests::Instance) {
+/// `DBUS_SYSTEM_BUS_ADDRESS` for this process while the value lives.
+struct BusAddress;
+
+/// Sets the bus address. Safe only while no other thread reads the environment: the caller has
+/// the machine alone, and no runtime has started yet.
+fn unsafe_set_bus(instance: &drover_tests::Instance) -> BusAddress {
     let address = format!("unix:path={}", instance.container.bus_socket().display());
     #[allow(unsafe_code)]
-    // SAFETY: called before the runtime starts, from the only thread that reads the environment.
+    // SAFETY: the test holds `alone()`: the only other tests that may run make no world and
+    // read the environment only through std, which locks it. Its runtime is not started yet.
     unsafe {
         std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", address)
     };
+    BusAddress
+}
+
+impl Drop for BusAddress {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        // SAFETY: as for setting it; the runtime has been dropped before this value.
+        unsafe {
+            std::env::remove_var("DBUS_SYSTEM_BUS_ADDRESS")
+        };
+    }
 }

@@ -16,9 +16,8 @@ test-setup:
 	sh $(TESTS_DIR)/scripts/setup.sh
 
 # The containers install target/debug/drover, which `cargo test` does not build by itself.
-test-boot-stats: test-setup
-	cargo build -p drover
-	cargo run -q -p drover-tests --example boot_stats
+test-boot-stats: test-setup build
+	$(CARGO) run -q --locked -p drover-tests --example boot_stats
 
 bench: test-setup static
 	$(CARGO) build --locked -p drover-tests --bin bench
@@ -26,5 +25,5 @@ bench: test-setup static
 
 RACE_SECONDS ?= 300
 race: test-setup build
-	DROVER_RACE_SECONDS=$(RACE_SECONDS) $(CARGO) test --locked -p drover-tests --test adversarial \
-		-- --nocapture the_app_user_racing_the_tree_walks_reaches_nothing_outside
+	DROVER_RACE_SECONDS=$(RACE_SECONDS) $(CARGO) test --locked -p drover-tests --test integration \
+		-- --nocapture --exact adversarial::the_app_user_racing_the_tree_walks_reaches_nothing_outside

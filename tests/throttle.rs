@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use drover_tests::faultproxy::{FaultProxy, Match, Seen};
@@ -41,10 +40,6 @@ const STEADY: Duration = Duration::from_secs(5);
 /// 100 when the throttling was forgotten at the first accepted poll), and each further try, a
 /// window of up to 32 polls later, fails about three times in ten.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(100);
-
-/// The fleets share the machine's two cores with moto: one fleet at a time, or the timings are
-/// each other's.
-static ONE_FLEET: Mutex<()> = Mutex::new(());
 
 /// One agent of the fleet: its directory holds its config, release root (`app/`), state
 /// (`state/`) and the daemon's log.
@@ -407,7 +402,9 @@ impl Figures {
 /// 2.0.0 is promoted and every agent must deploy it; checks the agents' polls as the proxy saw
 /// them, and returns the figures.
 fn run(case: &Case) -> Figures {
-    let _one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    // The fleet shares the machine's two cores with moto: it runs alone, or the timings would be
+    // another test's too (the other fleet's, a container's).
+    let _alone = drover_tests::alone();
     let proxy = FaultProxy::in_front_of_moto();
     let mut fleet = Fleet::running_1_0_0(World::new(case.label), &proxy, case.agents);
     fleet

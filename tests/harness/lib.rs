@@ -5,6 +5,8 @@
 //! A test makes a [`World`] (its own bucket, parameter, port and temp dir), publishes releases
 //! with the operator commands, and boots an [`Instance`] that installs drover from user-data.
 //! The machine must have been prepared with `tests/scripts/setup.sh`, and tests run as root.
+//! The tests are one binary (`tests/integration.rs`), so they share one moto and run side by
+//! side; one that cannot share the machine takes it first with [`alone`].
 
 pub mod container;
 pub mod faultproxy;
@@ -14,12 +16,14 @@ pub mod https;
 pub mod imds;
 pub mod moto;
 pub mod release;
+pub mod turns;
 pub mod userdata;
 pub mod webhook;
 pub mod world;
 
 pub use container::{Bind, Container, Overlay, Readiness};
 pub use moto::Moto;
+pub use turns::alone;
 pub use world::{Boot, Instance, World};
 
 use sha2::{Digest, Sha256};
@@ -67,7 +71,7 @@ pub fn workspace_dir() -> PathBuf {
 }
 
 /// The drover binary under test: `$DROVER_BIN`, else `target/debug/drover` of this workspace
-/// (`cargo build -p drover` makes it; `cargo test` alone does not build another package's binary).
+/// (`make build` makes it; `cargo test` alone does not build another package's binary).
 pub fn drover_bin() -> PathBuf {
     let path = std::env::var_os("DROVER_BIN")
         .map(PathBuf::from)
@@ -79,7 +83,7 @@ pub fn drover_bin() -> PathBuf {
         });
     assert!(
         path.is_file(),
-        "no drover binary at {}: run `cargo build -p drover` or set DROVER_BIN",
+        "no drover binary at {}: run `make build` or set DROVER_BIN",
         path.display()
     );
     path

@@ -6,6 +6,7 @@ use crate::container::{Bind, Container, Overlay, Readiness};
 use crate::http::{self, Response};
 use crate::moto::Moto;
 use crate::release;
+use crate::turns;
 use crate::userdata::WriteFile;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ pub struct World {
     pub moto: &'static Moto,
     config_path: PathBuf,
     dir: TempDir,
+    /// Held while the world lives: a test that needs the machine alone waits for it.
+    _turn: turns::Shared,
 }
 
 /// How to boot one instance. [`World::boot_spec`] gives the normal one; tests change fields.
@@ -82,10 +85,12 @@ impl Boot {
 }
 
 impl World {
-    /// Sets up a world for the test called `label`: requires the machine set-up, starts (or
-    /// reuses) moto, creates the bucket and writes the host-side config.
+    /// Sets up a world for the test called `label`: requires the machine set-up, waits while a
+    /// test has the machine alone (`turns`), starts (or reuses) moto, creates the bucket and
+    /// writes the host-side config.
     pub fn new(label: &str) -> World {
         crate::require_setup();
+        let turn = turns::Shared::take();
         let name = crate::unique_name(label);
         let dir = tempfile::Builder::new()
             .prefix(&format!("drover-{name}-"))
@@ -100,6 +105,7 @@ impl World {
             name,
             moto,
             dir,
+            _turn: turn,
         };
         moto.create_bucket(&world.bucket);
         write(&world.config_path, world.config_toml().as_bytes());
