@@ -2,6 +2,8 @@
 #   make test-setup   prepare this machine (as root): host packages, the moto venv and the
 #                     cached Debian root filesystem, under $(DROVER_TEST_CACHE)
 #   make test-boot-stats   boot a few instances and print boot time and memory per container
+#   make check-modules  no import cycles in agent/src, no file over 600 lines of code (part of
+#                     `make check`, so of `make test`)
 #   make race         the app-user race test (issue 13) as a soak: RACE_SECONDS, default 300
 #   make bench        the shipped binary against sha256sum, tar and boto3 on this machine, in
 #                     one run (BENCH_RUNS, BENCH_DIR, BENCH_QUICK=1); not part of `make test`
@@ -10,7 +12,7 @@ TESTS_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 DROVER_TEST_CACHE ?= /var/cache/drover-test
 export DROVER_TEST_CACHE
 
-.PHONY: test-setup test-boot-stats bench race
+.PHONY: test-setup test-boot-stats bench race check-modules
 
 test-setup:
 	sh $(TESTS_DIR)/scripts/setup.sh
@@ -27,3 +29,7 @@ RACE_SECONDS ?= 300
 race: test-setup build
 	DROVER_RACE_SECONDS=$(RACE_SECONDS) $(CARGO) test --locked -p drover-tests --test integration \
 		-- --nocapture --exact adversarial::the_app_user_racing_the_tree_walks_reaches_nothing_outside
+
+CHECKS += check-modules
+check-modules:
+	python3 $(TESTS_DIR)/scripts/module-cycles.py agent/src
