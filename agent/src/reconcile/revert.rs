@@ -9,6 +9,19 @@ use crate::state::{Pending, Request, State, Verdict};
 use crate::version::Version;
 
 impl<P: Parts> Agent<P> {
+    /// The one way back, for a revert, a rollback and a recovery: `current` to `target` (a
+    /// release on disk), then `switched` in the journal with `why`.
+    fn switch_back(
+        &self,
+        target: &str,
+        fields: &Fields<'_>,
+        why: &str,
+    ) -> Result<(), crate::fsutil::PathError> {
+        self.layout.switch(target)?;
+        emit(Event::Switched, fields, why);
+        Ok(())
+    }
+
     /// Returns to the last good release after a deploy was interrupted. The units are restarted
     /// whichever way `current` points now: they may be running the interrupted version's code
     /// (a crash after the switch back but before the restart leaves exactly that).
@@ -29,18 +42,14 @@ impl<P: Parts> Agent<P> {
             ..Fields::default()
         };
         if self.layout.active().ok().flatten().as_deref() != Some(good.as_str()) {
-            if let Err(e) = self.layout.switch(&good) {
+            let why = format!(
+                "Deploy of {} was interrupted; switched back to {good}",
+                pending.version
+            );
+            if let Err(e) = self.switch_back(&good, &fields, &why) {
                 tracing::error!(target: "drover", error = %e, "cannot switch back after an interrupted deploy");
                 return;
             }
-            emit(
-                Event::Switched,
-                &fields,
-                &format!(
-                    "Deploy of {} was interrupted; switched back to {good}",
-                    pending.version
-                ),
-            );
         }
         // Best effort: the next pass checks health and retries the deploy.
         let _ = self.restart_units(&fields).await;
@@ -97,7 +106,8 @@ impl<P: Parts> Agent<P> {
             };
             return self.finish(state, ending, &fields);
         };
-        if let Err(e) = self.layout.switch(previous) {
+        let why = format!("Switched current back to {previous}");
+        if let Err(e) = self.switch_back(previous, &fields, &why) {
             let ending = Ending {
                 result: Verdict::RevertFailed,
                 version,
@@ -107,11 +117,6 @@ impl<P: Parts> Agent<P> {
             };
             return self.finish(state, ending, &fields);
         }
-        emit(
-            Event::Switched,
-            &fields,
-            &format!("Switched current back to {previous}"),
-        );
         failpoint::hit("after_revert_switch");
         if state.environment_pending {
             if let Err(e) = self.restore_environment() {
@@ -161,12 +166,9 @@ impl<P: Parts> Agent<P> {
         };
         state.begin_switch(&target, None, false);
         self.save(&state)?;
-        self.layout.switch(&target).map_err(|e| e.to_string())?;
-        emit(
-            Event::Switched,
-            &fields,
-            &format!("Switched current back to {target} (operator rollback)"),
-        );
+        let why = format!("Switched current back to {target} (operator rollback)");
+        self.switch_back(&target, &fields, &why)
+            .map_err(|e| e.to_string())?;
         let healthy = self.activate(&target, &fields).await;
         state.rolled_back(&target);
         let rolled_back = Version::parse(&target).map_err(|e| e.to_string())?;
