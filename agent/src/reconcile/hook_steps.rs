@@ -53,29 +53,12 @@ impl<P: Parts> Agent<P> {
         // Settings go only to a hook that runs as someone other than root: whoever can write
         // the parameters must not reach root through the many variables interpreters act on
         // (PERL5OPT, PYTHONWARNINGS, NODE_OPTIONS, ...), which no list can close.
-        let as_root = user.is_none_or(|u| u.uid == 0);
-        let environment = match (&self.settings, as_root) {
-            (Some(settings), true) if !settings.pairs().is_empty() => {
-                let names = settings
-                    .pairs()
-                    .iter()
-                    .map(|(name, _)| name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                emit(
-                    Event::VariablesRefused,
-                    &Fields {
-                        variables: Some(&names),
-                        ..fields
-                    },
-                    &format!(
-                        "The {name} hook of {version} runs as root: the app's settings are not                          given to it (run hooks as the app's user with [hooks] user or                          [release] owner)"
-                    ),
-                );
-                Vec::new()
-            }
-            (Some(settings), false) => settings.pairs(),
-            _ => Vec::new(),
+        let pairs = (self.settings.as_ref())
+            .map(|s| s.pairs())
+            .unwrap_or_default();
+        let (environment, withheld) = match user.is_none_or(|u| u.uid == 0) {
+            true => (Vec::new(), pairs),
+            false => (pairs, Vec::new()),
         };
         let release_dir = self.layout.release_dir(version);
         let ctx = Context {
@@ -90,6 +73,20 @@ impl<P: Parts> Agent<P> {
             emit(Event::HookOutput, &fields, line);
         })
         .await;
+        if !withheld.is_empty() && !matches!(result, Ok(Ran::Absent)) {
+            let names: Vec<&str> = withheld.iter().map(|(name, _)| name.as_str()).collect();
+            emit(
+                Event::VariablesRefused,
+                &Fields {
+                    variables: Some(&names.join(" ")),
+                    ..fields
+                },
+                &format!(
+                    "The {name} hook of {version} runs as root: the app's settings are not given \
+                     to it (run hooks as the app's user with [hooks] user or [release] owner)"
+                ),
+            );
+        }
         match result {
             Ok(Ran::Absent) => Ok(()),
             Ok(Ran::Passed(took)) => {
