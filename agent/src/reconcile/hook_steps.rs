@@ -46,7 +46,8 @@ impl<P: Parts> Agent<P> {
         };
         if let Some(user) = user.filter(|u| u.uid != 0 && u.gid == 0) {
             return failed(format!(
-                "hook user {}:{} has group root (gid 0): a hook its owner can rewrite would run                  with root's group; give hooks.user (or release.owner) another group",
+                "hook user {}:{} has group root (gid 0): a hook its owner can rewrite would run \
+                 with root's group; give hooks.user (or release.owner) another group",
                 user.uid, user.gid
             ));
         }
