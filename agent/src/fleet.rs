@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -123,11 +122,6 @@ pub fn failure_key(prefix: &str, version: &str, parameter_version: i64, instance
         "{}{instance}.json",
         failures_prefix(prefix, version, parameter_version)
     )
-}
-
-/// `t` as RFC 3339 in UTC, whole seconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    crate::rfc3339::format(t)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -320,12 +314,6 @@ mod tests {
                 Err(IdentityError::Malformed(bad.trim().into()))
             );
         }
-    }
-
-    #[test]
-    fn times_are_rfc3339() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_583_200);
-        assert_eq!(rfc3339(t), "2025-12-01T10:00:00Z");
     }
 
     #[test]

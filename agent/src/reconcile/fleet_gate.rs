@@ -103,7 +103,7 @@ impl<P: Parts> Agent<P> {
                         &format!(
                             "Waiting for this instance's turn to adopt {version}: position \
                              {position:.4}{wave}, at {}",
-                            fleet::rfc3339(turn.at)
+                            crate::rfc3339::format(turn.at)
                         ),
                     );
                 }
@@ -203,9 +203,9 @@ impl<P: Parts> Agent<P> {
             parameter_version: Some(request.parameter_version),
             outcome: name,
             position: place.position,
-            turn_at: place.turn_at.map(fleet::rfc3339),
+            turn_at: place.turn_at.map(crate::rfc3339::format),
             error,
-            at: fleet::rfc3339(now),
+            at: crate::rfc3339::format(now),
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let mut keys = vec![fleet::instance_key(&prefix, &id)];
