@@ -1,22 +1,15 @@
-//! Fetching a release: [`release`] runs steps 2 and 3 of the flow (digest, signature, download,
-//! unpack, owner, sync, install) behind one call. The download lands in the staging area, hashed
-//! as the bytes arrive and capped in size; nothing downstream sees the file unless its digest
-//! matches the expected one.
+//! Download of an artifact into the staging area, hashed as the bytes arrive and capped in size,
+//! with its expected digest and signature read first. Nothing downstream sees the file unless
+//! its digest (and signature) match.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Artifact;
 use crate::digest::{self, Hasher, Sha256Digest};
-use crate::events::{emit, Event, Fields};
 use crate::fsutil::{IoContext, PathError};
-use crate::releases::Layout;
 use crate::signature::{Binding, Prehash, PublicKey, Signature, SignatureError};
 use crate::store::{self, ArtifactStore, ObjectBody, StoreError};
-use crate::unpack::{self, Limits, UnpackError};
-use crate::value::Desired;
-use crate::{failpoint, owner};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -264,184 +257,6 @@ impl Digests {
     }
 }
 
-/// Why a fetch produced no release: the typed error of the stage that stopped it. What the loop
-/// does about it is [`FetchFailure::disposition`], decided here, once.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchFailure {
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error(transparent)]
-    Unpack(#[from] UnpackError),
-    /// The staging area, the owner's chown, the sync or the rename into `releases/`.
-    #[error(transparent)]
-    Disk(#[from] PathError),
-    /// `[release] owner` names nobody (yet): cloud-init may still be creating the user.
-    #[error("{0}")]
-    Owner(String),
-    #[error("unpack task: {0}")]
-    Task(String),
-}
-
-/// What to do about a failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disposition {
-    /// The object is not there (yet): an upload may still be on its way; poll at the normal pace.
-    Wait,
-    /// The network, the API or this machine: try again after a backoff.
-    Retry,
-    /// The artifact is bad: remember the request as failed.
-    Reject,
-}
-
-impl FetchFailure {
-    /// The one place that says whose fault a failure is: only what the artifact's content
-    /// causes is a rejection; everything about the machine, the network or the API is retried.
-    pub fn disposition(&self) -> Disposition {
-        match self {
-            FetchFailure::Fetch(FetchError::Store(StoreError::NotFound { .. })) => {
-                Disposition::Wait
-            }
-            FetchFailure::Fetch(e) if e.is_artifact_fault() => Disposition::Reject,
-            FetchFailure::Unpack(e) if e.is_artifact_fault() => Disposition::Reject,
-            _ => Disposition::Retry,
-        }
-    }
-}
-
-/// What [`release`] works with besides the store.
-pub struct Job<'a> {
-    pub artifact: &'a Artifact,
-    /// `[release] owner`, looked up at each fetch: the user may be created (by cloud-init, say)
-    /// after drover starts, and until then there is no point in fetching.
-    pub owner: Option<&'a str>,
-    pub layout: &'a Layout,
-    pub desired: &'a Desired,
-    /// The deploy's journal fields, for the events of these steps.
-    pub fields: &'a Fields<'a>,
-}
-
-/// Steps 2 and 3 of the flow, behind one call: the expected digest and signature, the download
-/// (verified as the bytes arrive), the unpack, `[release] owner`'s chown, one sync, and the
-/// rename into `releases/`. Whatever happens, nothing is left in the staging area.
-pub async fn release<S: ArtifactStore>(store: &S, job: &Job<'_>) -> Result<(), FetchFailure> {
-    let staging = job.layout.new_staging("fetch", &job.desired.version)?;
-    let result = fetch_into(store, job, &staging).await;
-    let _ = crate::tree::remove_tree(&staging);
-    result
-}
-
-async fn fetch_into<S: ArtifactStore>(
-    store: &S,
-    job: &Job<'_>,
-    staging: &Path,
-) -> Result<(), FetchFailure> {
-    let (desired, fields) = (job.desired, job.fields);
-    let artifact = job.artifact;
-    let key = artifact.key_for(&desired.version);
-    // Looked up at each deploy, before the download: the user may be created (by cloud-init,
-    // say) after drover starts, and until then there is no point in fetching.
-    let owner = job
-        .owner
-        .map(owner::lookup)
-        .transpose()
-        .map_err(FetchFailure::Owner)?;
-    let expected = expected_digest(store, &key, desired.sha256, artifact.download_timeout).await?;
-    // With trusted keys, the signature is read (and its key checked) before the download.
-    let signature = match artifact.trusted_keys.is_empty() {
-        true => None,
-        false => Some(
-            expected_signature(
-                store,
-                &key,
-                &artifact.trusted_keys,
-                artifact.download_timeout,
-            )
-            .await?,
-        ),
-    };
-    let tarball = staging.join("artifact.tar.gz");
-    let downloaded = download(
-        store,
-        &key,
-        &tarball,
-        expected,
-        artifact.max_size,
-        artifact.download_timeout,
-        signature.as_ref().is_some_and(|s| s.is_prehashed()),
-    )
-    .await?;
-    let signed_by = match &signature {
-        None => String::new(),
-        Some(sig) => {
-            let signer = verify_signature(
-                sig,
-                &artifact.trusted_keys,
-                &artifact.binding(&desired.version),
-                &tarball,
-                &downloaded,
-            )?;
-            format!(", signed by key {signer}")
-        }
-    };
-    let (digest, len) = (expected.to_string(), downloaded.len);
-    emit(
-        Event::ArtifactVerified,
-        &Fields {
-            sha256: Some(&digest),
-            ..*fields
-        },
-        &format!(
-            "Verified s3://{}/{key}: {len} bytes, sha256 {digest}{signed_by}",
-            artifact.bucket
-        ),
-    );
-    failpoint::hit("after_download");
-
-    // 3. Unpack on a blocking thread, so the watchdog keeps being fed.
-    let unpacked: PathBuf = staging.join("release");
-    std::fs::create_dir(&unpacked).at("create directory", &unpacked)?;
-    let limits = Limits {
-        max_unpacked_size: artifact.max_unpacked_size,
-        max_entries: artifact.max_entries,
-    };
-    let (src, dst) = (tarball.clone(), unpacked.clone());
-    let (stats, given) = tokio::task::spawn_blocking(move || -> Result<_, FetchFailure> {
-        let stats = unpack::unpack(&src, &dst, &limits)?;
-        let given = owner.map(|o| crate::tree::give_tree(&dst, o)).transpose()?;
-        // One flush for the files and their owner, before the rename makes them a release.
-        crate::fsutil::sync_filesystem(&dst)?;
-        Ok((stats, given))
-    })
-    .await
-    .map_err(|e| FetchFailure::Task(e.to_string()))??;
-    tracing::info!(
-        target: "drover",
-        version = desired.version.as_str(),
-        files = stats.files,
-        dirs = stats.dirs,
-        links = stats.links,
-        bytes = stats.bytes,
-        modes_stripped = stats.modes_stripped,
-        writable_stripped = stats.writable_stripped,
-        "Unpacked {}: {} files, {} directories, {} links, {} bytes{}",
-        desired.version,
-        stats.files,
-        stats.dirs,
-        stats.links,
-        stats.bytes,
-        unpack::stripped_note(&stats)
-    );
-    if let (Some(given), Some(spec)) = (given, job.owner) {
-        tracing::info!(target: "drover", version = desired.version.as_str(), owner = %spec,
-            entries = given, "Gave {given} entries of {} to {spec}", desired.version);
-    }
-    let _ = std::fs::remove_file(&tarball);
-    failpoint::hit("after_unpack");
-    job.layout.install(&unpacked, &desired.version)?;
-    failpoint::hit("after_install");
-    Ok(())
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -564,54 +379,6 @@ pub(crate) mod tests {
             !err.is_artifact_fault(),
             "a slow network, not a bad artifact"
         );
-    }
-
-    /// Whose fault a failure is, decided in one place: the artifact's content is rejected; a
-    /// missing object is waited for; the machine, the network and a user not there yet are
-    /// retried.
-    #[test]
-    fn dispositions() {
-        use std::io;
-        let not_found = FetchError::Store(StoreError::NotFound {
-            bucket: "b".into(),
-            key: "k".into(),
-        });
-        assert_eq!(
-            FetchFailure::from(not_found).disposition(),
-            Disposition::Wait
-        );
-        let too_large = FetchError::TooLarge {
-            key: "k".into(),
-            limit: 1,
-        };
-        assert_eq!(
-            FetchFailure::from(too_large).disposition(),
-            Disposition::Reject
-        );
-        let refused = UnpackError::Refused {
-            entry: "l".into(),
-            op: "create hard link",
-            source: io::Error::from_raw_os_error(libc::EMLINK),
-        };
-        assert_eq!(
-            FetchFailure::from(refused).disposition(),
-            Disposition::Reject
-        );
-        let full = UnpackError::Refused {
-            entry: "f".into(),
-            op: "write",
-            source: io::Error::from_raw_os_error(libc::ENOSPC),
-        };
-        assert_eq!(FetchFailure::from(full).disposition(), Disposition::Retry);
-        let disk = PathError {
-            op: "create directory",
-            path: "/opt/app/.staging/x".into(),
-            source: io::Error::from_raw_os_error(libc::EIO),
-        };
-        assert_eq!(FetchFailure::from(disk).disposition(), Disposition::Retry);
-        let owner = FetchFailure::Owner("release.owner \"app\": no user \"app\"".into());
-        assert_eq!(owner.disposition(), Disposition::Retry);
-        assert_eq!(owner.to_string(), "release.owner \"app\": no user \"app\"");
     }
 
     #[tokio::test]
