@@ -37,7 +37,7 @@ pub fn give_tree(root: &Path, owner: Owner) -> Result<u64, PathError> {
     let dir = open_root(root)?;
     let mut walk = Walk::new(root);
     let mut count = 0;
-    walk.give(dir, owner, &mut count)?;
+    walk.give(&dir, owner, &mut count)?;
     Ok(count)
 }
 
@@ -84,9 +84,10 @@ impl Walk {
         }
     }
 
-    fn give(&mut self, dir: OwnedFd, owner: Owner, count: &mut u64) -> Result<(), PathError> {
+    fn give(&mut self, dir: &OwnedFd, owner: Owner, count: &mut u64) -> Result<(), PathError> {
         let (uid, gid) = (Uid::from_raw(owner.uid), Gid::from_raw(owner.gid));
-        let mut entries = Dir::new(dir)
+        // A listing of its own (rustix opens "." again): `dir` stays for the *at calls.
+        let mut entries = Dir::read_from(dir)
             .map_err(io::Error::from)
             .at("list", &self.path)?;
         while let Some(entry) = entries.next() {
@@ -104,16 +105,7 @@ impl Walk {
             if kind == FileType::Directory {
                 let sub = self.open_dir(dir_fd, name)?;
                 self.down()?;
-                // Fresh descriptor for the listing; `sub` stays for the chown after it.
-                let listing = rfs::openat(
-                    &sub,
-                    c".",
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(io::Error::from)
-                .at("open", &self.path)?;
-                self.give(listing, owner, count)?;
+                self.give(&sub, owner, count)?;
                 self.depth -= 1;
                 rfs::fchown(&sub, Some(uid), Some(gid))
                     .map_err(io::Error::from)
@@ -246,15 +238,8 @@ impl Walk {
     /// it lists again until a listing finds nothing.
     fn remove_children(&mut self, dir: OwnedFd) -> Result<(), PathError> {
         loop {
-            let listing = rfs::openat(
-                &dir,
-                c".",
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(io::Error::from)
-            .at("open", &self.path)?;
-            let entries = Dir::new(listing)
+            // A fresh listing each round (rustix opens "." again).
+            let entries = Dir::read_from(&dir)
                 .map_err(io::Error::from)
                 .at("list", &self.path)?;
             let mut removed = 0;
