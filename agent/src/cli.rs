@@ -431,7 +431,7 @@ async fn once(config: Config) -> Result<ExitCode, String> {
 
 async fn rollback(config: Config) -> Result<ExitCode, String> {
     let mut agent = build_agent(config, Mode::Once).await?;
-    let healthy = agent.rollback().await?;
+    let healthy = agent.rollback().await.map_err(|e| e.to_string())?;
     agent.flush_notices(NOTICE_GRACE).await;
     Ok(if healthy {
         ExitCode::SUCCESS

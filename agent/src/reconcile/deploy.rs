@@ -4,9 +4,9 @@
 //! revert: activating a release (restart and health gate), and pruning old ones.
 
 use super::ending::Ending;
-use super::{Agent, Outcome, Parts};
+use super::{Agent, Error, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
-use crate::fetch::{self, Disposition, FetchFailure};
+use crate::fetch::{self, Disposition};
 use crate::health::{self, Policy};
 use crate::hooks::Hook;
 use crate::plan;
@@ -15,17 +15,6 @@ use crate::state::{Request, State, Verdict};
 use crate::value::Desired;
 use crate::version::Version;
 use crate::{failpoint, notify};
-
-/// Why a switch did not happen (each is in the journal already): `current` is unchanged.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum SwitchError {
-    #[error("cannot save state before the switch: {0}")]
-    SaveState(String),
-    #[error("cannot write the environment file: {0}")]
-    Environment(String),
-    #[error(transparent)]
-    Link(#[from] crate::fsutil::PathError),
-}
 
 impl<P: Parts> Agent<P> {
     pub(super) async fn deploy(
@@ -63,7 +52,13 @@ impl<P: Parts> Agent<P> {
                 fields: &fields,
             };
             if let Err(failure) = fetch::release(&self.store, &job).await {
-                return self.fetch_failed(state, request, &version, &fields, failure);
+                return self.stopped_before_switch(
+                    state,
+                    request,
+                    &version,
+                    &fields,
+                    failure.into(),
+                );
             }
         }
 
@@ -72,10 +67,10 @@ impl<P: Parts> Agent<P> {
             .run_hook(Hook::PreActivate, version.as_str(), &fields)
             .await
         {
-            return self.abort(state, request, &version, &fields, error);
+            return self.stopped_before_switch(state, request, &version, &fields, error);
         }
 
-        // 4. Switch.
+        // 4. Switch. On failure `current` is unchanged, and the next pass tries again.
         if self.switch(state, &version, &request).is_err() {
             return Outcome::Retry;
         }
@@ -124,7 +119,7 @@ impl<P: Parts> Agent<P> {
         state: &mut State,
         version: &Version,
         request: &Request,
-    ) -> Result<(), SwitchError> {
+    ) -> Result<(), Error> {
         let new_environment = self.environment_change();
         state.begin_switch(
             version.as_str(),
@@ -134,7 +129,7 @@ impl<P: Parts> Agent<P> {
         if let Err(e) = self.save(state) {
             tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
             state.abort_switch();
-            return Err(SwitchError::SaveState(e));
+            return Err(e.into());
         }
         failpoint::hit("after_pending_saved");
         if let Some(text) = &new_environment {
@@ -142,7 +137,7 @@ impl<P: Parts> Agent<P> {
                 tracing::error!(target: "drover", error = %e, "cannot write the environment file; nothing switched");
                 state.abort_switch();
                 let _ = self.save(state);
-                return Err(SwitchError::Environment(e));
+                return Err(e.into());
             }
         }
         if let Err(e) = self.layout.switch(version.as_str()) {
@@ -150,22 +145,26 @@ impl<P: Parts> Agent<P> {
             tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
             state.switch_failed();
             let _ = self.save(state);
-            return Err(SwitchError::Link(e));
+            return Err(e.into());
         }
         Ok(())
     }
 
-    /// A fetch that produced no release: wait, retry later, or reject the request for good.
-    pub(super) fn fetch_failed(
+    /// A deploy that stopped before the switch (no release came of the fetch, or the new
+    /// release's pre-activate hook failed): wait, retry later, or remember the request as
+    /// failed, as [`Error::disposition`] says. `current` was not touched.
+    pub(super) fn stopped_before_switch(
         &self,
         state: &mut State,
         request: Request,
         version: &Version,
         fields: &Fields<'_>,
-        failure: FetchFailure,
+        error: Error,
     ) -> Outcome {
-        let error = failure.to_string();
-        match failure.disposition() {
+        let disposition = error.disposition();
+        let fetching = matches!(error, Error::Fetch(_));
+        let error = error.to_string();
+        match disposition {
             Disposition::Wait => {
                 let message = format!("The artifact of {version} is not there yet: {error}");
                 emit(Event::PollFailed, &fields.with_error(&error), &message);
@@ -178,11 +177,21 @@ impl<P: Parts> Agent<P> {
             }
             Disposition::Reject => {
                 state.remember_failed(request.clone());
+                let (result, message) = match fetching {
+                    true => (
+                        Verdict::Rejected,
+                        format!("Rejected the artifact of {version}: {error}"),
+                    ),
+                    false => (
+                        Verdict::Aborted,
+                        format!("Deploy of {version} aborted before the switch: {error}"),
+                    ),
+                };
                 let ending = Ending {
-                    result: Verdict::Rejected,
+                    result,
                     version,
                     request: Some(request),
-                    message: format!("Rejected the artifact of {version}: {error}"),
+                    message,
                     error: Some(error),
                 };
                 self.finish(state, ending, fields)
@@ -191,7 +200,7 @@ impl<P: Parts> Agent<P> {
     }
 
     /// 5 and 6 for one version: restart every unit, then the health gate.
-    pub(super) async fn activate(&self, version: &str, fields: &Fields<'_>) -> Result<(), String> {
+    pub(super) async fn activate(&self, version: &str, fields: &Fields<'_>) -> Result<(), Error> {
         self.restart_units(fields).await?;
         failpoint::hit("after_restart");
         match self.health_gate().await {
@@ -210,7 +219,7 @@ impl<P: Parts> Agent<P> {
                     &fields.with_error(&error),
                     &format!("{version} is not healthy: {error}"),
                 );
-                Err(error)
+                Err(e.into())
             }
         }
     }
@@ -220,12 +229,12 @@ impl<P: Parts> Agent<P> {
         &self,
         version: &str,
         fields: &Fields<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         self.activate(version, fields).await?;
         self.run_hook(Hook::Validate, version, fields).await
     }
 
-    pub(super) async fn restart_units(&self, fields: &Fields<'_>) -> Result<(), String> {
+    pub(super) async fn restart_units(&self, fields: &Fields<'_>) -> Result<(), Error> {
         for unit in &self.config.service.units {
             match self.services.restart(unit).await {
                 Ok(()) => emit(
@@ -247,7 +256,7 @@ impl<P: Parts> Agent<P> {
                         },
                         &format!("Restarting {unit} failed: {error}"),
                     );
-                    return Err(error);
+                    return Err(e.into());
                 }
             }
         }

@@ -1,13 +1,11 @@
 //! Running a release's hooks (see [`crate::hooks`]) as steps of a deploy, with their output and
 //! outcome in the journal under the deploy's fields.
 
-use super::ending::Ending;
-use super::{Agent, Outcome, Parts};
+use super::error::HookUserError;
+use super::{Agent, Error, Parts};
 use crate::events::{emit, Event, Fields};
 use crate::hooks::{self, Context, Hook, Ran};
 use crate::owner;
-use crate::state::{Request, State, Verdict};
-use crate::version::Version;
 
 impl<P: Parts> Agent<P> {
     /// Runs `hook` from `version`'s release. `Err` carries the reason, already in the journal.
@@ -16,17 +14,18 @@ impl<P: Parts> Agent<P> {
         hook: Hook,
         version: &str,
         fields: &Fields<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let name = hook.as_str();
         let fields = Fields {
             hook: Some(name),
             ..*fields
         };
-        let failed = |error: String| {
+        let failed = |error: Error| {
+            let reason = error.to_string();
             emit(
                 Event::HookFailed,
-                &fields.with_error(&error),
-                &format!("The {name} hook of {version} failed: {error}"),
+                &fields.with_error(&reason),
+                &format!("The {name} hook of {version} failed: {reason}"),
             );
             Err(error)
         };
@@ -37,19 +36,16 @@ impl<P: Parts> Agent<P> {
         );
         let uid = |spec: &str| owner::lookup(spec).ok().map(|o| o.uid);
         if let Err(e) = crate::config::check_hooks_user(hooks_user, owner, uid) {
-            return failed(format!("hooks.user: {e}"));
+            return failed(HookUserError::Refused(e).into());
         }
         let spec = hooks_user.or(owner);
         let user = match spec.map(owner::lookup).transpose() {
             Ok(user) => user,
-            Err(e) => return failed(format!("hook user: {e}")),
+            Err(e) => return failed(HookUserError::Unknown(e).into()),
         };
         if let Some(user) = user.filter(|u| u.uid != 0 && u.gid == 0) {
-            return failed(format!(
-                "hook user {}:{} has group root (gid 0): a hook its owner can rewrite would run \
-                 with root's group; give hooks.user (or release.owner) another group",
-                user.uid, user.gid
-            ));
+            let (uid, gid) = (user.uid, user.gid);
+            return failed(HookUserError::GroupRoot { uid, gid }.into());
         }
         // Settings go only to a hook that runs as someone other than root: whoever can write
         // the parameters must not reach root through the many variables interpreters act on
@@ -101,28 +97,7 @@ impl<P: Parts> Agent<P> {
                 );
                 Ok(())
             }
-            Err(e) => failed(e.to_string()),
+            Err(e) => failed(e.into()),
         }
-    }
-
-    /// The pre-activate hook failed: nothing was switched, and the request is not retried until
-    /// the parameter changes.
-    pub(super) fn abort(
-        &self,
-        state: &mut State,
-        request: Request,
-        version: &Version,
-        fields: &Fields<'_>,
-        error: String,
-    ) -> Outcome {
-        state.remember_failed(request.clone());
-        let ending = Ending {
-            result: Verdict::Aborted,
-            version,
-            request: Some(request),
-            message: format!("Deploy of {version} aborted before the switch: {error}"),
-            error: Some(error),
-        };
-        self.finish(state, ending, fields)
     }
 }

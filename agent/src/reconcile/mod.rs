@@ -10,12 +10,14 @@
 
 mod deploy;
 mod ending;
+mod error;
 mod fleet_gate;
 mod hook_steps;
 mod outcome;
 mod revert;
 mod settings;
 
+pub use error::{Error, HookUserError};
 pub use outcome::{Mode, Outcome};
 
 use crate::config::Config;
@@ -27,7 +29,7 @@ use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
 use crate::service::ServiceManager;
 use crate::source::{DesiredSource, SourceError};
-use crate::state::{Request, State, StateFile};
+use crate::state::{Request, State, StateError, StateFile};
 use crate::store::ArtifactStore;
 use crate::version::Version;
 use crate::webhook::Webhook;
@@ -252,9 +254,9 @@ impl<P: Parts> Agent<P> {
 
     /// Loads the state, cleans the staging area and finishes a switch an earlier run left in
     /// flight by returning to the last good release.
-    async fn prepare(&mut self) -> Result<State, String> {
-        self.layout.ensure().map_err(|e| e.to_string())?;
-        let (removed, left) = self.layout.clean_staging().map_err(|e| e.to_string())?;
+    async fn prepare(&mut self) -> Result<State, Error> {
+        self.layout.ensure()?;
+        let (removed, left) = self.layout.clean_staging()?;
         for path in removed {
             tracing::info!(target: "drover", path = %path.display(), "removed leftover staging");
         }
@@ -267,7 +269,7 @@ impl<P: Parts> Agent<P> {
                 let aside = self.state_file.path().with_extension("json.corrupt");
                 tracing::error!(target: "drover", error = %e, aside = %aside.display(),
                     "state is unreadable; moving it aside and starting afresh");
-                std::fs::rename(self.state_file.path(), &aside).map_err(|e| e.to_string())?;
+                std::fs::rename(self.state_file.path(), &aside).at("rename", &aside)?;
                 State::default()
             }
         };
@@ -355,8 +357,8 @@ impl<P: Parts> Agent<P> {
         }
     }
 
-    fn save(&self, state: &State) -> Result<(), String> {
-        self.state_file.save(state).map_err(|e| e.to_string())
+    fn save(&self, state: &State) -> Result<(), StateError> {
+        self.state_file.save(state)
     }
 }
 

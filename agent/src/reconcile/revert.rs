@@ -2,7 +2,7 @@
 //! `drover rollback`, and the recovery of a switch an earlier run left in flight.
 
 use super::ending::Ending;
-use super::{lock_state, Agent, Outcome, Parts};
+use super::{lock_state, Agent, Error, Outcome, Parts};
 use crate::events::{emit, Event, Fields};
 use crate::failpoint;
 use crate::state::{Pending, Request, State, Verdict};
@@ -79,8 +79,9 @@ impl<P: Parts> Agent<P> {
         request: Request,
         version: &Version,
         previous: Option<&str>,
-        error: String,
+        error: Error,
     ) -> Outcome {
+        let error = error.to_string();
         state.remember_failed(request.clone());
         // Saved before switching back, so that an agent killed during the revert does not try
         // the failed version once more after it restarts.
@@ -144,16 +145,14 @@ impl<P: Parts> Agent<P> {
 
     /// `drover rollback`: back to the previous good release now, remembering the request that
     /// brought the current one as failed. Returns whether the previous release is healthy.
-    pub async fn rollback(&mut self) -> Result<bool, String> {
-        let _lock = lock_state(&self.config.agent.state_dir).map_err(|e| e.to_string())?;
+    pub async fn rollback(&mut self) -> Result<bool, Error> {
+        let _lock = lock_state(&self.config.agent.state_dir)?;
         let mut state = self.prepare().await?;
-        let target = state
-            .previous
-            .clone()
-            .ok_or("no previous good release to roll back to")?;
-        if !self.layout.has_release(&target) {
-            return Err(format!("previous release {target} is no longer on disk"));
-        }
+        let target = state.previous.clone().ok_or(Error::NothingToRollBack)?;
+        let rolled_back = match Version::parse(&target) {
+            Ok(version) if self.layout.has_release(&target) => version,
+            _ => return Err(Error::PreviousGone(target)),
+        };
         let current = self.layout.active().ok().flatten();
         let current_version = current.as_deref().and_then(|c| Version::parse(c).ok());
         if let Some(applied) = state.applied.clone() {
@@ -167,11 +166,9 @@ impl<P: Parts> Agent<P> {
         state.begin_switch(&target, None, false);
         self.save(&state)?;
         let why = format!("Switched current back to {target} (operator rollback)");
-        self.switch_back(&target, &fields, &why)
-            .map_err(|e| e.to_string())?;
+        self.switch_back(&target, &fields, &why)?;
         let healthy = self.activate(&target, &fields).await;
         state.rolled_back(&target);
-        let rolled_back = Version::parse(&target).map_err(|e| e.to_string())?;
         let from = current_version.map(|v| v.to_string()).unwrap_or_default();
         let ending = match &healthy {
             Ok(()) => Ending {
@@ -185,7 +182,7 @@ impl<P: Parts> Agent<P> {
                 result: Verdict::RevertFailed,
                 version: &rolled_back,
                 request: None,
-                error: Some(e.clone()),
+                error: Some(e.to_string()),
                 message: format!("Rolled back to {target}, but it is not healthy"),
             },
         };

@@ -8,9 +8,10 @@
 use std::path::PathBuf;
 
 use super::ending::Ending;
-use super::{Agent, Outcome, Parts};
+use super::{Agent, Error, Outcome, Parts};
 use crate::environment::{self, Settings};
 use crate::events::{emit, Event, Fields};
+use crate::fsutil::{IoContext, PathError};
 use crate::source::DesiredSource;
 use crate::state::{State, Verdict};
 use crate::version::Version;
@@ -75,28 +76,32 @@ impl<P: Parts> Agent<P> {
         (current.as_deref() != Some(text.as_bytes())).then_some(text)
     }
 
-    /// Writes the file; the caller has saved `environment_pending` first.
-    pub(super) fn write_environment(&self, text: &str) -> Result<(), String> {
-        let env = self.config.environment.as_ref().ok_or("no [environment]")?;
-        environment::write(&env.file, text.as_bytes()).map_err(|e| e.to_string())
+    /// Writes the file; the caller has saved `environment_pending` first. Without
+    /// `[environment]` there is no file ([`Agent::environment_change`] has no text either).
+    pub(super) fn write_environment(&self, text: &str) -> Result<(), PathError> {
+        match &self.config.environment {
+            Some(env) => environment::write(&env.file, text.as_bytes()),
+            None => Ok(()),
+        }
     }
 
     /// Puts the last good file back, or removes the file when there never was a good one.
-    pub(super) fn restore_environment(&self) -> Result<(), String> {
+    pub(super) fn restore_environment(&self) -> Result<(), PathError> {
         let Some(env) = &self.config.environment else {
             return Ok(());
         };
-        match std::fs::read(good_copy(&env.file)) {
-            Ok(bytes) => environment::write(&env.file, &bytes).map_err(|e| e.to_string()),
+        let good = good_copy(&env.file);
+        match std::fs::read(&good) {
+            Ok(bytes) => environment::write(&env.file, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 match std::fs::remove_file(&env.file) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(format!("{}: {e}", env.file.display()))
+                        Err(e).at("remove", &env.file)
                     }
                     _ => Ok(()),
                 }
             }
-            Err(e) => Err(format!("{}: {e}", good_copy(&env.file).display())),
+            Err(e) => Err(e).at("read", &good),
         }
     }
 
@@ -161,10 +166,11 @@ impl<P: Parts> Agent<P> {
             return Some(Outcome::Retry);
         }
         if let Err(e) = self.write_environment(&text) {
+            let error = e.to_string();
             emit(
                 Event::PollFailed,
-                &fields.with_error(&e),
-                &format!("Writing the environment file failed: {e}"),
+                &fields.with_error(&error),
+                &format!("Writing the environment file failed: {error}"),
             );
             state.environment_put_back();
             let _ = self.save(state);
@@ -197,11 +203,14 @@ impl<P: Parts> Agent<P> {
         state: &mut State,
         version: &Version,
         fields: &Fields<'_>,
-        error: String,
+        error: Error,
     ) -> Outcome {
-        let restored = self.restore_environment();
-        let result = match restored {
-            Ok(()) => self.activate(version.as_str(), fields).await,
+        let error = error.to_string();
+        let result = match self.restore_environment() {
+            Ok(()) => self
+                .activate(version.as_str(), fields)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(format!(
                 "cannot put the last good environment file back: {e}"
             )),

@@ -367,13 +367,15 @@ async fn rollback_returns_to_previous_and_skips_the_current_request() {
     w.agent.reconcile().await;
     w.put("2");
     w.agent.reconcile().await;
-    assert_eq!(w.agent.rollback().await, Ok(true));
+    assert!(matches!(w.agent.rollback().await, Ok(true)));
     assert_eq!(w.active().as_deref(), Some("1"));
     assert_eq!(w.state().last.unwrap().result, Verdict::RolledBack);
     assert_eq!(w.agent.reconcile().await, Outcome::Skipped);
+    let refused = w.agent.rollback().await.unwrap_err();
+    assert!(matches!(refused, Error::NothingToRollBack), "{refused}");
     assert_eq!(
-        w.agent.rollback().await,
-        Err("no previous good release to roll back to".into())
+        refused.to_string(),
+        "no previous good release to roll back to"
     );
 }
 
