@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tempfile::TempDir;
 
+use crate::transcript::Transcript;
+
 const CGROUP_TREES: [&str; 2] = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const PATH_INSIDE: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -60,6 +62,8 @@ pub struct Container {
     binds: Vec<Bind>,
     overlay: Overlay,
     readiness: Readiness,
+    /// With `DROVER_TRANSCRIPTS`: what drover said, written when the container goes away.
+    transcript: Option<Transcript>,
 }
 
 impl Container {
@@ -96,6 +100,7 @@ impl Container {
             binds: binds.to_vec(),
             overlay,
             readiness,
+            transcript: Transcript::for_this_test(),
         };
         container.pid1 = container.wait_pid1();
         container.wait_ready(container.readiness);
@@ -224,6 +229,13 @@ impl Container {
                 })
             })
             .collect()
+    }
+
+    /// Keeps a `drover status --json` the test read for the transcript, if there is one.
+    pub fn record_status(&self, status: &serde_json::Value) {
+        if let Some(transcript) = &self.transcript {
+            transcript.status(status);
+        }
     }
 
     /// The journal of `unit` as text, for failure messages.
@@ -359,6 +371,10 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
+        if let Some(transcript) = &self.transcript {
+            let journal = self.exec(&["journalctl", "--no-pager", "-u", "drover", "-o", "json"]);
+            transcript.write(&String::from_utf8_lossy(&journal.stdout));
+        }
         self.halt();
     }
 }

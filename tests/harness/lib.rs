@@ -16,6 +16,7 @@ pub mod https;
 pub mod imds;
 pub mod moto;
 pub mod release;
+pub mod transcript;
 pub mod turns;
 pub mod userdata;
 pub mod webhook;

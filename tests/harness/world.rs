@@ -461,8 +461,10 @@ impl Instance {
     /// `drover status --json` inside the instance, parsed.
     pub fn status_json(&self) -> serde_json::Value {
         let text = self.exec_ok(&["drover", "status", "--json"]);
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("drover status --json is not JSON ({e}): {text}"))
+        let status = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("drover status --json is not JSON ({e}): {text}"));
+        self.container.record_status(&status);
+        status
     }
 
     /// `GET http://127.0.0.1:APP_PORT/path` from the host (the container shares its network).

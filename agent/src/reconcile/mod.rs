@@ -20,7 +20,7 @@ mod settings;
 pub use error::{Error, HookUserError};
 pub use outcome::{Mode, Outcome};
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::environment::Settings;
 use crate::events::{emit, Event, Fields};
 use crate::fsutil::{IoContext, PathError};
@@ -51,8 +51,49 @@ impl<S: DesiredSource, A: ArtifactStore, M: ServiceManager, H: HealthProbe> Part
     type Probe = H;
 }
 
+/// The sections of the config a pass reads. Where the parameter is and how often to poll it,
+/// the AWS endpoints and the webhook are the caller's: it builds the parts from them.
+pub struct Sections {
+    pub artifact: config::Artifact,
+    pub release: config::Release,
+    pub service: config::Service,
+    pub health: config::Health,
+    pub agent: config::AgentSection,
+    pub hooks: config::Hooks,
+    pub environment: Option<config::Environment>,
+    pub fleet: config::Fleet,
+}
+
+impl From<Config> for Sections {
+    fn from(config: Config) -> Self {
+        let Config {
+            artifact,
+            release,
+            service,
+            health,
+            agent,
+            hooks,
+            environment,
+            fleet,
+            source: _,
+            aws: _,
+            notify: _,
+        } = config;
+        Sections {
+            artifact,
+            release,
+            service,
+            health,
+            agent,
+            hooks,
+            environment,
+            fleet,
+        }
+    }
+}
+
 pub struct Agent<P: Parts> {
-    config: Config,
+    config: Sections,
     source: P::Source,
     store: P::Store,
     services: P::Services,
@@ -75,13 +116,14 @@ pub struct Agent<P: Parts> {
 
 impl<S: DesiredSource, A: ArtifactStore, M: ServiceManager, H: HealthProbe> Agent<(S, A, M, H)> {
     pub fn new(
-        config: Config,
+        config: impl Into<Sections>,
         source: S,
         store: A,
         services: M,
         probe: Option<H>,
         mode: Mode,
     ) -> Self {
+        let config = config.into();
         Self {
             layout: Layout::new(&config.release.root),
             state_file: StateFile::new(&config.agent.state_dir),
