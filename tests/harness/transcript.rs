@@ -35,7 +35,10 @@ impl Transcript {
 
     /// Remembers a `drover status --json` the test read.
     pub fn status(&self, status: &Value) {
-        self.statuses.lock().unwrap_or_else(|e| e.into_inner()).push(mask_value(None, status));
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mask_value(None, status));
     }
 
     /// Writes the transcript: the events of `journal` (`journalctl -o json` lines), then the
