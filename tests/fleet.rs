@@ -47,28 +47,11 @@ impl Member {
 
 /// The normal boot with this member's app port, IMDS endpoint and `[fleet]` status objects.
 fn spec(world: &World, imds: &Imds, app_port: u16) -> Boot {
-    let mut spec = world.boot_spec();
-    let health = format!("127.0.0.1:{}/health", world.app_port);
-    assert!(spec.config_toml.contains(&health));
-    assert!(spec
-        .config_toml
-        .trim_end()
-        .ends_with(&format!("endpoint_url = \"{}\"", world.moto.endpoint())));
+    let fleet = format!("[fleet]\nstatus_prefix = \"{PREFIX}\"\nmax_failures = 1\n");
+    let mut spec = world.member_spec(app_port, &imds.endpoint(), &world.moto.endpoint(), &fleet);
     spec.config_toml = spec
         .config_toml
-        .replace(&health, &format!("127.0.0.1:{app_port}/health"))
         .replace("timeout = \"10s\"", "timeout = \"5s\"");
-    // Still in [aws], which comes last.
-    spec.config_toml.push_str(&format!(
-        "metadata_endpoint_url = \"{}\"\n\n[fleet]\nstatus_prefix = \"{PREFIX}\"\nmax_failures = 1\n",
-        imds.endpoint()
-    ));
-    for file in &mut spec.extra_files {
-        file.content = file.content.replace(
-            &format!("APP_PORT={}", world.app_port),
-            &format!("APP_PORT={app_port}"),
-        );
-    }
     spec
 }
 

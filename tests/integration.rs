@@ -23,6 +23,7 @@ mod disk;
 mod e2e;
 mod faults;
 mod fleet;
+mod loadbalancer;
 mod packages;
 mod parts;
 mod signing;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::aws::{self, S3Store, SsmSource};
 use crate::config::{self, Config};
 use crate::health::HttpProbe;
-use crate::reconcile::{Agent, Mode, Outcome};
+use crate::reconcile::{Agent, Mode, Outcome, Outside};
 use crate::systemd::Systemd;
 use crate::userdata::{self, ConfigFlags, UserData};
 use crate::{logging, notify, operator, plan};
@@ -386,7 +386,7 @@ fn render_user_data(args: &UserDataArgs) -> Result<String, String> {
     .map_err(|e| e.to_string())
 }
 
-type RealAgent = Agent<(SsmSource, S3Store, Systemd, HttpProbe)>;
+type RealAgent = Agent<(SsmSource, S3Store, Systemd, HttpProbe, aws::Elb)>;
 
 async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
     let sdk = aws::sdk_config(&config.aws).await;
@@ -408,7 +408,15 @@ async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
         .transpose()?;
     // Asked only when a rollout or [fleet] needs the instance id.
     let identity = aws::imds_identity(&sdk, &config.aws).map_err(|e| e.to_string())?;
-    let agent = Agent::new(config, source, store, services, probe, mode).with_identity(identity);
+    let balancer = (config.loadbalancer.is_some()).then(|| aws::Elb::new(&sdk));
+    let outside = Outside {
+        source,
+        store,
+        services,
+        probe,
+        balancer,
+    };
+    let agent = Agent::new(config, outside, mode).with_identity(identity);
     Ok(match webhook {
         Some(webhook) => agent.with_webhook(webhook),
         None => agent,

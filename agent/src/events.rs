@@ -2,7 +2,8 @@
 //!
 //! Each event is one journal entry with `EVENT` and the fields that apply (`VERSION`,
 //! `PREVIOUS_VERSION`, `PARAMETER_VERSION`, `UNIT`, `SHA256`, `ERROR`; `HOOK` for hooks and
-//! `VARIABLES` for the app's environment; `POSITION` and `FAILURES` for rollouts). Fields that do not apply are left out rather than
+//! `VARIABLES` for the app's environment; `POSITION` and `FAILURES` for rollouts; `TARGET_GROUPS`
+//! and `DURATION_MS` for the load balancer). Fields that do not apply are left out rather than
 //! written empty. Errors log at `err`, reverts and failed notices at `warning`, the rest at
 //! `info`. [`crate::logging`] decides whether they go to journald or to stderr.
 
@@ -37,6 +38,12 @@ pub enum Event {
     RolloutWaiting,
     /// Enough instances reported failing this request: this one holds instead of adopting it.
     RolloutHalted,
+    /// `[loadbalancer]`: the instance was deregistered from its target groups before a restart.
+    DrainStarted,
+    /// The load balancer finished draining it (or the cap ran out), `DURATION_MS` after.
+    Drained,
+    /// It is registered again and the load balancer finds it healthy, `DURATION_MS` after.
+    Registered,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +78,9 @@ impl Event {
             Event::NotifyFailed => "notify_failed",
             Event::RolloutWaiting => "rollout_waiting",
             Event::RolloutHalted => "rollout_halted",
+            Event::DrainStarted => "drain_started",
+            Event::Drained => "drained",
+            Event::Registered => "registered",
         }
     }
 
@@ -108,6 +118,10 @@ pub struct Fields<'a> {
     pub position: Option<f64>,
     /// `FAILURES`: how many instances reported failing the request.
     pub failures: Option<u64>,
+    /// `TARGET_GROUPS`: the load balancer's target groups a step was about, space-separated.
+    pub target_groups: Option<&'a str>,
+    /// `DURATION_MS`: how long a wait took.
+    pub duration_ms: Option<u64>,
 }
 
 impl<'a> Fields<'a> {
@@ -135,6 +149,8 @@ macro_rules! event_at {
             variables = $f.variables,
             position = $f.position,
             failures = $f.failures,
+            target_groups = $f.target_groups,
+            duration_ms = $f.duration_ms,
             "{}",
             $message
         )

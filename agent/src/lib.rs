@@ -6,6 +6,7 @@
 //! name real clients.
 
 pub mod aws;
+pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod digest;

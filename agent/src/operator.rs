@@ -279,6 +279,10 @@ pub struct Status {
     /// `[environment]`: the variables of the last good environment file as `NAME@version`
     /// (names and parameter versions only, never values).
     pub environment: Option<Vec<String>>,
+    /// `[loadbalancer]`: target groups the instance left and is not back in yet (left out
+    /// when empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub out_of_service: Vec<String>,
 }
 
 pub fn status(config: &Config) -> Result<Status, String> {
@@ -294,6 +298,7 @@ pub fn status(config: &Config) -> Result<Status, String> {
         last: state.last,
         failed: state.failed,
         environment: state.environment,
+        out_of_service: state.out_of_service,
         releases: layout
             .list()
             .map_err(|e| e.to_string())?
@@ -337,6 +342,9 @@ impl Status {
             }
         }
         out += &format!("releases: {}\n", self.releases.join(" "));
+        if !self.out_of_service.is_empty() {
+            out += &format!("out of service in: {}\n", self.out_of_service.join(" "));
+        }
         if let Some(vars) = &self.environment {
             out += &format!("environment: {}\n", vars.join(" "));
         }

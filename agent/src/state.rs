@@ -89,6 +89,10 @@ pub struct State {
     /// one back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) environment_pending: bool,
+    /// `[loadbalancer]`: the target groups the instance was taken out of and not yet put back
+    /// into. Recorded before it leaves them, so that a restart of drover puts it back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) out_of_service: Vec<String>,
 }
 
 impl State {
@@ -167,6 +171,20 @@ impl State {
         self.good = Some(target.to_owned());
         self.previous = None;
         self.applied = None;
+    }
+
+    /// The instance is about to leave these target groups.
+    pub fn leaving_service(&mut self, groups: &[String]) {
+        for group in groups {
+            if !self.out_of_service.contains(group) {
+                self.out_of_service.push(group.clone());
+            }
+        }
+    }
+
+    /// The instance is back in every group it left, healthy there.
+    pub fn back_in_service(&mut self) {
+        self.out_of_service.clear();
     }
 
     /// A new environment file is in place, not yet through the health gate.

@@ -99,6 +99,84 @@ impl Fault {
     }
 }
 
+/// A service the proxy plays itself, in front of moto: operations moto lacks, or behaviour it
+/// does not have (a load balancer's draining, say), answered as AWS documents them.
+pub trait Front: Send + Sync {
+    /// Answers `request` instead of moto, or `None` to forward it.
+    fn answer(&self, request: &Request) -> Option<Answer>;
+    /// Sees what moto answered to a forwarded `request`.
+    fn answered(&self, request: &Request, status: u16, body: &[u8]) {
+        let _ = (request, status, body);
+    }
+}
+
+/// A request as a [`Front`] sees it.
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        (self.headers.iter())
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The parameters of a Query-protocol call (Auto Scaling, Elastic Load Balancing): the
+    /// form-encoded body, decoded.
+    pub fn form(&self) -> Vec<(String, String)> {
+        String::from_utf8_lossy(&self.body)
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                Some((percent_decode(k), percent_decode(v)))
+            })
+            .collect()
+    }
+
+    /// One parameter of [`Request::form`].
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.form()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A [`Front`]'s own answer.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
 /// One request as the proxy saw it.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -190,6 +268,7 @@ struct State {
 struct Shared {
     upstream: u16,
     state: Mutex<State>,
+    front: Option<Arc<dyn Front>>,
 }
 
 impl Shared {
@@ -238,8 +317,17 @@ impl FaultProxy {
         FaultProxy::start(crate::Moto::shared().port())
     }
 
+    /// A proxy in front of the shared moto that plays `front` too.
+    pub fn with_front(front: Arc<dyn Front>) -> FaultProxy {
+        FaultProxy::start_with(crate::Moto::shared().port(), Some(front))
+    }
+
     /// A proxy on a free port of 127.0.0.1 forwarding to `127.0.0.1:upstream`.
     pub fn start(upstream: u16) -> FaultProxy {
+        FaultProxy::start_with(upstream, None)
+    }
+
+    fn start_with(upstream: u16, front: Option<Arc<dyn Front>>) -> FaultProxy {
         let port = crate::free_port();
         let listener = StdListener::bind(("127.0.0.1", port))
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -247,6 +335,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream,
             state: Mutex::new(State::default()),
+            front,
         });
         let (stop, stopped) = oneshot::channel();
         let serving = shared.clone();
@@ -554,14 +643,52 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
         let fault = shared.admit(request.seen());
         let response = match fault {
             Some(f) if f.answers() => error_answer(f, &request),
-            _ => forward(shared.upstream, &request, head_only)
-                .await
-                .unwrap_or_else(|e| bad_gateway(&e)),
+            _ => match &shared.front {
+                Some(front) => in_front(front.as_ref(), shared.upstream, &request, head_only).await,
+                None => forward(shared.upstream, &request, head_only)
+                    .await
+                    .unwrap_or_else(|e| bad_gateway(&e)),
+            },
         };
         let open = deliver(conn.get_mut(), response, fault, keep_alive, head_only).await;
         if !(open && keep_alive) {
             return;
         }
+    }
+}
+
+/// `request` through a [`Front`]: its own answer, or moto's, which it sees.
+async fn in_front(front: &dyn Front, upstream: u16, request: &Message, head_only: bool) -> Message {
+    let (method, path) = request.method_and_path();
+    let seen = Request {
+        method,
+        path,
+        headers: request.headers.clone(),
+        body: request.body.clone(),
+    };
+    if let Some(answer) = front.answer(&seen) {
+        return Message {
+            start: format!(
+                "HTTP/1.1 {} {}",
+                answer.status,
+                if answer.status < 300 { "OK" } else { "Error" }
+            ),
+            headers: vec![
+                ("Content-Type".into(), answer.content_type.into()),
+                (
+                    "x-amzn-RequestId".into(),
+                    "f7017000-0000-4000-8000-000000000000".into(),
+                ),
+            ],
+            body: answer.body.into_bytes(),
+        };
+    }
+    match forward(upstream, request, head_only).await {
+        Ok(response) => {
+            front.answered(&seen, response.status(), &response.body);
+            response
+        }
+        Err(e) => bad_gateway(&e),
     }
 }
 

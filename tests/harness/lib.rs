@@ -9,6 +9,7 @@
 //! side; one that cannot share the machine takes it first with [`alone`].
 
 pub mod container;
+pub mod elb;
 pub mod faultproxy;
 pub mod host;
 pub mod http;

@@ -161,6 +161,23 @@ wait "$pid"
         }
     }
 
+    /// A Query-protocol call (EC2, Elastic Load Balancing, Auto Scaling) with the form `body`;
+    /// panics unless moto answers 200. Returns the XML answer.
+    pub fn query(&self, service: &str, body: &str) -> String {
+        let auth = fake_sigv4(service);
+        let headers = [
+            ("Authorization", auth.as_str()),
+            (
+                "Content-Type",
+                "application/x-www-form-urlencoded; charset=utf-8",
+            ),
+        ];
+        let r = http::request(self.port, "POST", "/", &headers, body.as_bytes())
+            .unwrap_or_else(|e| panic!("moto: {service} {body}: {e}"));
+        assert_eq!(r.status, 200, "moto: {service} {body}: {}", r.text());
+        r.text()
+    }
+
     fn s3(&self, method: &str, path: &str, body: &[u8]) -> Response {
         let headers = [
             ("Authorization", fake_sigv4("s3")),
@@ -225,4 +242,17 @@ fn json_ok(action: &str, name: &str, r: &Response) -> serde_json::Value {
     );
     serde_json::from_slice(&r.body)
         .unwrap_or_else(|e| panic!("moto: {action} {name}: bad JSON ({e}): {}", r.text()))
+}
+
+/// `value` for a form body: everything but unreserved characters percent-encoded.
+pub fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

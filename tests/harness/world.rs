@@ -270,6 +270,29 @@ endpoint_url = "{endpoint}"
         }
     }
 
+    /// [`World::boot_spec`] for one instance of several: its own app port and instance id
+    /// (`imds`, an emulated metadata endpoint), AWS reached at `endpoint` (moto's, or a fault
+    /// proxy's in front of it), and `extra` sections after `[aws]`, which comes last.
+    pub fn member_spec(&self, app_port: u16, imds: &str, endpoint: &str, extra: &str) -> Boot {
+        let mut spec = self.boot_spec();
+        let health = format!("127.0.0.1:{}/health", self.app_port);
+        let moto = format!("endpoint_url = \"{}\"", self.moto.endpoint());
+        assert!(spec.config_toml.contains(&health) && spec.config_toml.trim_end().ends_with(&moto));
+        spec.config_toml = spec
+            .config_toml
+            .replace(&health, &format!("127.0.0.1:{app_port}/health"))
+            .replace(&moto, &format!("endpoint_url = \"{endpoint}\""));
+        spec.config_toml
+            .push_str(&format!("metadata_endpoint_url = \"{imds}\"\n\n{extra}"));
+        for file in &mut spec.extra_files {
+            file.content = file.content.replace(
+                &format!("APP_PORT={}", self.app_port),
+                &format!("APP_PORT={app_port}"),
+            );
+        }
+        spec
+    }
+
     /// [`World::boot_spec`] with `[environment] path = env_path` (and `extra` TOML after it),
     /// and an app unit that reads the file drover writes.
     pub fn boot_spec_with_environment(&self, env_path: &str, extra: &str) -> Boot {

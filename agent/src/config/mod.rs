@@ -54,6 +54,19 @@ pub struct Config {
     pub environment: Option<Environment>,
     pub notify: Notify,
     pub fleet: Fleet,
+    pub loadbalancer: Option<LoadBalancer>,
+}
+
+/// `[loadbalancer]`: the target groups the instance leaves around a restart (`balancer.rs`).
+#[derive(Clone, Debug)]
+pub struct LoadBalancer {
+    /// Target group ARNs, at least one.
+    pub target_groups: Vec<String>,
+    /// The port registered; `None`: each group's own.
+    pub port: Option<u16>,
+    /// Caps on the waits; `None`: what each group's settings imply.
+    pub drain_timeout: Option<Duration>,
+    pub healthy_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -420,6 +433,43 @@ mod tests {
         ] {
             let e = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
             assert!(e.contains(&format!("key {key}:")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn loadbalancer_section() {
+        assert!(parse(MINIMAL).unwrap().loadbalancer.is_none());
+        let arn =
+            "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/app/0123456789abcdef";
+        let c = parse(&format!(
+            "{MINIMAL}[loadbalancer]\ntarget_groups = [\"{arn}\"]\nport = 8080\ndrain_timeout = \"45s\"\n"
+        ))
+        .unwrap();
+        let lb = c.loadbalancer.unwrap();
+        assert_eq!(lb.target_groups, [arn]);
+        assert_eq!(lb.port, Some(8080));
+        assert_eq!(lb.drain_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(lb.healthy_timeout, None, "the group's own pace");
+        for (text, key) in [
+            ("[loadbalancer]\n", "loadbalancer.target_groups"),
+            (
+                "[loadbalancer]\ntarget_groups = [\"app\"]\n",
+                "loadbalancer.target_groups",
+            ),
+            (
+                &*format!("[loadbalancer]\ntarget_groups = [\"{arn}\"]\nport = 0\n"),
+                "loadbalancer.port",
+            ),
+            (
+                &*format!("[loadbalancer]\ntarget_groups = [\"{arn}\"]\nport = 70000\n"),
+                "loadbalancer.port",
+            ),
+            (
+                &*format!("[loadbalancer]\ntarget_groups = [\"{arn}\"]\ndrain_timeout = \"0s\"\n"),
+                "loadbalancer.drain_timeout",
+            ),
+        ] {
+            assert_eq!(invalid_key(&format!("{MINIMAL}{text}")), key, "{text}");
         }
     }
 

@@ -26,6 +26,16 @@ pub struct File {
     pub notify: Notify,
     #[serde(default)]
     pub fleet: Fleet,
+    pub loadbalancer: Option<LoadBalancer>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancer {
+    pub target_groups: Option<Vec<String>>,
+    pub port: Option<i64>,
+    pub drain_timeout: Option<String>,
+    pub healthy_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::raw;
 use super::{
     check_hooks_user, is_unit_name, spec_uid, AgentSection, Artifact, Aws, Config, ConfigError,
-    Environment, Fleet, Health, Hooks, Notify, Release, Service, Source, DEFAULT_MAX_ENTRIES,
-    DEFAULT_MAX_UNPACKED_SIZE,
+    Environment, Fleet, Health, Hooks, LoadBalancer, Notify, Release, Service, Source,
+    DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_SIZE,
 };
 use crate::units::{parse_duration, parse_size};
 
@@ -26,6 +26,10 @@ pub(super) fn from_raw(raw: raw::File, path: &Path) -> Result<Config, ConfigErro
     let hooks = hooks(&c, raw.hooks, release.owner.as_deref())?;
     let environment = environment(&c, raw.environment, &agent.state_dir)?;
     let notify = notify(&c, raw.notify)?;
+    let loadbalancer = raw
+        .loadbalancer
+        .map(|lb| loadbalancer(&c, lb))
+        .transpose()?;
     Ok(Config {
         source,
         artifact,
@@ -38,6 +42,7 @@ pub(super) fn from_raw(raw: raw::File, path: &Path) -> Result<Config, ConfigErro
         environment,
         notify,
         fleet,
+        loadbalancer,
     })
 }
 
@@ -276,6 +281,44 @@ fn fleet(c: &Check, raw: raw::Fleet) -> Result<Fleet, ConfigError> {
     Ok(Fleet {
         status_prefix,
         max_failures: c.count("fleet.max_failures", raw.max_failures, 1..=1_000_000, 1)? as u32,
+    })
+}
+
+fn loadbalancer(c: &Check, raw: raw::LoadBalancer) -> Result<LoadBalancer, ConfigError> {
+    let target_groups = raw.target_groups.unwrap_or_default();
+    if target_groups.is_empty() {
+        return Err(c.invalid(
+            "loadbalancer.target_groups",
+            "name at least one target group ARN",
+        ));
+    }
+    for arn in &target_groups {
+        if !(arn.starts_with("arn:") && arn.contains(":targetgroup/")) {
+            return Err(c.invalid(
+                "loadbalancer.target_groups",
+                format!("{arn:?} is not a target group ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)"),
+            ));
+        }
+    }
+    let port = match raw.port {
+        None => None,
+        Some(port) => Some(
+            u16::try_from(port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| c.invalid("loadbalancer.port", format!("{port} is not a port")))?,
+        ),
+    };
+    let optional = |key, value: Option<String>| -> Result<Option<Duration>, ConfigError> {
+        value
+            .map(|v| c.duration(key, Some(v), Duration::ZERO))
+            .transpose()
+    };
+    Ok(LoadBalancer {
+        target_groups,
+        port,
+        drain_timeout: optional("loadbalancer.drain_timeout", raw.drain_timeout)?,
+        healthy_timeout: optional("loadbalancer.healthy_timeout", raw.healthy_timeout)?,
     })
 }
 

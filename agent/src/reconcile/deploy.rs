@@ -70,8 +70,15 @@ impl<P: Parts> Agent<P> {
             return self.stopped_before_switch(state, request, &version, &fields, error);
         }
 
+        // Out of the load balancer, drained, while the old release still serves what is in
+        // flight: a call that fails stops the deploy before anything is switched.
+        if let Err(error) = self.leave_service(state, &fields).await {
+            return self.stopped_before_switch(state, request, &version, &fields, error);
+        }
+
         // 4. Switch. On failure `current` is unchanged, and the next pass tries again.
         if self.switch(state, &version, &request).is_err() {
+            self.rejoin_if_left(state).await;
             return Outcome::Retry;
         }
         emit(
@@ -82,7 +89,7 @@ impl<P: Parts> Agent<P> {
         failpoint::hit("after_switch");
 
         // 5 and 6. Restart and health, then the new release's validate hook (smoke tests).
-        match self.activate_and_validate(version.as_str(), &fields).await {
+        match (self.activate_and_validate(state, version.as_str(), &fields)).await {
             Ok(()) => {
                 // 7. Commit.
                 failpoint::hit("before_commit");
@@ -171,7 +178,12 @@ impl<P: Parts> Agent<P> {
                 Outcome::Waiting
             }
             Disposition::Retry => {
-                let message = format!("Fetching {version} failed, will retry: {error}");
+                let message = match fetching {
+                    true => format!("Fetching {version} failed, will retry: {error}"),
+                    false => format!(
+                        "Deploy of {version} stopped before the switch, will retry: {error}"
+                    ),
+                };
                 emit(Event::PollFailed, &fields.with_error(&error), &message);
                 Outcome::Retry
             }
@@ -199,19 +211,45 @@ impl<P: Parts> Agent<P> {
         }
     }
 
-    /// 5 and 6 for one version: restart every unit, then the health gate.
-    pub(super) async fn activate(&self, version: &str, fields: &Fields<'_>) -> Result<(), Error> {
+    /// 5 and 6 for one version: out of the load balancer, restart every unit, the health gate,
+    /// and back in.
+    pub(super) async fn activate(
+        &mut self,
+        state: &mut State,
+        version: &str,
+        fields: &Fields<'_>,
+    ) -> Result<(), Error> {
+        self.activate_with(state, version, fields, None).await
+    }
+
+    /// The whole gate a change must pass: [`Agent::activate`] with `version`'s validate hook
+    /// after drover's health gate and before the load balancer's.
+    pub(super) async fn activate_and_validate(
+        &mut self,
+        state: &mut State,
+        version: &str,
+        fields: &Fields<'_>,
+    ) -> Result<(), Error> {
+        let validate = Some(Hook::Validate);
+        self.activate_with(state, version, fields, validate).await
+    }
+
+    async fn activate_with(
+        &mut self,
+        state: &mut State,
+        version: &str,
+        fields: &Fields<'_>,
+        hook: Option<Hook>,
+    ) -> Result<(), Error> {
+        self.leave_service(state, fields).await?;
         self.restart_units(fields).await?;
         failpoint::hit("after_restart");
         match self.health_gate().await {
-            Ok(()) => {
-                emit(
-                    Event::HealthPassed,
-                    fields,
-                    &format!("{version} is healthy"),
-                );
-                Ok(())
-            }
+            Ok(()) => emit(
+                Event::HealthPassed,
+                fields,
+                &format!("{version} is healthy"),
+            ),
             Err(e) => {
                 let error = e.to_string();
                 emit(
@@ -219,19 +257,13 @@ impl<P: Parts> Agent<P> {
                     &fields.with_error(&error),
                     &format!("{version} is not healthy: {error}"),
                 );
-                Err(e.into())
+                return Err(e.into());
             }
         }
-    }
-
-    /// The whole gate a change must pass: [`Agent::activate`], then `version`'s validate hook.
-    pub(super) async fn activate_and_validate(
-        &self,
-        version: &str,
-        fields: &Fields<'_>,
-    ) -> Result<(), Error> {
-        self.activate(version, fields).await?;
-        self.run_hook(Hook::Validate, version, fields).await
+        if let Some(hook) = hook {
+            self.run_hook(hook, version, fields).await?;
+        }
+        self.rejoin_service(state, fields).await
     }
 
     pub(super) async fn restart_units(&self, fields: &Fields<'_>) -> Result<(), Error> {

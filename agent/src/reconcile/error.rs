@@ -3,7 +3,9 @@
 //! [`Error::disposition`], the one rule of whose fault a failure is (for a fetch, it asks
 //! [`FetchFailure::disposition`]).
 
+use crate::balancer::BalancerError;
 use crate::fetch::{Disposition, FetchFailure};
+use crate::fleet::IdentityError;
 use crate::fsutil::PathError;
 use crate::health::HealthError;
 use crate::hooks::HookError;
@@ -27,6 +29,12 @@ pub enum Error {
     /// A release's hook has nobody it may run as.
     #[error(transparent)]
     HookUser(#[from] HookUserError),
+    /// The load balancer: a call failed, or it did not find the release healthy.
+    #[error(transparent)]
+    Balancer(#[from] BalancerError),
+    /// The instance id the load balancer knows the instance by.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// `state.json` cannot be written.
     #[error(transparent)]
     State(#[from] StateError),
@@ -53,8 +61,12 @@ impl Error {
             Error::Restart(_) | Error::Health(_) | Error::Hook(_) | Error::HookUser(_) => {
                 Disposition::Reject
             }
-            // This machine's: the next pass tries again.
-            Error::State(_) | Error::Disk(_) => Disposition::Retry,
+            Error::Balancer(BalancerError::NotHealthy { .. }) => Disposition::Reject,
+            // This machine's, or an API's: the next pass tries again.
+            Error::Balancer(BalancerError::Api { .. })
+            | Error::Identity(_)
+            | Error::State(_)
+            | Error::Disk(_) => Disposition::Retry,
             // An operator's command, refused: nothing to retry.
             Error::NothingToRollBack | Error::PreviousGone(_) => Disposition::Reject,
         }

@@ -40,7 +40,7 @@ pub(super) struct Written {
 
 impl<P: Parts> Agent<P> {
     /// This instance's id, when the fleet features need one.
-    async fn instance_id(&mut self) -> Result<String, IdentityError> {
+    pub(super) async fn instance_id(&mut self) -> Result<String, IdentityError> {
         let Some(identity) = self.identity.as_mut() else {
             return Err(IdentityError::NotConfigured);
         };

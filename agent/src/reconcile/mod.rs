@@ -16,10 +16,12 @@ mod hook_steps;
 mod outcome;
 mod revert;
 mod settings;
+mod traffic;
 
 pub use error::{Error, HookUserError};
 pub use outcome::{Mode, Outcome};
 
+use crate::balancer::LoadBalancer;
 use crate::config::{self, Config};
 use crate::environment::Settings;
 use crate::events::{emit, Event, Fields};
@@ -42,13 +44,33 @@ pub trait Parts {
     type Store: ArtifactStore;
     type Services: ServiceManager;
     type Probe: HealthProbe;
+    type Balancer: LoadBalancer;
 }
 
-impl<S: DesiredSource, A: ArtifactStore, M: ServiceManager, H: HealthProbe> Parts for (S, A, M, H) {
+impl<S, A, M, H, B> Parts for (S, A, M, H, B)
+where
+    S: DesiredSource,
+    A: ArtifactStore,
+    M: ServiceManager,
+    H: HealthProbe,
+    B: LoadBalancer,
+{
     type Source = S;
     type Store = A;
     type Services = M;
     type Probe = H;
+    type Balancer = B;
+}
+
+/// The outside world, as [`Agent::new`] takes it: the parameter, the artifacts, the service
+/// manager, and the ones a config may leave out: the health probe (`[health] url`) and the load
+/// balancer (`[loadbalancer]`).
+pub struct Outside<S, A, M, H, B> {
+    pub source: S,
+    pub store: A,
+    pub services: M,
+    pub probe: Option<H>,
+    pub balancer: Option<B>,
 }
 
 /// The sections of the config a pass reads. Where the parameter is and how often to poll it,
@@ -62,6 +84,7 @@ pub struct Sections {
     pub hooks: config::Hooks,
     pub environment: Option<config::Environment>,
     pub fleet: config::Fleet,
+    pub loadbalancer: Option<config::LoadBalancer>,
 }
 
 impl From<Config> for Sections {
@@ -75,6 +98,7 @@ impl From<Config> for Sections {
             hooks,
             environment,
             fleet,
+            loadbalancer,
             source: _,
             aws: _,
             notify: _,
@@ -88,6 +112,7 @@ impl From<Config> for Sections {
             hooks,
             environment,
             fleet,
+            loadbalancer,
         }
     }
 }
@@ -98,6 +123,7 @@ pub struct Agent<P: Parts> {
     store: P::Store,
     services: P::Services,
     probe: Option<P::Probe>,
+    balancer: Option<P::Balancer>,
     layout: Layout,
     state_file: StateFile,
     mode: Mode,
@@ -114,16 +140,23 @@ pub struct Agent<P: Parts> {
     reported_status: Option<fleet_gate::Written>,
 }
 
-impl<S: DesiredSource, A: ArtifactStore, M: ServiceManager, H: HealthProbe> Agent<(S, A, M, H)> {
-    pub fn new(
-        config: impl Into<Sections>,
-        source: S,
-        store: A,
-        services: M,
-        probe: Option<H>,
-        mode: Mode,
-    ) -> Self {
+impl<S, A, M, H, B> Agent<(S, A, M, H, B)>
+where
+    S: DesiredSource,
+    A: ArtifactStore,
+    M: ServiceManager,
+    H: HealthProbe,
+    B: LoadBalancer,
+{
+    pub fn new(config: impl Into<Sections>, outside: Outside<S, A, M, H, B>, mode: Mode) -> Self {
         let config = config.into();
+        let Outside {
+            source,
+            store,
+            services,
+            probe,
+            balancer,
+        } = outside;
         Self {
             layout: Layout::new(&config.release.root),
             state_file: StateFile::new(&config.agent.state_dir),
@@ -132,6 +165,7 @@ impl<S: DesiredSource, A: ArtifactStore, M: ServiceManager, H: HealthProbe> Agen
             store,
             services,
             probe,
+            balancer,
             mode,
             reported: None,
             settings: None,
@@ -324,6 +358,7 @@ impl<P: Parts> Agent<P> {
             }
             self.save(&state)?;
         }
+        self.rejoin_if_left(&mut state).await;
         Ok(state)
     }
 

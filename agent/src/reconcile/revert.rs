@@ -124,7 +124,7 @@ impl<P: Parts> Agent<P> {
                 tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back");
             }
         }
-        let ending = match self.activate(previous, &fields).await {
+        let ending = match self.activate(state, previous, &fields).await {
             Ok(()) => Ending {
                 result: Verdict::Reverted,
                 version,
@@ -167,7 +167,7 @@ impl<P: Parts> Agent<P> {
         self.save(&state)?;
         let why = format!("Switched current back to {target} (operator rollback)");
         self.switch_back(&target, &fields, &why)?;
-        let healthy = self.activate(&target, &fields).await;
+        let healthy = self.activate(&mut state, &target, &fields).await;
         state.rolled_back(&target);
         let from = current_version.map(|v| v.to_string()).unwrap_or_default();
         let ending = match &healthy {

@@ -177,7 +177,7 @@ impl<P: Parts> Agent<P> {
             return Some(Outcome::Retry);
         }
         crate::failpoint::hit("after_environment_written");
-        let gate = self.activate_and_validate(version.as_str(), &fields).await;
+        let gate = (self.activate_and_validate(state, version.as_str(), &fields)).await;
         Some(match gate {
             Ok(()) => {
                 self.commit_environment(state);
@@ -208,7 +208,7 @@ impl<P: Parts> Agent<P> {
         let error = error.to_string();
         let result = match self.restore_environment() {
             Ok(()) => self
-                .activate(version.as_str(), fields)
+                .activate(state, version.as_str(), fields)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(format!(

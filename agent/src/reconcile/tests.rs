@@ -2,6 +2,7 @@
 //! against the real parts in `tests/`.
 
 use super::*;
+use crate::balancer::tests::MemBalancer;
 use crate::digest::Sha256Digest;
 use crate::fetch::tests::MemStore;
 use crate::service::UnitError;
@@ -76,13 +77,26 @@ fn tarball(version: &str, healthy: bool) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+type TestParts = (
+    MemSource,
+    MemStore,
+    Rc<FakeUnits>,
+    ReleaseProbe,
+    Rc<MemBalancer>,
+);
+
 struct World {
     _dir: tempfile::TempDir,
     root: PathBuf,
     parameter: Rc<RefCell<Parameter>>,
     units: Rc<FakeUnits>,
-    agent: Agent<(MemSource, MemStore, Rc<FakeUnits>, ReleaseProbe)>,
+    /// Registered in [`GROUP`]; only a config with `[loadbalancer]` reaches it.
+    lb: Rc<MemBalancer>,
+    agent: Agent<TestParts>,
 }
+
+const GROUP: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/app/0123456789abcdef";
 
 impl World {
     fn new(releases: &[(&str, bool)]) -> Self {
@@ -115,20 +129,22 @@ impl World {
             modified: Some(std::time::SystemTime::now()),
         }));
         let units = Rc::new(FakeUnits::default());
-        let agent = Agent::new(
-            config,
-            MemSource(parameter.clone()),
-            MemStore(objects),
-            units.clone(),
-            Some(ReleaseProbe(root.clone())),
-            Mode::Daemon,
-        )
-        .with_identity(crate::fleet::Identity::Fixed("i-test".into()));
+        let lb = Rc::new(MemBalancer::registered_in(&[GROUP]));
+        let outside = Outside {
+            source: MemSource(parameter.clone()),
+            store: MemStore(objects),
+            services: units.clone(),
+            probe: Some(ReleaseProbe(root.clone())),
+            balancer: Some(lb.clone()),
+        };
+        let agent = Agent::new(config, outside, Mode::Daemon)
+            .with_identity(crate::fleet::Identity::Fixed("i-test".into()));
         World {
             _dir: dir,
             root,
             parameter,
             units,
+            lb,
             agent,
         }
     }
@@ -396,4 +412,93 @@ async fn old_releases_are_pruned_to_keep() {
         .map(|(n, _)| n)
         .collect();
     assert_eq!(names, vec!["3", "4"]);
+}
+
+fn with_load_balancer(releases: &[(&str, bool)]) -> World {
+    World::with_config(
+        releases,
+        &format!("[loadbalancer]\ntarget_groups = [\"{GROUP}\"]\nport = 8080\n"),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_drains_before_the_switch_and_registers_after_the_gate() {
+    let mut w = with_load_balancer(&[("1", true), ("2", true)]);
+    w.put("1");
+    assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
+    assert_eq!(
+        *w.lb.calls.borrow(),
+        [
+            "deregister ".to_owned() + GROUP,
+            "register ".to_owned() + GROUP
+        ]
+    );
+    assert!(w.state().out_of_service.is_empty());
+    // In sync: the load balancer is not touched.
+    assert_eq!(w.agent.reconcile().await, Outcome::InSync);
+    assert_eq!(w.lb.calls.borrow().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_the_load_balancer_finds_unhealthy_is_reverted_and_the_previous_registered() {
+    let mut w = with_load_balancer(&[("1", true), ("2", true)]);
+    w.put("1");
+    assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
+    w.lb.sick.set(1);
+    w.put("2");
+    assert_eq!(w.agent.reconcile().await, Outcome::Reverted);
+    assert_eq!(w.active().as_deref(), Some("1"));
+    let last = w.state().last.unwrap();
+    assert!(
+        last.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("is unhealthy after"),
+        "{last:?}"
+    );
+    let calls: Vec<String> = (w.lb.calls.borrow().iter())
+        .map(|call| call.split(' ').next().unwrap_or_default().to_owned())
+        .collect();
+    // 1: out and in; 2: out, in (unhealthy); the revert: out again, in with 1.
+    assert_eq!(
+        calls,
+        [
+            "deregister",
+            "register",
+            "deregister",
+            "register",
+            "deregister",
+            "register"
+        ]
+    );
+    assert!(w.state().out_of_service.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_in_no_target_group_is_left_out_of_them() {
+    let mut w = with_load_balancer(&[("1", true)]);
+    w.lb.targets.borrow_mut().clear();
+    w.put("1");
+    assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
+    assert!(w.lb.calls.borrow().is_empty(), "{:?}", w.lb.calls.borrow());
+}
+
+#[tokio::test(start_paused = true)]
+async fn groups_left_by_a_killed_drover_get_the_instance_back_on_the_next_pass() {
+    let mut w = with_load_balancer(&[("1", true)]);
+    w.put("1");
+    assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
+    // As if drover died between the drain and the registration.
+    w.lb.targets.borrow_mut().clear();
+    let mut state = w.state();
+    state.leaving_service(&[GROUP.to_owned()]);
+    StateFile::new(&w.root.parent().unwrap().join("state"))
+        .save(&state)
+        .unwrap();
+    assert_eq!(w.agent.reconcile().await, Outcome::InSync);
+    assert_eq!(
+        w.lb.calls.borrow().last().map(String::as_str),
+        Some(&*format!("register {GROUP}"))
+    );
+    assert!(w.state().out_of_service.is_empty());
 }
