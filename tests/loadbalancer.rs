@@ -156,3 +156,125 @@ fn a_release_the_load_balancer_finds_unhealthy_is_reverted() {
     assert_eq!(status["last"]["result"], "reverted");
     assert!(status.get("out_of_service").is_none(), "{status}");
 }
+
+/// `[fleet] max_in_flight = 1` on three instances in one target group.
+const LEASE_TTL: Duration = Duration::from_secs(20);
+
+struct Member {
+    instance: Instance,
+    imds: Imds,
+}
+
+/// The most instances out of their target group at once, from the calls moto accepted.
+fn most_out_at_once(elb: &Elb) -> usize {
+    let mut out = std::collections::BTreeSet::new();
+    let mut most = 0;
+    for call in elb.calls() {
+        match call.action {
+            "DeregisterTargets" => {
+                out.insert(call.target);
+            }
+            _ => {
+                out.remove(&call.target);
+            }
+        }
+        most = most.max(out.len());
+    }
+    most
+}
+
+#[test]
+fn at_most_one_instance_of_three_is_out_of_service_and_a_dead_holder_s_slot_frees_itself() {
+    let stage = Stage::new("lb-lease", Settings::default());
+    let fleet = format!(
+        "[fleet]\nstatus_prefix = \"fleet/\"\nmax_in_flight = 1\nlease_ttl = \"{}s\"\n",
+        LEASE_TTL.as_secs()
+    );
+    // The operator's `drover fleet status` reads the same prefix and shows the slots.
+    let host_config = std::fs::read_to_string(stage.world.host_config()).unwrap();
+    std::fs::write(stage.world.host_config(), format!("{host_config}\n{fleet}")).unwrap();
+    let members: Vec<Member> = (0..3)
+        .map(|n| {
+            let imds = Imds::start(&format!("i-{:017x}", 0x1ea5e + n));
+            let port = drover_tests::free_port();
+            let lb = format!(
+                "[loadbalancer]\ntarget_groups = [\"{}\"]\nport = {port}\n\n{fleet}",
+                stage.group
+            );
+            let spec =
+                stage
+                    .world
+                    .member_spec(port, &imds.endpoint(), &stage.proxy.endpoint(), &lb);
+            stage
+                .elb
+                .preregister(&stage.group, imds.instance_id(), port);
+            let mut instance = stage.world.boot(spec);
+            instance.app_port = port;
+            Member { instance, imds }
+        })
+        .collect();
+
+    for (n, version) in ["1.0.0", "2.0.0"].iter().enumerate() {
+        stage.world.release(version, true);
+        for m in &members {
+            m.instance.wait_for_events("deployed", n + 1, DEPLOY);
+        }
+    }
+    assert_eq!(
+        stage.elb.calls().len(),
+        12,
+        "each of three out and in, twice"
+    );
+    assert_eq!(most_out_at_once(&stage.elb), 1, "{:#?}", stage.elb.calls());
+    let waited: usize = (members.iter())
+        .map(|m| m.instance.journal_events("lease_waiting").len())
+        .sum();
+    assert!(waited > 0, "three instances, one slot: someone waited");
+    let slot = stage
+        .world
+        .moto
+        .get_object(&stage.world.bucket, "fleet/leases/slot-0.json")
+        .expect("the slot's object");
+    let lease: Value = serde_json::from_slice(&slot).unwrap();
+    assert_eq!(
+        lease["released"], true,
+        "given back after the deploy: {lease}"
+    );
+    let status = stage.world.drover(&["fleet", "status", "2.0.0", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["leases"], serde_json::json!([]), "{status}");
+
+    // The instance that takes the slot for 3.0.0 dies with it (stopped where it stands,
+    // deregistered): the other two wait until its lease expires, then go one at a time.
+    stage.world.release("3.0.0", true);
+    let holder = drover_tests::wait_for(DEPLOY, "an instance to take the slot", || {
+        members
+            .iter()
+            .position(|m| m.instance.journal_events("drain_started").len() == 3)
+    });
+    members[holder]
+        .instance
+        .exec_ok(&["systemctl", "kill", "--signal=SIGSTOP", "drover"]);
+    let stopped_at = std::time::Instant::now();
+    let status = stage.world.drover(&["fleet", "status", "3.0.0", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["leases"][0][1]["instance"],
+        members[holder].imds.instance_id(),
+        "{status}"
+    );
+    for (n, m) in members.iter().enumerate().filter(|(n, _)| *n != holder) {
+        m.instance
+            .wait_for_events("deployed", 3, DEPLOY + LEASE_TTL)
+            .pop()
+            .unwrap_or_else(|| panic!("member {n} deployed 3.0.0"));
+    }
+    assert!(
+        stopped_at.elapsed() >= LEASE_TTL - Duration::from_secs(5),
+        "the others waited for the dead holder's lease to expire: {:?}",
+        stopped_at.elapsed()
+    );
+    members[holder]
+        .instance
+        .exec_ok(&["systemctl", "kill", "--signal=SIGCONT", "drover"]);
+}

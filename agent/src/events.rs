@@ -2,8 +2,8 @@
 //!
 //! Each event is one journal entry with `EVENT` and the fields that apply (`VERSION`,
 //! `PREVIOUS_VERSION`, `PARAMETER_VERSION`, `UNIT`, `SHA256`, `ERROR`; `HOOK` for hooks and
-//! `VARIABLES` for the app's environment; `POSITION` and `FAILURES` for rollouts; `TARGET_GROUPS`
-//! and `DURATION_MS` for the load balancer). Fields that do not apply are left out rather than
+//! `VARIABLES` for the app's environment; `POSITION` and `FAILURES` for rollouts; `TARGET_GROUPS`,
+//! `DURATION_MS` and `SLOTS` for the load balancer and the fleet's leases). Fields that do not apply are left out rather than
 //! written empty. Errors log at `err`, reverts and failed notices at `warning`, the rest at
 //! `info`. [`crate::logging`] decides whether they go to journald or to stderr.
 
@@ -44,6 +44,8 @@ pub enum Event {
     Drained,
     /// It is registered again and the load balancer finds it healthy, `DURATION_MS` after.
     Registered,
+    /// `[fleet] max_in_flight`: every one of the `SLOTS` is held by another instance.
+    LeaseWaiting,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,7 @@ impl Event {
             Event::DrainStarted => "drain_started",
             Event::Drained => "drained",
             Event::Registered => "registered",
+            Event::LeaseWaiting => "lease_waiting",
         }
     }
 
@@ -122,6 +125,8 @@ pub struct Fields<'a> {
     pub target_groups: Option<&'a str>,
     /// `DURATION_MS`: how long a wait took.
     pub duration_ms: Option<u64>,
+    /// `SLOTS`: how many instances may be out of service at once.
+    pub slots: Option<u32>,
 }
 
 impl<'a> Fields<'a> {
@@ -151,6 +156,7 @@ macro_rules! event_at {
             failures = $f.failures,
             target_groups = $f.target_groups,
             duration_ms = $f.duration_ms,
+            slots = $f.slots,
             "{}",
             $message
         )

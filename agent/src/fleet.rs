@@ -205,6 +205,9 @@ pub struct Summary {
     pub failed: Vec<Report>,
     /// Have not reported on `version` yet.
     pub not_reported: usize,
+    /// `[fleet] max_in_flight`: the lease slots held now, `(key, lease)` (left out without).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<Vec<(String, crate::lease::Lease)>>,
 }
 
 impl Summary {
@@ -257,6 +260,19 @@ impl Summary {
         }
         if let Some(n) = self.failures_counted {
             out.push_str(&format!("  {:<24} {n}\n", "failures counted"));
+        }
+        if let Some(leases) = &self.leases {
+            out.push_str(&format!("lease slots held:          {}\n", leases.len()));
+            for (key, lease) in leases {
+                let name = key.rsplit('/').next().unwrap_or(key);
+                out.push_str(&format!(
+                    "  {} {} {} until {}\n",
+                    name.escape_debug(),
+                    lease.instance.escape_debug(),
+                    lease.version.as_deref().unwrap_or("-").escape_debug(),
+                    lease.expires.escape_debug()
+                ));
+            }
         }
         // Any instance may write any status object (docs/IAM.md): their text is escaped.
         for r in &self.failed {

@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod fsutil;
 pub mod health;
 pub mod hooks;
+pub mod lease;
 pub mod logging;
 pub mod notify;
 pub mod operator;

@@ -219,6 +219,11 @@ pub async fn fleet_status(
     let good: Vec<crate::fleet::Report> = read.into_iter().flatten().collect();
     let mut summary = crate::fleet::Summary::of(version.as_str(), parameter_version, &good);
     summary.failures_counted = failures_counted;
+    if config.fleet.max_in_flight.is_some() {
+        let now = std::time::SystemTime::now();
+        let held = crate::lease::holders(store, prefix, now).await;
+        summary.leases = Some(held.map_err(|e| e.to_string())?);
+    }
     Ok(summary)
 }
 

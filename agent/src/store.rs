@@ -34,6 +34,22 @@ pub trait ObjectBody {
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<bytes::Bytes>, StoreError>>;
 }
 
+/// When a conditional write may happen (S3's `If-None-Match: *` and `If-Match`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Only if there is no object at the key.
+    Absent,
+    /// Only if the object there still has this entity tag.
+    Matches(String),
+}
+
+/// A small object with its entity tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tagged {
+    pub body: Vec<u8>,
+    pub etag: String,
+}
+
 pub trait ArtifactStore {
     type Body: ObjectBody;
 
@@ -42,6 +58,23 @@ pub trait ArtifactStore {
 
     /// Writes (or replaces) a small object: the instances' status objects (`[fleet]`).
     fn put_small(&self, key: &str, body: Vec<u8>) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Reads a small object (at most `max` bytes) with its entity tag; `None` when there is
+    /// none.
+    fn get_tagged(
+        &self,
+        key: &str,
+        max: usize,
+    ) -> impl Future<Output = Result<Option<Tagged>, StoreError>>;
+
+    /// Writes a small object if `condition` holds, atomically: the new entity tag, or `None`
+    /// when the condition did not hold (someone else wrote first).
+    fn put_if(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        condition: Condition,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>>;
 
     /// Up to `max` keys under `prefix`, in key order.
     fn list_keys(

@@ -269,6 +269,9 @@ struct Shared {
     upstream: u16,
     state: Mutex<State>,
     front: Option<Arc<dyn Front>>,
+    /// Held while a conditional write is forwarded: moto checks `If-Match`/`If-None-Match` and
+    /// then writes, in two steps another request can come between; S3 does both at once.
+    conditional: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -336,6 +339,7 @@ impl FaultProxy {
             upstream,
             state: Mutex::new(State::default()),
             front,
+            conditional: tokio::sync::Mutex::new(()),
         });
         let (stop, stopped) = oneshot::channel();
         let serving = shared.clone();
@@ -641,6 +645,14 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
         let keep_alive = !request.has_token("connection", "close");
         let head_only = request.method_and_path().0.eq_ignore_ascii_case("HEAD");
         let fault = shared.admit(request.seen());
+        let conditional = ["if-match", "if-none-match"]
+            .iter()
+            .any(|h| request.header(h).is_some())
+            && !request.method_and_path().0.eq_ignore_ascii_case("GET");
+        let _one_at_a_time = match conditional {
+            true => Some(shared.conditional.lock().await),
+            false => None,
+        };
         let response = match fault {
             Some(f) if f.answers() => error_answer(f, &request),
             _ => match &shared.front {

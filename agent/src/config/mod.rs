@@ -164,6 +164,11 @@ pub struct Fleet {
     pub status_prefix: Option<String>,
     /// Failures reported for one request that hold every instance whose turn comes later.
     pub max_failures: u32,
+    /// At most this many instances out of service at once (`lease.rs`); needs `status_prefix`.
+    pub max_in_flight: Option<crate::lease::MaxInFlight>,
+    /// How long a lease lasts unless given back or renewed: what an instance that dies holding
+    /// one keeps its slot for.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -419,6 +424,17 @@ mod tests {
         assert_eq!(c.fleet.status_prefix.as_deref(), Some("drover/status/"));
         assert_eq!(c.fleet.max_failures, 3);
         assert!(c.aws.metadata_endpoint_url.is_some());
+        assert_eq!(c.fleet.max_in_flight, None);
+        assert_eq!(c.fleet.lease_ttl, Duration::from_secs(900));
+        let c = parse(&format!(
+            "{MINIMAL}[fleet]\nstatus_prefix = \"s/\"\nmax_in_flight = \"25%\"\nlease_ttl = \"2m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.fleet.max_in_flight,
+            Some(crate::lease::MaxInFlight::Fraction(0.25))
+        );
+        assert_eq!(c.fleet.lease_ttl, Duration::from_secs(120));
         for (text, key) in [
             ("[fleet]\nstatus_prefix = \"/s\"\n", "fleet.status_prefix"),
             (
@@ -426,6 +442,15 @@ mod tests {
                 "fleet.status_prefix",
             ),
             ("[fleet]\nmax_failures = 0\n", "fleet.max_failures"),
+            ("[fleet]\nmax_in_flight = 1\n", "fleet.max_in_flight"),
+            (
+                "[fleet]\nstatus_prefix = \"s/\"\nmax_in_flight = \"half\"\n",
+                "fleet.max_in_flight",
+            ),
+            (
+                "[fleet]\nstatus_prefix = \"s/\"\nmax_in_flight = 0\n",
+                "fleet.max_in_flight",
+            ),
             (
                 "[aws]\nmetadata_endpoint_url = \"https://x\"\n",
                 "aws.metadata_endpoint_url",

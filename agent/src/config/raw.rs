@@ -43,6 +43,16 @@ pub struct LoadBalancer {
 pub struct Fleet {
     pub status_prefix: Option<String>,
     pub max_failures: Option<i64>,
+    pub max_in_flight: Option<CountOrShare>,
+    pub lease_ttl: Option<String>,
+}
+
+/// A number of instances, or a share of the fleet as `"25%"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum CountOrShare {
+    Count(i64),
+    Share(String),
 }
 
 #[derive(Deserialize, Default)]

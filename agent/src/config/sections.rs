@@ -10,6 +10,7 @@ use super::{
     Environment, Fleet, Health, Hooks, LoadBalancer, Notify, Release, Service, Source,
     DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_SIZE,
 };
+use crate::lease::MaxInFlight;
 use crate::units::{parse_duration, parse_size};
 
 pub(super) fn from_raw(raw: raw::File, path: &Path) -> Result<Config, ConfigError> {
@@ -278,9 +279,43 @@ fn fleet(c: &Check, raw: raw::Fleet) -> Result<Fleet, ConfigError> {
             ));
         }
     }
+    let max_in_flight = match raw.max_in_flight {
+        None => None,
+        Some(raw::CountOrShare::Count(n)) => {
+            Some(MaxInFlight::Count(
+                c.count("fleet.max_in_flight", Some(n), 1..=1_000_000, 1)? as u32,
+            ))
+        }
+        Some(raw::CountOrShare::Share(text)) => {
+            let share = (text.strip_suffix('%'))
+                .and_then(|p| p.trim().parse::<f64>().ok())
+                .filter(|p| *p > 0.0 && *p <= 100.0)
+                .ok_or_else(|| {
+                    c.invalid(
+                        "fleet.max_in_flight",
+                        format!(
+                            "{text:?} is neither a number of instances nor a share like \"25%\""
+                        ),
+                    )
+                })?;
+            Some(MaxInFlight::Fraction(share / 100.0))
+        }
+    };
+    if max_in_flight.is_some() && status_prefix.is_none() {
+        return Err(c.invalid(
+            "fleet.max_in_flight",
+            "needs fleet.status_prefix: the leases are objects under it",
+        ));
+    }
     Ok(Fleet {
         status_prefix,
         max_failures: c.count("fleet.max_failures", raw.max_failures, 1..=1_000_000, 1)? as u32,
+        max_in_flight,
+        lease_ttl: c.duration(
+            "fleet.lease_ttl",
+            raw.lease_ttl,
+            Duration::from_secs(15 * 60),
+        )?,
     })
 }
 

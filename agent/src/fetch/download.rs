@@ -260,6 +260,7 @@ impl Digests {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::store::{Condition, Tagged};
     use std::collections::HashMap;
 
     /// An in-memory store for the pure parts: objects served in fixed-size chunks.
@@ -290,6 +291,27 @@ pub(crate) mod tests {
         /// Status objects are not kept: the reconcile tests seed the keys they list.
         async fn put_small(&self, _: &str, _: Vec<u8>) -> Result<(), StoreError> {
             Ok(())
+        }
+
+        async fn get_tagged(&self, key: &str, _: usize) -> Result<Option<Tagged>, StoreError> {
+            Ok(self.0.get(key).map(|body| Tagged {
+                body: body.clone(),
+                etag: format!("{}", body.len()),
+            }))
+        }
+
+        /// Nothing here takes leases: see `lease.rs` for a store that keeps what it is given.
+        async fn put_if(
+            &self,
+            key: &str,
+            _: Vec<u8>,
+            _: Condition,
+        ) -> Result<Option<String>, StoreError> {
+            Err(StoreError::Failed {
+                bucket: "mem".into(),
+                key: key.into(),
+                message: "read-only".into(),
+            })
         }
 
         async fn list_keys(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError> {
@@ -350,6 +372,17 @@ pub(crate) mod tests {
             Ok(StalledStore)
         }
         async fn put_small(&self, _: &str, _: Vec<u8>) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+        async fn get_tagged(&self, _: &str, _: usize) -> Result<Option<Tagged>, StoreError> {
+            std::future::pending().await
+        }
+        async fn put_if(
+            &self,
+            _: &str,
+            _: Vec<u8>,
+            _: Condition,
+        ) -> Result<Option<String>, StoreError> {
             std::future::pending().await
         }
         async fn list_keys(&self, _: &str, _: usize) -> Result<Vec<String>, StoreError> {

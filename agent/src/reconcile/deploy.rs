@@ -70,8 +70,12 @@ impl<P: Parts> Agent<P> {
             return self.stopped_before_switch(state, request, &version, &fields, error);
         }
 
-        // Out of the load balancer, drained, while the old release still serves what is in
-        // flight: a call that fails stops the deploy before anything is switched.
+        // One of the fleet's slots for instances out of service, then out of the load
+        // balancer, drained, while the old release still serves what is in flight: a call
+        // that fails stops the deploy before anything is switched.
+        if let Err(outcome) = self.take_lease(&request, &fields).await {
+            return outcome;
+        }
         if let Err(error) = self.leave_service(state, &fields).await {
             return self.stopped_before_switch(state, request, &version, &fields, error);
         }

@@ -138,6 +138,8 @@ pub struct Agent<P: Parts> {
     identity: Option<crate::fleet::Identity>,
     /// What the status object last written says.
     reported_status: Option<fleet_gate::Written>,
+    /// `[fleet] max_in_flight`: the slot held this pass, given back at its end.
+    lease: Option<crate::lease::Held>,
 }
 
 impl<S, A, M, H, B> Agent<(S, A, M, H, B)>
@@ -173,6 +175,7 @@ where
             webhook: None,
             identity: None,
             reported_status: None,
+            lease: None,
         }
     }
 }
@@ -311,6 +314,7 @@ impl<P: Parts> Agent<P> {
                 }
             }
         };
+        self.give_lease_back().await;
         self.report(&state, &request, &desired, &place, outcome, tried)
             .await;
         outcome

@@ -13,7 +13,7 @@ use crate::environment::{self, Settings};
 use crate::events::{emit, Event, Fields};
 use crate::fsutil::{IoContext, PathError};
 use crate::source::DesiredSource;
-use crate::state::{State, Verdict};
+use crate::state::{Request, State, Verdict};
 use crate::version::Version;
 
 impl<P: Parts> Agent<P> {
@@ -160,6 +160,13 @@ impl<P: Parts> Agent<P> {
             &fields,
             &format!("The app's environment changed ({changed}); restarting {version} for it"),
         );
+        let applied = state.applied.clone().unwrap_or(Request {
+            value: version.to_string(),
+            parameter_version: 0,
+        });
+        if let Err(outcome) = self.take_lease(&applied, &fields).await {
+            return Some(outcome);
+        }
         state.environment_staged();
         if let Err(e) = self.save(state) {
             tracing::error!(target: "drover", error = %e, "cannot save state before writing the environment file");

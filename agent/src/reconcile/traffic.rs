@@ -1,19 +1,30 @@
-//! The instance out of service around a restart, and back in after it (`[loadbalancer]`): the
-//! steps around 5 and 6. [`Agent::leave_service`] deregisters it from the target groups it is in
+//! The instance out of service around a restart, and back in after it: the steps around 5 and
+//! 6. [`Agent::take_lease`] waits for one of `[fleet] max_in_flight`'s slots (`lease.rs`), held
+//! until the pass ends ([`Agent::give_lease_back`]). With `[loadbalancer]`,
+//! [`Agent::leave_service`] deregisters it from the target groups it is in
 //! and waits for the drain; [`Agent::rejoin_service`] registers it again once the release passed
 //! drover's own gate, and waits until the load balancer finds it healthy. Which groups it left
 //! is in the state before it leaves them, so that a drover killed in between puts it back
 //! ([`Agent::rejoin_if_left`]). Without `[loadbalancer]` each is a no-op.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use super::{Agent, Error, Parts};
+use super::{Agent, Error, Outcome, Parts};
 use crate::balancer::{self, Pace, Target};
 use crate::events::{emit, Event, Fields};
-use crate::state::State;
+use crate::lease::{self, Lease, MaxInFlight};
+use crate::state::{Request, State};
+use crate::store::ArtifactStore;
 
 /// How often to ask `DescribeTargetHealth` while waiting.
 const POLL: Duration = Duration::from_secs(1);
+/// How long a pass waits for a lease slot before it ends as waiting; the next pass reads the
+/// parameter again and tries again.
+const LEASE_WAIT: Duration = Duration::from_secs(60);
+/// How often to look for a free slot meanwhile.
+const LEASE_POLL: Duration = Duration::from_secs(2);
+/// The most status objects counted for a fleet's size (`max_in_flight` as a share).
+const FLEET_COUNT: usize = 10_000;
 
 /// This instance in its target groups.
 struct Membership {
@@ -23,6 +34,93 @@ struct Membership {
 }
 
 impl<P: Parts> Agent<P> {
+    /// One of `[fleet] max_in_flight`'s slots for this pass, before anything leaves service.
+    /// `Err` is the pass's outcome when none came free in time (waiting) or the bucket could
+    /// not be asked (retry), already in the journal.
+    pub(super) async fn take_lease(
+        &mut self,
+        request: &Request,
+        fields: &Fields<'_>,
+    ) -> Result<(), Outcome> {
+        let fleet = &self.config.fleet;
+        let (Some(max), Some(prefix), None) = (
+            fleet.max_in_flight,
+            fleet.status_prefix.clone(),
+            &self.lease,
+        ) else {
+            return Ok(());
+        };
+        let ttl = fleet.lease_ttl;
+        let failed = |what: &str, error: String| {
+            emit(
+                Event::PollFailed,
+                &fields.with_error(&error),
+                &format!("{what} failed, will retry: {error}"),
+            );
+            Err(Outcome::Retry)
+        };
+        let instance = match self.instance_id().await {
+            Ok(id) => id,
+            Err(e) => return failed("Finding this instance's id for a lease", e.to_string()),
+        };
+        let slots = match max {
+            MaxInFlight::Count(n) => n,
+            MaxInFlight::Fraction(_) => {
+                let instances = format!("{prefix}instances/");
+                match self.store.list_keys(&instances, FLEET_COUNT).await {
+                    Ok(keys) => max.slots(keys.len()),
+                    Err(e) => return failed("Counting the fleet", e.to_string()),
+                }
+            }
+        };
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            let now = SystemTime::now();
+            let lease = Lease {
+                instance: instance.clone(),
+                version: fields.version.map(str::to_owned),
+                expires: lease::expiry(now, ttl),
+                released: false,
+            };
+            match lease::take(&self.store, &prefix, slots, lease, now).await {
+                Ok(Some(held)) => {
+                    tracing::info!(target: "drover", key = %held.key, "took a lease slot");
+                    self.lease = Some(held);
+                    return Ok(());
+                }
+                Ok(None) if self.should_report(request, Event::LeaseWaiting) => emit(
+                    Event::LeaseWaiting,
+                    &Fields {
+                        slots: Some(slots),
+                        ..*fields
+                    },
+                    &format!(
+                        "All {slots} lease slots are held by other instances; waiting for one"
+                    ),
+                ),
+                Ok(None) => {}
+                Err(e) => return failed("Taking a lease slot", e.to_string()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Outcome::Waiting);
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    /// Gives the slot held back, at the end of the pass; it expires by itself if this fails.
+    pub(super) async fn give_lease_back(&mut self) {
+        if let Some(held) = self.lease.take() {
+            let key = held.key.clone();
+            match lease::release(&self.store, held).await {
+                Ok(()) => tracing::info!(target: "drover", key = %key, "gave the lease slot back"),
+                Err(e) => {
+                    tracing::warn!(target: "drover", error = %e, key = %key, "cannot give the lease slot back; it expires by itself")
+                }
+            }
+        }
+    }
+
     /// This instance as a target of `[loadbalancer]`'s groups; `None` without one.
     async fn membership(&mut self) -> Result<Option<Membership>, Error> {
         let Some(lb) = self.config.loadbalancer.clone() else {
@@ -65,6 +163,12 @@ impl<P: Parts> Agent<P> {
         }
         state.leaving_service(&groups);
         self.save(state)?;
+        renew(
+            &self.store,
+            self.lease.as_mut(),
+            self.config.fleet.lease_ttl,
+        )
+        .await;
         let names = groups.join(" ");
         let fields = Fields {
             target_groups: Some(&names),
@@ -110,6 +214,12 @@ impl<P: Parts> Agent<P> {
         else {
             return Ok(());
         };
+        renew(
+            &self.store,
+            self.lease.as_mut(),
+            self.config.fleet.lease_ttl,
+        )
+        .await;
         let groups = state.out_of_service.clone();
         let names = groups.join(" ");
         let fields = Fields {
@@ -144,6 +254,22 @@ impl<P: Parts> Agent<P> {
         if let Err(e) = self.rejoin_service(state, &Fields::default()).await {
             tracing::error!(target: "drover", error = %e, "cannot put the instance back into its target groups");
         }
+    }
+}
+
+/// Extends the slot held, if any (before each wait on the load balancer), so that a slow drain
+/// does not let it expire under this instance.
+async fn renew<S: ArtifactStore>(store: &S, held: Option<&mut lease::Held>, ttl: Duration) {
+    let Some(held) = held else {
+        return;
+    };
+    let expires = lease::expiry(SystemTime::now(), ttl);
+    match lease::renew(store, held, expires).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::error!(target: "drover", key = %held.key, "the lease slot expired and another instance took it")
+        }
+        Err(e) => tracing::warn!(target: "drover", error = %e, "cannot renew the lease slot"),
     }
 }
 

@@ -1,6 +1,6 @@
-//! The real AWS clients behind the [`DesiredSource`], [`ArtifactStore`] and [`LoadBalancer`]
-//! traits: SSM for the parameter, S3 for artifacts, Elastic Load Balancing for the target
-//! groups, plus the few calls the operator commands make.
+//! The real AWS clients behind the [`DesiredSource`] and [`ArtifactStore`] traits, and
+//! [`crate::balancer::LoadBalancer`] (`elb.rs`): SSM for the parameter, S3 for artifacts,
+//! Elastic Load Balancing for the target groups, plus the few calls the operator commands make.
 
 use std::time::Duration;
 
@@ -10,12 +10,12 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
-use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
-
-use crate::balancer::{BalancerError, Group, LoadBalancer, Target, TargetState};
 use crate::config::Aws as AwsConfig;
 use crate::source::{DesiredSource, Parameter, SourceError};
-use crate::store::{ArtifactStore, ObjectBody, StoreError};
+use crate::store::{ArtifactStore, Condition, ObjectBody, StoreError, Tagged};
+
+mod elb;
+pub use elb::Elb;
 
 /// Loads region and credentials from the default chain, with the config's overrides.
 pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
@@ -416,6 +416,71 @@ impl ArtifactStore for S3Store {
         self.put_bytes(key, body).await
     }
 
+    async fn get_tagged(&self, key: &str, max: usize) -> Result<Option<Tagged>, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => match self.error(key, e) {
+                StoreError::NotFound { .. } => return Ok(None),
+                other => return Err(other),
+            },
+        };
+        let etag = out.e_tag().unwrap_or_default().to_owned();
+        let mut body = S3Body {
+            len: out.content_length().and_then(|l| u64::try_from(l).ok()),
+            stream: out.body,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            stall_timeout: self.stall_timeout,
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next_chunk().await? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > max {
+                return Err(StoreError::Failed {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                    message: format!("object is larger than {max} bytes"),
+                });
+            }
+        }
+        Ok(Some(Tagged { body: bytes, etag }))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        condition: Condition,
+    ) -> Result<Option<String>, StoreError> {
+        let put = (self.client.put_object())
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        let put = match condition {
+            Condition::Absent => put.if_none_match("*"),
+            Condition::Matches(etag) => put.if_match(etag),
+        };
+        match put.send().await {
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_owned())),
+            Err(e) => {
+                // 412: the condition failed; 409: a write to the same key raced this one.
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                match (status, e.code()) {
+                    (Some(412 | 409), _)
+                    | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => Ok(None),
+                    _ => Err(self.error(key, e)),
+                }
+            }
+        }
+    }
+
     async fn list_keys(&self, prefix: &str, max: usize) -> Result<Vec<String>, StoreError> {
         let mut keys = Vec::new();
         let mut token = None;
@@ -441,100 +506,6 @@ impl ArtifactStore for S3Store {
                 return Ok(keys);
             }
         }
-    }
-}
-
-/// Elastic Load Balancing (v2) behind [`LoadBalancer`], for `[loadbalancer]`.
-pub struct Elb {
-    client: aws_sdk_elasticloadbalancingv2::Client,
-}
-
-impl Elb {
-    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
-        Elb {
-            client: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
-        }
-    }
-
-    fn described(target: &Target) -> TargetDescription {
-        TargetDescription::builder()
-            .id(&target.id)
-            .set_port(target.port.map(i32::from))
-            .build()
-    }
-}
-
-fn elb_error<E>(group: &str, call: &str, err: SdkError<E, HttpResponse>) -> BalancerError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    BalancerError::Api {
-        group: group.to_owned(),
-        message: format!("{call}: {}", describe(&err)),
-    }
-}
-
-impl LoadBalancer for Elb {
-    async fn describe(&self, group: &str) -> Result<Group, BalancerError> {
-        let groups = (self.client.describe_target_groups())
-            .target_group_arns(group)
-            .send()
-            .await
-            .map_err(|e| elb_error(group, "DescribeTargetGroups", e))?;
-        let found = groups.target_groups().first();
-        let seconds =
-            |v: Option<i32>, default: u64| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(default);
-        let attributes = (self.client.describe_target_group_attributes())
-            .target_group_arn(group)
-            .send()
-            .await
-            .map_err(|e| elb_error(group, "DescribeTargetGroupAttributes", e))?;
-        let delay = (attributes.attributes().iter())
-            .find(|a| a.key() == Some("deregistration_delay.timeout_seconds"))
-            .and_then(|a| a.value()?.parse().ok())
-            // The API's default.
-            .unwrap_or(300);
-        Ok(Group {
-            deregistration_delay: Duration::from_secs(delay),
-            health_interval: Duration::from_secs(seconds(
-                found.and_then(|g| g.health_check_interval_seconds()),
-                30,
-            )),
-            healthy_threshold: seconds(found.and_then(|g| g.healthy_threshold_count()), 5) as u32,
-        })
-    }
-
-    async fn state(&self, group: &str, target: &Target) -> Result<TargetState, BalancerError> {
-        let health = (self.client.describe_target_health())
-            .target_group_arn(group)
-            .targets(Self::described(target))
-            .send()
-            .await
-            .map_err(|e| elb_error(group, "DescribeTargetHealth", e))?;
-        let state = (health.target_health_descriptions().iter())
-            .find(|d| d.target().and_then(|t| t.id()) == Some(target.id.as_str()))
-            .and_then(|d| d.target_health()?.state().map(|s| s.as_str().to_owned()));
-        Ok(state.map_or(TargetState::Unused, |s| TargetState::parse(&s)))
-    }
-
-    async fn deregister(&self, group: &str, target: &Target) -> Result<(), BalancerError> {
-        (self.client.deregister_targets())
-            .target_group_arn(group)
-            .targets(Self::described(target))
-            .send()
-            .await
-            .map_err(|e| elb_error(group, "DeregisterTargets", e))?;
-        Ok(())
-    }
-
-    async fn register(&self, group: &str, target: &Target) -> Result<(), BalancerError> {
-        (self.client.register_targets())
-            .target_group_arn(group)
-            .targets(Self::described(target))
-            .send()
-            .await
-            .map_err(|e| elb_error(group, "RegisterTargets", e))?;
-        Ok(())
     }
 }
 
