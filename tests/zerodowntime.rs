@@ -243,3 +243,169 @@ fn socket_activation_fails_no_request_during_20_deploys_under_load() {
     // The plain restart is measured, not judged: it only has to have run.
     assert!(plain.requests > 0);
 }
+
+/// Load-balancer settings for the draining runs: AWS's least thresholds, a 1 s check (AWS's
+/// least is 5 s) and a 2 s drain, so that 20 deploys take minutes, not hours.
+fn balancer_settings() -> drover_tests::elb::Settings {
+    drover_tests::elb::Settings {
+        interval: Duration::from_secs(1),
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+        drain: Duration::from_secs(2),
+        health_path: "/health".into(),
+    }
+}
+
+/// What one run of deploys behind the load balancer showed.
+struct Behind {
+    tally: Tally,
+    took: Duration,
+    /// Per instance and deploy: `drained` plus `registered`, the time draining added.
+    added: Vec<Duration>,
+}
+
+/// Two instances with the plain unit behind the harness's load balancer, `[fleet]
+/// max_in_flight = 1`, and `[loadbalancer]` only when `draining`: version 1, then versions 2 to
+/// 21 under load, the clients asking the load balancer's listener.
+fn deploys_behind_a_load_balancer(draining: bool) -> Behind {
+    use drover_tests::elb::{create_target_group, Elb};
+    use drover_tests::faultproxy::FaultProxy;
+    use drover_tests::imds::Imds;
+
+    let label = if draining {
+        "zero-lb-drain"
+    } else {
+        "zero-lb-none"
+    };
+    let world = World::new(label);
+    let elb = Elb::start(balancer_settings());
+    let proxy = FaultProxy::with_front(elb.front());
+    let group = create_target_group(&world.name, Duration::from_secs(30));
+    let listener = elb.listen(&group);
+    let prefix = format!("[fleet]\nstatus_prefix = \"fleet/\"\nmax_in_flight = 1\n");
+    let members: Vec<(drover_tests::Instance, Imds)> = (0..2u64)
+        .map(|n| {
+            let imds = Imds::start(&format!(
+                "i-{:017x}",
+                0x0d0_0000 + n + 16 * u64::from(draining)
+            ));
+            let port = drover_tests::free_port();
+            let lb = match draining {
+                true => format!("[loadbalancer]\ntarget_groups = [\"{group}\"]\nport = {port}\n\n"),
+                false => String::new(),
+            };
+            let spec = world.member_spec(
+                port,
+                &imds.endpoint(),
+                &proxy.endpoint(),
+                &format!("{lb}{prefix}"),
+            );
+            elb.preregister(&group, imds.instance_id(), port);
+            let mut instance = world.boot(spec);
+            instance.app_port = port;
+            (instance, imds)
+        })
+        .collect();
+    let mut promoted = Instant::now();
+    world.release("1", true);
+    for (instance, _) in &members {
+        instance.wait_for_events("deployed", 1, DEPLOY);
+    }
+    drover_tests::wait_for(DEPLOY, "both instances in service", || {
+        (elb.serving(&group).len() == 2).then_some(())
+    });
+
+    let stop = AtomicBool::new(false);
+    let deploying = AtomicU32::new(1);
+    let started = Instant::now();
+    let tally = std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| scope.spawn(|| client(listener, &stop, &deploying)))
+            .collect();
+        for version in 2..=DEPLOYS + 1 {
+            std::thread::sleep(SPACING.saturating_sub(promoted.elapsed()));
+            deploying.store(version, Ordering::Relaxed);
+            promoted = Instant::now();
+            world.release(&version.to_string(), true);
+            for (instance, _) in &members {
+                let deployed = instance.wait_for_events("deployed", version as usize, DEPLOY);
+                let last = &deployed[version as usize - 1];
+                assert_eq!(last["VERSION"], Value::from(version.to_string()), "{last}");
+            }
+            // Both back in the listener's rotation before the next deploy.
+            drover_tests::wait_for(DEPLOY, "both instances in service", || {
+                (elb.serving(&group).len() == 2).then_some(())
+            });
+        }
+        stop.store(true, Ordering::Relaxed);
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("a client panicked"))
+            .fold(Tally::default(), Tally::merge)
+    });
+    let took = started.elapsed();
+    let ms = |e: &Value| {
+        Duration::from_millis(
+            e["DURATION_MS"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+        )
+    };
+    let mut added = Vec::new();
+    for (instance, _) in &members {
+        assert!(instance.journal_events("reverted").is_empty());
+        let drained = instance.journal_events("drained");
+        let registered = instance.journal_events("registered");
+        // The first deploy (before the load) left out.
+        for (d, r) in drained.iter().zip(&registered).skip(1) {
+            added.push(ms(d) + ms(r));
+        }
+    }
+    Behind { tally, took, added }
+}
+
+#[test]
+fn behind_a_load_balancer_draining_fails_no_request_during_20_deploys_of_a_plain_app() {
+    let (with, without) = std::thread::scope(|scope| {
+        let with = scope.spawn(|| deploys_behind_a_load_balancer(true));
+        let without = scope.spawn(|| deploys_behind_a_load_balancer(false));
+        (with.join(), without.join())
+    });
+    let with = with.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let without = without.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let settings = balancer_settings();
+    let mut added = with.added.clone();
+    added.sort();
+    eprintln!(
+        "behind a load balancer, with draining: {}",
+        with.tally.summary(Mode::Plain, with.took)
+    );
+    eprintln!(
+        "behind a load balancer, without: {}",
+        without.tally.summary(Mode::Plain, without.took)
+    );
+    eprintln!(
+        "time draining added per instance and deploy ({} of them): median {:.2?}, most {:.2?}; \
+         drain {:?} + 2 health-check intervals {:?}",
+        added.len(),
+        added.get(added.len() / 2).copied().unwrap_or_default(),
+        added.last().copied().unwrap_or_default(),
+        settings.drain,
+        settings.interval * 2,
+    );
+    assert_eq!(
+        (with.tally.failures, &with.tally.errors),
+        (0, &BTreeMap::new()),
+        "requests failed with draining, while deploying versions {:?}",
+        with.tally.failed_during.keys()
+    );
+    assert_eq!(
+        added.len(),
+        2 * DEPLOYS as usize,
+        "each instance drained for each deploy"
+    );
+    // Without draining the load balancer is measured, not judged: it only has to have run.
+    assert!(without.tally.requests > 0);
+}

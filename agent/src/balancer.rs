@@ -1,6 +1,6 @@
 //! The instance's load-balancer target groups around a restart (`[loadbalancer]`): out of each
 //! group before the restart, drained, and back in after the health gate, healthy. No fixed
-//! sleeps: [`leave`] polls `DescribeTargetHealth` until the load balancer has finished draining
+//! sleeps: [`drain`] polls `DescribeTargetHealth` until the load balancer has finished draining
 //! (the target is `unused`), and [`join`] until it says `healthy`, so the time added is what the
 //! load balancer needs. The real client is in `aws.rs`; this module decides, through the small
 //! [`LoadBalancer`] trait.
@@ -143,7 +143,17 @@ pub struct Pace {
     pub drain_timeout: Option<Duration>,
     /// `[loadbalancer] healthy_timeout`; `None`: [`Group::healthy_within`].
     pub healthy_timeout: Option<Duration>,
-    pub poll: Duration,
+}
+
+/// How long to wait before asking again, `elapsed` into a wait: often at first, when a short
+/// drain or a quick health check is about to end, then less often, so that a five-minute
+/// deregistration delay costs a few dozen calls, not a thousand.
+pub fn poll_after(elapsed: Duration) -> Duration {
+    match elapsed.as_secs() {
+        0..5 => Duration::from_millis(250),
+        5..60 => Duration::from_secs(1),
+        _ => Duration::from_secs(5),
+    }
 }
 
 /// What [`drain`] did.
@@ -202,7 +212,8 @@ pub async fn drain<L: LoadBalancer>(
         if draining.is_empty() || Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(pace.poll.min(deadline - Instant::now())).await;
+        let poll = poll_after(started.elapsed());
+        tokio::time::sleep(poll.min(deadline - Instant::now())).await;
     }
     Ok(Drained {
         took: started.elapsed(),
@@ -247,7 +258,7 @@ pub async fn join<L: LoadBalancer>(
         }
         caps = waiting;
         if !caps.is_empty() {
-            tokio::time::sleep(pace.poll).await;
+            tokio::time::sleep(poll_after(started.elapsed())).await;
         }
     }
     Ok(started.elapsed())
@@ -335,8 +346,9 @@ pub(crate) mod tests {
     const PACE: Pace = Pace {
         drain_timeout: None,
         healthy_timeout: None,
-        poll: Duration::from_secs(1),
     };
+    /// The longest a wait can overshoot, the drains and checks of these tests being over 5 s.
+    const POLL: Duration = Duration::from_secs(1);
 
     #[tokio::test(start_paused = true)]
     async fn draining_waits_for_the_drain_and_not_a_second_more_than_a_poll() {
@@ -347,7 +359,7 @@ pub(crate) mod tests {
         let drained = drain(&lb, &groups, &target(), PACE).await.unwrap();
         assert!(drained.still_draining.is_empty());
         let took = drained.took;
-        assert!(took >= lb.drain && took <= lb.drain + PACE.poll, "{took:?}");
+        assert!(took >= lb.drain && took <= lb.drain + POLL, "{took:?}");
         assert_eq!(*lb.calls.borrow(), ["deregister a", "deregister b"]);
     }
 
@@ -371,10 +383,7 @@ pub(crate) mod tests {
         let took = join(&lb, &["a".to_string()], &target(), PACE)
             .await
             .unwrap();
-        assert!(
-            took >= lb.settle && took <= lb.settle + PACE.poll,
-            "{took:?}"
-        );
+        assert!(took >= lb.settle && took <= lb.settle + POLL, "{took:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -275,6 +275,7 @@ fn relay(client: TcpStream, target: Option<u16>) -> std::io::Result<()> {
 /// The health checks, one round every `interval`, until the emulator is dropped.
 fn check_forever(inner: &Inner) {
     let settings = &inner.settings;
+    let mut tick = Instant::now();
     while !inner.stop.load(Ordering::Relaxed) {
         let due: Vec<((String, String), u16)> = (inner.book().targets.iter())
             .filter(|(_, t)| t.registered)
@@ -302,7 +303,10 @@ fn check_forever(inner: &Inner) {
                 }
             }
         }
-        std::thread::sleep(settings.interval);
+        // On a fixed beat, as the load balancer's checks are: a slow check does not push the
+        // next ones back.
+        tick += settings.interval;
+        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
     }
 }
 

@@ -16,8 +16,6 @@ use crate::lease::{self, Lease, MaxInFlight};
 use crate::state::{Request, State};
 use crate::store::ArtifactStore;
 
-/// How often to ask `DescribeTargetHealth` while waiting.
-const POLL: Duration = Duration::from_secs(1);
 /// How long a pass waits for a lease slot before it ends as waiting; the next pass reads the
 /// parameter again and tries again.
 const LEASE_WAIT: Duration = Duration::from_secs(60);
@@ -133,7 +131,6 @@ impl<P: Parts> Agent<P> {
             pace: Pace {
                 drain_timeout: lb.drain_timeout,
                 healthy_timeout: lb.healthy_timeout,
-                poll: POLL,
             },
         }))
     }
