@@ -282,7 +282,7 @@ fn deploys_behind_a_load_balancer(draining: bool) -> Behind {
     let proxy = FaultProxy::with_front(elb.front());
     let group = create_target_group(&world.name, Duration::from_secs(30));
     let listener = elb.listen(&group);
-    let prefix = format!("[fleet]\nstatus_prefix = \"fleet/\"\nmax_in_flight = 1\n");
+    let prefix = "[fleet]\nstatus_prefix = \"fleet/\"\nmax_in_flight = 1\n";
     let members: Vec<(drover_tests::Instance, Imds)> = (0..2u64)
         .map(|n| {
             let imds = Imds::start(&format!(
