@@ -3,27 +3,17 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use drover_tests::release::app_dir;
 use drover_tests::webhook::Receiver;
 use drover_tests::{wait_for, Instance, World};
 
 const DEPLOY: Duration = Duration::from_secs(90);
 const SECRET: &str = "s3cret-Value-that-must-not-leak";
 
-/// The sample app's release for `version`, with `hooks/NAME` scripts.
 fn release_with_hooks(world: &World, version: &str, hooks: &[(&str, &str)]) -> PathBuf {
-    let dir = app_dir(&world.artifacts_dir(), version, true);
-    for (name, script) in hooks {
-        let path = dir.join("hooks").join(name);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    dir
+    world.release_dir_with_hooks(version, hooks)
 }
 
 fn ship(world: &World, version: &str, dir: &Path) {

@@ -15,6 +15,7 @@
 
 mod adversarial;
 mod appside;
+mod autoscaling;
 mod cli;
 mod cloudinit;
 mod container;

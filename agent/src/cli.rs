@@ -386,7 +386,14 @@ fn render_user_data(args: &UserDataArgs) -> Result<String, String> {
     .map_err(|e| e.to_string())
 }
 
-type RealAgent = Agent<(SsmSource, S3Store, Systemd, HttpProbe, aws::Elb)>;
+type RealAgent = Agent<(
+    SsmSource,
+    S3Store,
+    Systemd,
+    HttpProbe,
+    aws::Elb,
+    aws::Scaling,
+)>;
 
 async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
     let sdk = aws::sdk_config(&config.aws).await;
@@ -409,12 +416,20 @@ async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
     // Asked only when a rollout or [fleet] needs the instance id.
     let identity = aws::imds_identity(&sdk, &config.aws).map_err(|e| e.to_string())?;
     let balancer = (config.loadbalancer.is_some()).then(|| aws::Elb::new(&sdk));
+    let scaling = match &config.autoscaling {
+        Some(autoscaling) => {
+            let imds = aws::imds_client(&sdk, &config.aws)?;
+            Some(aws::Scaling::new(&sdk, imds, autoscaling.group.clone()))
+        }
+        None => None,
+    };
     let outside = Outside {
         source,
         store,
         services,
         probe,
         balancer,
+        scaling,
     };
     let agent = Agent::new(config, outside, mode).with_identity(identity);
     Ok(match webhook {
@@ -428,7 +443,7 @@ const NOTICE_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 async fn once(config: Config) -> Result<ExitCode, String> {
     let mut agent = build_agent(config, Mode::Once).await?;
-    let outcome = agent.reconcile().await;
+    let outcome = agent.pass().await;
     agent.flush_notices(NOTICE_GRACE).await;
     Ok(if outcome.is_success() {
         ExitCode::SUCCESS
@@ -480,7 +495,7 @@ async fn run(config: Config) -> Result<ExitCode, String> {
         // A stop request cancels a pass midway: the switch-in-flight record brings the next
         // start back to a good release.
         let outcome = tokio::select! {
-            o = agent.reconcile() => o,
+            o = agent.pass() => o,
             _ = term.recv() => break,
             _ = int.recv() => break,
         };

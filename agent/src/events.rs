@@ -3,7 +3,8 @@
 //! Each event is one journal entry with `EVENT` and the fields that apply (`VERSION`,
 //! `PREVIOUS_VERSION`, `PARAMETER_VERSION`, `UNIT`, `SHA256`, `ERROR`; `HOOK` for hooks and
 //! `VARIABLES` for the app's environment; `POSITION` and `FAILURES` for rollouts; `TARGET_GROUPS`,
-//! `DURATION_MS` and `SLOTS` for the load balancer and the fleet's leases). Fields that do not apply are left out rather than
+//! `DURATION_MS` and `SLOTS` for the load balancer and the fleet's leases; `LIFECYCLE_HOOK` and
+//! `RESULT` for Auto Scaling). Fields that do not apply are left out rather than
 //! written empty. Errors log at `err`, reverts and failed notices at `warning`, the rest at
 //! `info`. [`crate::logging`] decides whether they go to journald or to stderr.
 
@@ -46,6 +47,10 @@ pub enum Event {
     Registered,
     /// `[fleet] max_in_flight`: every one of the `SLOTS` is held by another instance.
     LeaseWaiting,
+    /// `[autoscaling]`: drover completed the `LIFECYCLE_HOOK` with `RESULT`.
+    LifecycleCompleted,
+    /// A call about the lifecycle hook failed (`ERROR`); it is tried again.
+    LifecycleFailed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +89,8 @@ impl Event {
             Event::Drained => "drained",
             Event::Registered => "registered",
             Event::LeaseWaiting => "lease_waiting",
+            Event::LifecycleCompleted => "lifecycle_completed",
+            Event::LifecycleFailed => "lifecycle_failed",
         }
     }
 
@@ -98,7 +105,8 @@ impl Event {
             Event::Reverted
             | Event::NotifyFailed
             | Event::RolloutHalted
-            | Event::VariablesRefused => Severity::Warning,
+            | Event::VariablesRefused
+            | Event::LifecycleFailed => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -127,6 +135,9 @@ pub struct Fields<'a> {
     pub duration_ms: Option<u64>,
     /// `SLOTS`: how many instances may be out of service at once.
     pub slots: Option<u32>,
+    /// `LIFECYCLE_HOOK` and `RESULT` (`CONTINUE`, `ABANDON`): an Auto Scaling lifecycle hook.
+    pub lifecycle_hook: Option<&'a str>,
+    pub result: Option<&'a str>,
 }
 
 impl<'a> Fields<'a> {
@@ -157,6 +168,8 @@ macro_rules! event_at {
             target_groups = $f.target_groups,
             duration_ms = $f.duration_ms,
             slots = $f.slots,
+            lifecycle_hook = $f.lifecycle_hook,
+            result = $f.result,
             "{}",
             $message
         )

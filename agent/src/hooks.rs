@@ -31,6 +31,8 @@ pub enum Hook {
     PreActivate,
     Validate,
     PostActivate,
+    /// Scale-in (`[autoscaling] terminate_hook`): the running release's, before it drains.
+    PreStop,
 }
 
 impl Hook {
@@ -39,6 +41,7 @@ impl Hook {
             Hook::PreActivate => "pre-activate",
             Hook::Validate => "validate",
             Hook::PostActivate => "post-activate",
+            Hook::PreStop => "pre-stop",
         }
     }
 

@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod health;
 pub mod hooks;
 pub mod lease;
+pub mod lifecycle;
 pub mod logging;
 pub mod notify;
 pub mod operator;

@@ -93,6 +93,9 @@ pub struct State {
     /// into. Recorded before it leaves them, so that a restart of drover puts it back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) out_of_service: Vec<String>,
+    /// `[autoscaling]`: the target lifecycle state whose hook drover completed last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) lifecycle_completed: Option<String>,
 }
 
 impl State {
@@ -171,6 +174,11 @@ impl State {
         self.good = Some(target.to_owned());
         self.previous = None;
         self.applied = None;
+    }
+
+    /// The lifecycle hook of the transition to `target` is completed.
+    pub fn lifecycle_completed(&mut self, target: &str) {
+        self.lifecycle_completed = Some(target.to_owned());
     }
 
     /// The instance is about to leave these target groups.

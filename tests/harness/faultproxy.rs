@@ -110,6 +110,19 @@ pub trait Front: Send + Sync {
     }
 }
 
+/// Several fronts: the first that answers a request answers it; all see moto's answers.
+impl Front for Vec<Arc<dyn Front>> {
+    fn answer(&self, request: &Request) -> Option<Answer> {
+        self.iter().find_map(|front| front.answer(request))
+    }
+
+    fn answered(&self, request: &Request, status: u16, body: &[u8]) {
+        for front in self {
+            front.answered(request, status, body);
+        }
+    }
+}
+
 /// A request as a [`Front`] sees it.
 pub struct Request {
     pub method: String,

@@ -4,12 +4,15 @@
 //! metadata_endpoint_url`), so the session-token dance is the real one:
 //! `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds`, then
 //! `GET /latest/meta-data/instance-id` with `X-aws-ec2-metadata-token`. A GET without a valid
-//! token is answered 401, as IMDSv2 answers it.
+//! token is answered 401, as IMDSv2 answers it. Other metadata paths (Auto Scaling's
+//! `autoscaling/target-lifecycle-state`, the instance's tags) answer what a test set with
+//! [`Imds::set`], and 404 until then, as IMDS does for an instance outside a group.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One emulated metadata endpoint; it stops when dropped.
@@ -18,7 +21,11 @@ pub struct Imds {
     instance_id: String,
     gets: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// `/latest/meta-data/...` path → its text.
+    paths: Paths,
 }
+
+type Paths = Arc<Mutex<BTreeMap<String, String>>>;
 
 impl Imds {
     /// Serves `instance_id` on a free port of 127.0.0.1.
@@ -31,15 +38,21 @@ impl Imds {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let token = format!("token-for-{instance_id}");
         let (gets, stop) = (Arc::default(), Arc::new(AtomicBool::new(false)));
-        let serving = (instance_id.to_owned(), Arc::clone(&gets), Arc::clone(&stop));
+        let paths: Paths = Arc::default();
+        let serving = (
+            instance_id.to_owned(),
+            Arc::clone(&gets),
+            Arc::clone(&stop),
+            Arc::clone(&paths),
+        );
         std::thread::Builder::new()
             .name(format!("imds-{port}"))
             .spawn(move || {
-                let (id, gets, stop) = serving;
+                let (id, gets, stop, paths) = serving;
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let _ = answer(stream, &id, &token, &gets);
+                            let _ = answer(stream, &id, &token, &gets, &paths);
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(20)),
                     }
@@ -51,7 +64,15 @@ impl Imds {
             instance_id: instance_id.to_owned(),
             gets,
             stop,
+            paths,
         }
+    }
+
+    /// Serves `text` at `/latest/meta-data/{path}` from now on, e.g.
+    /// `autoscaling/target-lifecycle-state`.
+    pub fn set(&self, path: &str, text: &str) {
+        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths.insert(format!("/latest/meta-data/{path}"), text.to_owned());
     }
 
     /// The URL for `[aws] metadata_endpoint_url`.
@@ -76,7 +97,13 @@ impl Drop for Imds {
 }
 
 /// Serves the requests of one connection (the client may keep it alive).
-fn answer(stream: TcpStream, id: &str, token: &str, gets: &AtomicUsize) -> std::io::Result<()> {
+fn answer(
+    stream: TcpStream,
+    id: &str,
+    token: &str,
+    gets: &AtomicUsize,
+    paths: &Mutex<BTreeMap<String, String>>,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -127,6 +154,13 @@ fn answer(stream: TcpStream, id: &str, token: &str, gets: &AtomicUsize) -> std::
             }
             ("GET", _) if given.as_deref() != Some(token) => {
                 ("401 Unauthorized", String::new(), String::new())
+            }
+            ("GET", path) => {
+                let paths = paths.lock().unwrap_or_else(|e| e.into_inner());
+                match paths.get(path) {
+                    Some(text) => ("200 OK", text.clone(), String::new()),
+                    None => ("404 Not Found", String::new(), String::new()),
+                }
             }
             _ => ("404 Not Found", String::new(), String::new()),
         };

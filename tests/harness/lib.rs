@@ -8,6 +8,7 @@
 //! The tests are one binary (`tests/integration.rs`), so they share one moto and run side by
 //! side; one that cannot share the machine takes it first with [`alone`].
 
+pub mod autoscaling;
 pub mod container;
 pub mod elb;
 pub mod faultproxy;

@@ -210,6 +210,20 @@ endpoint_url = "{endpoint}"
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
     }
 
+    /// The sample app's release directory for `version` (healthy), with `hooks/NAME` scripts.
+    pub fn release_dir_with_hooks(&self, version: &str, hooks: &[(&str, &str)]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::release::app_dir(&self.artifacts_dir(), version, true);
+        for (name, script) in hooks {
+            let path = dir.join("hooks").join(name);
+            let made = fs::create_dir_all(dir.join("hooks"))
+                .and_then(|()| fs::write(&path, format!("#!/bin/sh\n{script}\n")))
+                .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o755)));
+            made.unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+        dir
+    }
+
     /// `drover publish --version VERSION PATH`; panics when it fails.
     pub fn publish(&self, version: &str, path: &Path) {
         let path_text = path.to_string_lossy();

@@ -15,7 +15,9 @@ use crate::source::{DesiredSource, Parameter, SourceError};
 use crate::store::{ArtifactStore, Condition, ObjectBody, StoreError, Tagged};
 
 mod elb;
+mod scaling;
 pub use elb::Elb;
+pub use scaling::Scaling;
 
 /// Loads region and credentials from the default chain, with the config's overrides.
 pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
@@ -41,13 +43,12 @@ pub async fn sdk_config(cfg: &AwsConfig) -> aws_config::SdkConfig {
     loader.load().await
 }
 
-/// The instance id from IMDSv2 (`[fleet]` and rollouts), through aws-config's client: quick to
-/// give up off EC2.
-pub fn imds_identity(
+/// An IMDSv2 client, through aws-config's: quick to give up off EC2. `[aws]
+/// metadata_endpoint_url` points it elsewhere (an emulator).
+pub fn imds_client(
     sdk: &aws_config::SdkConfig,
     cfg: &AwsConfig,
-) -> Result<crate::fleet::Identity, crate::fleet::IdentityError> {
-    use crate::fleet::IdentityError;
+) -> Result<aws_config::imds::Client, String> {
     let mut provider = aws_config::provider_config::ProviderConfig::empty();
     if let Some(http) = sdk.http_client() {
         provider = provider.with_http_client(http);
@@ -59,11 +60,20 @@ pub fn imds_identity(
         .configure(&provider)
         .max_attempts(2);
     if let Some(url) = &cfg.metadata_endpoint_url {
-        builder = builder.endpoint(url).map_err(|e| {
-            IdentityError::Unreachable(format!("aws.metadata_endpoint_url {url:?}: {e}"))
-        })?;
+        builder = builder
+            .endpoint(url)
+            .map_err(|e| format!("aws.metadata_endpoint_url {url:?}: {e}"))?;
     }
-    let client = builder.build();
+    Ok(builder.build())
+}
+
+/// The instance id from IMDSv2 (`[fleet]`, rollouts, the load balancer and Auto Scaling).
+pub fn imds_identity(
+    sdk: &aws_config::SdkConfig,
+    cfg: &AwsConfig,
+) -> Result<crate::fleet::Identity, crate::fleet::IdentityError> {
+    use crate::fleet::IdentityError;
+    let client = imds_client(sdk, cfg).map_err(IdentityError::Unreachable)?;
     Ok(crate::fleet::Identity::lookup(Box::new(move || {
         let client = client.clone();
         Box::pin(async move {

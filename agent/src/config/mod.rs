@@ -55,6 +55,18 @@ pub struct Config {
     pub notify: Notify,
     pub fleet: Fleet,
     pub loadbalancer: Option<LoadBalancer>,
+    pub autoscaling: Option<AutoScaling>,
+}
+
+/// `[autoscaling]`: the lifecycle hooks drover completes (`lifecycle.rs`).
+#[derive(Clone, Debug)]
+pub struct AutoScaling {
+    /// Held at launch (and into a warm pool) until the instance runs a healthy release.
+    pub launch_hook: Option<String>,
+    /// Held at scale-in while the release's pre-stop hook runs and the instance drains.
+    pub terminate_hook: Option<String>,
+    /// The group; `None`: from IMDS tags, else `DescribeAutoScalingInstances`.
+    pub group: Option<String>,
 }
 
 /// `[loadbalancer]`: the target groups the instance leaves around a restart (`balancer.rs`).

@@ -27,6 +27,15 @@ pub struct File {
     #[serde(default)]
     pub fleet: Fleet,
     pub loadbalancer: Option<LoadBalancer>,
+    pub autoscaling: Option<AutoScaling>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AutoScaling {
+    pub launch_hook: Option<String>,
+    pub terminate_hook: Option<String>,
+    pub group: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::raw;
 use super::{
-    check_hooks_user, is_unit_name, spec_uid, AgentSection, Artifact, Aws, Config, ConfigError,
-    Environment, Fleet, Health, Hooks, LoadBalancer, Notify, Release, Service, Source,
+    check_hooks_user, is_unit_name, spec_uid, AgentSection, Artifact, AutoScaling, Aws, Config,
+    ConfigError, Environment, Fleet, Health, Hooks, LoadBalancer, Notify, Release, Service, Source,
     DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_SIZE,
 };
 use crate::lease::MaxInFlight;
@@ -31,6 +31,7 @@ pub(super) fn from_raw(raw: raw::File, path: &Path) -> Result<Config, ConfigErro
         .loadbalancer
         .map(|lb| loadbalancer(&c, lb))
         .transpose()?;
+    let autoscaling = raw.autoscaling.map(|a| autoscaling(&c, a)).transpose()?;
     Ok(Config {
         source,
         artifact,
@@ -44,6 +45,7 @@ pub(super) fn from_raw(raw: raw::File, path: &Path) -> Result<Config, ConfigErro
         notify,
         fleet,
         loadbalancer,
+        autoscaling,
     })
 }
 
@@ -355,6 +357,28 @@ fn loadbalancer(c: &Check, raw: raw::LoadBalancer) -> Result<LoadBalancer, Confi
         drain_timeout: optional("loadbalancer.drain_timeout", raw.drain_timeout)?,
         healthy_timeout: optional("loadbalancer.healthy_timeout", raw.healthy_timeout)?,
     })
+}
+
+/// Names as Auto Scaling allows them: 1 to 255 characters, no colon for a hook.
+fn autoscaling(c: &Check, raw: raw::AutoScaling) -> Result<AutoScaling, ConfigError> {
+    let name = |key: &'static str, value: Option<String>| match value {
+        Some(v) if v.is_empty() || v.len() > 255 || v.chars().any(char::is_control) => {
+            Err(c.invalid(key, format!("{v:?} is not a name Auto Scaling allows")))
+        }
+        other => Ok(other),
+    };
+    let hooks = AutoScaling {
+        launch_hook: name("autoscaling.launch_hook", raw.launch_hook)?,
+        terminate_hook: name("autoscaling.terminate_hook", raw.terminate_hook)?,
+        group: name("autoscaling.group", raw.group)?,
+    };
+    if hooks.launch_hook.is_none() && hooks.terminate_hook.is_none() {
+        return Err(c.invalid(
+            "autoscaling",
+            "name a launch_hook, a terminate_hook, or both",
+        ));
+    }
+    Ok(hooks)
 }
 
 fn agent(c: &Check, raw: raw::Agent) -> Result<AgentSection, ConfigError> {

@@ -15,6 +15,7 @@ mod fleet_gate;
 mod hook_steps;
 mod outcome;
 mod revert;
+mod scaling;
 mod settings;
 mod traffic;
 
@@ -27,6 +28,7 @@ use crate::environment::Settings;
 use crate::events::{emit, Event, Fields};
 use crate::fsutil::{IoContext, PathError};
 use crate::health::HealthProbe;
+use crate::lifecycle::AutoScaling;
 use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
 use crate::service::ServiceManager;
@@ -45,32 +47,36 @@ pub trait Parts {
     type Services: ServiceManager;
     type Probe: HealthProbe;
     type Balancer: LoadBalancer;
+    type Scaling: AutoScaling;
 }
 
-impl<S, A, M, H, B> Parts for (S, A, M, H, B)
+impl<S, A, M, H, B, C> Parts for (S, A, M, H, B, C)
 where
     S: DesiredSource,
     A: ArtifactStore,
     M: ServiceManager,
     H: HealthProbe,
     B: LoadBalancer,
+    C: AutoScaling,
 {
     type Source = S;
     type Store = A;
     type Services = M;
     type Probe = H;
     type Balancer = B;
+    type Scaling = C;
 }
 
 /// The outside world, as [`Agent::new`] takes it: the parameter, the artifacts, the service
-/// manager, and the ones a config may leave out: the health probe (`[health] url`) and the load
-/// balancer (`[loadbalancer]`).
-pub struct Outside<S, A, M, H, B> {
+/// manager, and the ones a config may leave out: the health probe (`[health] url`), the load
+/// balancer (`[loadbalancer]`) and Auto Scaling (`[autoscaling]`).
+pub struct Outside<S, A, M, H, B, C> {
     pub source: S,
     pub store: A,
     pub services: M,
     pub probe: Option<H>,
     pub balancer: Option<B>,
+    pub scaling: Option<C>,
 }
 
 /// The sections of the config a pass reads. Where the parameter is and how often to poll it,
@@ -85,6 +91,7 @@ pub struct Sections {
     pub environment: Option<config::Environment>,
     pub fleet: config::Fleet,
     pub loadbalancer: Option<config::LoadBalancer>,
+    pub autoscaling: Option<config::AutoScaling>,
 }
 
 impl From<Config> for Sections {
@@ -99,6 +106,7 @@ impl From<Config> for Sections {
             environment,
             fleet,
             loadbalancer,
+            autoscaling,
             source: _,
             aws: _,
             notify: _,
@@ -113,6 +121,7 @@ impl From<Config> for Sections {
             environment,
             fleet,
             loadbalancer,
+            autoscaling,
         }
     }
 }
@@ -124,6 +133,8 @@ pub struct Agent<P: Parts> {
     services: P::Services,
     probe: Option<P::Probe>,
     balancer: Option<P::Balancer>,
+    /// Shared with the heartbeats sent while a pass runs.
+    scaling: Option<std::rc::Rc<P::Scaling>>,
     layout: Layout,
     state_file: StateFile,
     mode: Mode,
@@ -140,17 +151,24 @@ pub struct Agent<P: Parts> {
     reported_status: Option<fleet_gate::Written>,
     /// `[fleet] max_in_flight`: the slot held this pass, given back at its end.
     lease: Option<crate::lease::Held>,
+    /// `[autoscaling]`: what was learnt of the group and its hooks.
+    lifecycle: scaling::Known,
 }
 
-impl<S, A, M, H, B> Agent<(S, A, M, H, B)>
+impl<S, A, M, H, B, C> Agent<(S, A, M, H, B, C)>
 where
     S: DesiredSource,
     A: ArtifactStore,
     M: ServiceManager,
     H: HealthProbe,
     B: LoadBalancer,
+    C: AutoScaling,
 {
-    pub fn new(config: impl Into<Sections>, outside: Outside<S, A, M, H, B>, mode: Mode) -> Self {
+    pub fn new(
+        config: impl Into<Sections>,
+        outside: Outside<S, A, M, H, B, C>,
+        mode: Mode,
+    ) -> Self {
         let config = config.into();
         let Outside {
             source,
@@ -158,6 +176,7 @@ where
             services,
             probe,
             balancer,
+            scaling,
         } = outside;
         Self {
             layout: Layout::new(&config.release.root),
@@ -168,6 +187,8 @@ where
             services,
             probe,
             balancer,
+            scaling: scaling.map(std::rc::Rc::new),
+            lifecycle: scaling::Known::default(),
             mode,
             reported: None,
             settings: None,

@@ -31,6 +31,8 @@ pub enum Outcome {
     AwaitingTurn,
     /// Enough of the fleet failed the request: this instance holds at what it runs.
     Halted,
+    /// `[fleet] max_in_flight` instances are out of service already: this one waits for a slot.
+    AwaitingSlot,
 }
 
 impl Outcome {
@@ -52,6 +54,7 @@ impl Outcome {
             Outcome::EnvironmentApplied => "applied a new environment",
             Outcome::AwaitingTurn => "waiting for this instance's turn in the rollout",
             Outcome::Halted => "rollout halted: too many instances failed the version",
+            Outcome::AwaitingSlot => "waiting for a slot to leave service",
         }
     }
 
@@ -68,7 +71,7 @@ impl Outcome {
             Outcome::Rejected => Status::Rejected,
             Outcome::Aborted => Status::Aborted,
             Outcome::Unhealthy => Status::Unhealthy,
-            Outcome::AwaitingTurn => Status::Waiting,
+            Outcome::AwaitingTurn | Outcome::AwaitingSlot => Status::Waiting,
             Outcome::Halted => Status::Halted,
             Outcome::Skipped
             | Outcome::Invalid

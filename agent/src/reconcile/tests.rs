@@ -83,6 +83,7 @@ type TestParts = (
     Rc<FakeUnits>,
     ReleaseProbe,
     Rc<MemBalancer>,
+    crate::lifecycle::NoAutoScaling,
 );
 
 struct World {
@@ -136,6 +137,7 @@ impl World {
             services: units.clone(),
             probe: Some(ReleaseProbe(root.clone())),
             balancer: Some(lb.clone()),
+            scaling: None,
         };
         let agent = Agent::new(config, outside, Mode::Daemon)
             .with_identity(crate::fleet::Identity::Fixed("i-test".into()));

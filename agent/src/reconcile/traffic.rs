@@ -40,6 +40,10 @@ impl<P: Parts> Agent<P> {
         request: &Request,
         fields: &Fields<'_>,
     ) -> Result<(), Outcome> {
+        if self.lifecycle.launching {
+            // Not in service yet: nothing to take out of it.
+            return Ok(());
+        }
         let fleet = &self.config.fleet;
         let (Some(max), Some(prefix), None) = (
             fleet.max_in_flight,
@@ -100,7 +104,7 @@ impl<P: Parts> Agent<P> {
                 Err(e) => return failed("Taking a lease slot", e.to_string()),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Outcome::Waiting);
+                return Err(Outcome::AwaitingSlot);
             }
             tokio::time::sleep(LEASE_POLL).await;
         }
