@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_tests::autoscaling::{put_lifecycle_hook, Lifecycle};
+use drover_tests::autoscaling::{create_group_with_one_instance, put_lifecycle_hook, Lifecycle};
 use drover_tests::elb::{create_target_group, Elb, Settings};
 use drover_tests::faultproxy::{Fault, FaultProxy, Front, Match};
 use drover_tests::imds::Imds;
@@ -32,20 +32,30 @@ struct Stage {
 }
 
 impl Stage {
-    /// An instance of the Auto Scaling group `asg-{label}`, on its way to `target`.
+    /// An instance of the Auto Scaling group `asg-{label}`, on its way to `target`, which
+    /// finds its group in its instance tags.
     fn new(label: &str, target: &str) -> Stage {
+        Stage::with_group(label, target, false)
+    }
+
+    /// With `in_moto`, the group and its instance are moto's, and the instance's tags are not
+    /// in its metadata (EC2's default): drover asks `DescribeAutoScalingInstances`.
+    fn with_group(label: &str, target: &str, in_moto: bool) -> Stage {
         let world = World::new(label);
         let lifecycle = Lifecycle::default();
         let elb = Elb::start(Settings::default());
         let fronts: Vec<Arc<dyn Front>> = vec![lifecycle.front(), elb.front()];
         let proxy = FaultProxy::with_front(Arc::new(fronts));
-        let imds = Imds::start(&format!(
-            "i-{:017x}",
-            0xa5c_0000 + u64::from(world.app_port)
-        ));
         let group = format!("asg-{}", world.name);
+        let id = match in_moto {
+            true => create_group_with_one_instance(&group),
+            false => format!("i-{:017x}", 0xa5c_0000 + u64::from(world.app_port)),
+        };
+        let imds = Imds::start(&id);
         imds.set("autoscaling/target-lifecycle-state", target);
-        imds.set("tags/instance/aws:autoscaling:groupName", &group);
+        if !in_moto {
+            imds.set("tags/instance/aws:autoscaling:groupName", &group);
+        }
         Stage {
             app_port: drover_tests::free_port(),
             world,
@@ -133,7 +143,8 @@ fn a_scale_out_instance_continues_its_launch_only_once_healthy_with_heartbeats_m
 
 #[test]
 fn a_broken_desired_version_abandons_the_launch() {
-    let stage = Stage::new("asg-abandon", "InService");
+    // The group is moto's, found with DescribeAutoScalingInstances: the completion names it.
+    let stage = Stage::with_group("asg-abandon", "InService", true);
     put_lifecycle_hook(&stage.group, "launch", LAUNCH, 300);
     stage.lifecycle.hold(stage.id(), &stage.group, "launch");
     stage.world.release("1.0.0", false);

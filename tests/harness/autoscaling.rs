@@ -143,3 +143,44 @@ pub fn put_lifecycle_hook(group: &str, hook: &str, transition: &str, heartbeat_s
         ),
     );
 }
+
+/// An Auto Scaling group `name` in moto with one instance (from a launch configuration of one
+/// of moto's images); returns the instance's id, which `DescribeAutoScalingInstances` places in
+/// the group.
+pub fn create_group_with_one_instance(name: &str) -> String {
+    let moto = crate::Moto::shared();
+    let images = moto.query("ec2", "Action=DescribeImages&Version=2016-11-15");
+    let image = between(&images, "<imageId>", "</imageId>")
+        .unwrap_or_else(|| panic!("moto: DescribeImages gave no image: {images}"));
+    moto.query(
+        "autoscaling",
+        &format!(
+            "Action=CreateLaunchConfiguration&Version=2011-01-01&LaunchConfigurationName={name}\
+             &ImageId={image}&InstanceType=t3.micro"
+        ),
+    );
+    moto.query(
+        "autoscaling",
+        &format!(
+            "Action=CreateAutoScalingGroup&Version=2011-01-01&AutoScalingGroupName={name}\
+             &LaunchConfigurationName={name}&MinSize=1&MaxSize=1&DesiredCapacity=1\
+             &AvailabilityZones.member.1=us-east-1a"
+        ),
+    );
+    let found = moto.query(
+        "autoscaling",
+        &format!(
+            "Action=DescribeAutoScalingGroups&Version=2011-01-01\
+             &AutoScalingGroupNames.member.1={name}"
+        ),
+    );
+    between(&found, "<InstanceId>", "</InstanceId>")
+        .unwrap_or_else(|| panic!("moto: group {name} has no instance: {found}"))
+}
+
+/// The text between the first `open` and the `close` after it (of an XML answer).
+pub(crate) fn between(text: &str, open: &str, close: &str) -> Option<String> {
+    let start = text.find(open)? + open.len();
+    let end = text[start..].find(close)? + start;
+    Some(text[start..end].trim().to_owned())
+}

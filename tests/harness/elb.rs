@@ -456,8 +456,4 @@ pub fn create_target_group(name: &str, delay: Duration) -> String {
     arn
 }
 
-fn between(text: &str, open: &str, close: &str) -> Option<String> {
-    let start = text.find(open)? + open.len();
-    let end = text[start..].find(close)? + start;
-    Some(text[start..end].trim().to_owned())
-}
+use crate::autoscaling::between;
