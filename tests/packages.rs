@@ -23,7 +23,7 @@ const DEB_DIR_INSIDE: &str = "/mnt/drover-deb";
 /// Keys of the example config that are optional and have no default: left commented out when
 /// the test spells out every default.
 /// Keys without a default, or (`file`) meaningful only beside one of them.
-const NO_DEFAULT: [&str; 11] = [
+const NO_DEFAULT: [&str; 19] = [
     "trusted_keys",
     "owner",
     "url",
@@ -35,6 +35,14 @@ const NO_DEFAULT: [&str; 11] = [
     "file",
     "webhook_url",
     "status_prefix",
+    "max_in_flight",
+    "target_groups",
+    "port",
+    "drain_timeout",
+    "healthy_timeout",
+    "launch_hook",
+    "terminate_hook",
+    "group",
 ];
 
 /// `$DROVER_DEB`, which must name an existing file.
@@ -304,11 +312,12 @@ fn keys(toml: &str) -> BTreeSet<(String, String)> {
     let mut section = String::new();
     let mut keys = BTreeSet::new();
     for line in toml.lines().map(str::trim) {
+        // A section may be commented out as a whole (`#[loadbalancer]`), as its keys are.
+        let line = line.strip_prefix('#').unwrap_or(line);
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
             section = name.to_string();
             continue;
         }
-        let line = line.strip_prefix('#').unwrap_or(line);
         if let Some((key, _)) = line.split_once(" = ") {
             if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
                 keys.insert((section.clone(), key.to_string()));
@@ -378,4 +387,50 @@ fn example_config_needs_only_a_bucket_and_shows_the_defaults() {
         .collect();
     assert!(uncommented >= 15, "only {uncommented} defaults uncommented");
     assert_eq!(parse(&spelled_out).map(|c| format!("{c:?}")), defaults);
+}
+
+/// The config the example CloudFormation template's user-data writes is one drover loads, with
+/// `[fleet]`, `[loadbalancer]` and `[autoscaling]` as docs/AUTOSCALING.md sets them up.
+#[test]
+fn the_cloudformation_example_writes_a_config_drover_loads() {
+    let template = read(&workspace_dir().join("packaging/cloudformation/drover-example.yaml"));
+    let start = template
+        .find("- path: /etc/drover/config.toml")
+        .expect("the template writes /etc/drover/config.toml");
+    let body = &template[start..];
+    let body = &body[body.find("content: |").expect("its content") + "content: |".len()..];
+    let end = body.find("- path:").expect("another file after it");
+    let indent = "                  ";
+    let config: String = body[..end]
+        .lines()
+        .map(|line| line.strip_prefix(indent).unwrap_or(line.trim()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let filled = [
+        ("${ParameterName}", "/app/current-version"),
+        ("${BucketName}", "my-releases"),
+        ("${ReleasePrefix}", "releases/"),
+        ("${AppUnit}", "app.service"),
+        ("${HealthUrl}", "http://127.0.0.1:8080/health"),
+        ("${AWS::Region}", "eu-west-1"),
+        ("${StatusPrefix}", "drover/status/"),
+        (
+            "${TargetGroup}",
+            "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/drover-app/0123456789abcdef",
+        ),
+        ("${AppPort}", "8080"),
+        ("${GroupName}", "drover-app"),
+    ]
+    .iter()
+    .fold(config, |text, (name, value)| text.replace(name, value));
+    assert!(!filled.contains("${"), "a placeholder left: {filled}");
+    let config = parse(&filled).unwrap_or_else(|e| panic!("{e}\n{filled}"));
+    assert_eq!(
+        config.fleet.max_in_flight,
+        Some(drover::lease::MaxInFlight::Count(1))
+    );
+    assert_eq!(config.loadbalancer.map(|lb| lb.port), Some(Some(8080)));
+    let autoscaling = config.autoscaling.expect("[autoscaling]");
+    assert_eq!(autoscaling.launch_hook.as_deref(), Some("drover-launch"));
+    assert_eq!(autoscaling.group.as_deref(), Some("drover-app"));
 }

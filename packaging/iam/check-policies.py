@@ -1,5 +1,6 @@
 """Checks that the IAM policy files use only the documented placeholders, and that the example
-CloudFormation template's instance role grants exactly drover-instance-policy.json.
+CloudFormation template's instance role grants exactly the instance policies: each inline policy
+is the JSON file its name says (POLICIES), and every one of them is there.
 
 Usage: check-policies.py IAM_DIR TEMPLATE (needs PyYAML, which cfn-lint brings)."""
 
@@ -11,7 +12,14 @@ import sys
 import yaml
 
 PLACEHOLDERS = {"Partition", "Region", "AccountId", "BucketName", "ReleasePrefix",
-                "ParameterName", "KmsKeyId", "StatusPrefix"}
+                "ParameterName", "KmsKeyId", "StatusPrefix", "TargetGroupName", "GroupName"}
+# The template role's inline policies, by name, and the file each must equal.
+POLICIES = {
+    "drover-instance": "drover-instance-policy.json",
+    "drover-instance-fleet": "drover-instance-fleet-policy.json",
+    "drover-instance-loadbalancer": "drover-instance-loadbalancer-policy.json",
+    "drover-instance-autoscaling": "drover-instance-autoscaling-policy.json",
+}
 # The JSON files' account-level placeholders are CloudFormation pseudo parameters in the template.
 PSEUDO = {"Partition": "AWS::Partition", "Region": "AWS::Region", "AccountId": "AWS::AccountId"}
 
@@ -58,15 +66,19 @@ def main(iam_dir, template_path):
     yaml.SafeLoader.add_multi_constructor("!", cfn_tag)
     template = yaml.safe_load(pathlib.Path(template_path).read_text())
     role = template["Resources"]["InstanceRole"]["Properties"]
-    [inline] = role["Policies"]
-    got = unsub(inline["PolicyDocument"])
-    want = as_template(json.loads((pathlib.Path(iam_dir) / "drover-instance-policy.json").read_text()))
-    if got != want:
-        errors.append(
-            f"{template_path}: InstanceRole's policy differs from drover-instance-policy.json\n"
-            f"  template: {json.dumps(got, sort_keys=True)}\n"
-            f"  expected: {json.dumps(want, sort_keys=True)}"
-        )
+    inline = {p["PolicyName"]: unsub(p["PolicyDocument"]) for p in role["Policies"]}
+    if sorted(inline) != sorted(POLICIES):
+        errors.append(f"{template_path}: InstanceRole's policies are {sorted(inline)}, "
+                      f"expected {sorted(POLICIES)}")
+    for name, file in POLICIES.items():
+        got = inline.get(name)
+        want = as_template(json.loads((pathlib.Path(iam_dir) / file).read_text()))
+        if got is not None and got != want:
+            errors.append(
+                f"{template_path}: InstanceRole's policy {name} differs from {file}\n"
+                f"  template: {json.dumps(got, sort_keys=True)}\n"
+                f"  expected: {json.dumps(want, sort_keys=True)}"
+            )
     for e in errors:
         print(e, file=sys.stderr)
     return 1 if errors else 0
