@@ -280,6 +280,8 @@ pub(crate) mod tests {
         /// Group → (registered?, since, found unhealthy?).
         pub targets: RefCell<HashMap<String, (bool, Instant, bool)>>,
         pub calls: RefCell<Vec<String>>,
+        /// A group whose `DeregisterTargets` is denied.
+        pub denied: RefCell<Option<String>>,
     }
 
     impl MemBalancer {
@@ -319,6 +321,12 @@ pub(crate) mod tests {
             })
         }
         async fn deregister(&self, group: &str, _: &Target) -> Result<(), BalancerError> {
+            if self.denied.borrow().as_deref() == Some(group) {
+                return Err(BalancerError::Api {
+                    group: group.to_owned(),
+                    message: "DeregisterTargets: AccessDenied (HTTP 403)".into(),
+                });
+            }
             self.calls.borrow_mut().push(format!("deregister {group}"));
             self.targets
                 .borrow_mut()

@@ -77,6 +77,7 @@ impl<P: Parts> Agent<P> {
             return outcome;
         }
         if let Err(error) = self.leave_service(state, &fields).await {
+            self.rejoin_if_left(state).await;
             return self.stopped_before_switch(state, request, &version, &fields, error);
         }
 

@@ -504,3 +504,32 @@ async fn groups_left_by_a_killed_drover_get_the_instance_back_on_the_next_pass()
     );
     assert!(w.state().out_of_service.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_load_balancer_call_that_fails_stops_the_deploy_before_the_switch_and_puts_the_instance_back(
+) {
+    let second = GROUP.replace("/app/", "/api/");
+    let mut w = World::with_config(
+        &[("1", true), ("2", true)],
+        &format!("[loadbalancer]\ntarget_groups = [\"{GROUP}\", \"{second}\"]\nport = 8080\n"),
+    );
+    let long_ago = tokio::time::Instant::now() - std::time::Duration::from_secs(3600);
+    (w.lb.targets.borrow_mut()).insert(second.clone(), (true, long_ago, false));
+    w.put("1");
+    assert_eq!(w.agent.reconcile().await, Outcome::Deployed);
+    *w.lb.denied.borrow_mut() = Some(second.clone());
+    w.lb.calls.borrow_mut().clear();
+    w.put("2");
+    assert_eq!(w.agent.reconcile().await, Outcome::Retry);
+    assert_eq!(w.active().as_deref(), Some("1"), "nothing switched");
+    assert_eq!(
+        *w.lb.calls.borrow(),
+        [
+            format!("deregister {GROUP}"),
+            format!("register {GROUP}"),
+            format!("register {second}")
+        ],
+        "the group it left, and the one it was still in, have it back"
+    );
+    assert!(w.state().out_of_service.is_empty());
+}
