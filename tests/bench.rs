@@ -520,6 +520,10 @@ impl Bench {
         let cpu = (daemon.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
         let rss_idle = daemon.rss_kib();
         let peak_idle = proc_status_kib(daemon.pid(), "VmHWM");
+        let (anon, file) = (
+            proc_status_kib(daemon.pid(), "RssAnon"),
+            proc_status_kib(daemon.pid(), "RssFile"),
+        );
 
         for v in 2..=20 {
             self.ok(&agent, &["promote", &v.to_string()]);
@@ -534,10 +538,13 @@ impl Bench {
         let line = format!(
             "\n`drover run` with [fleet] max_in_flight, [loadbalancer] and [autoscaling], \
              poll_interval 1s, idle {idle} s: {polls} polls, {calls} GetParameter \
-             calls, CPU {cpu:.3} % of one core, RSS {:.1} MiB (peak {:.1} MiB)\n\
+             calls, CPU {cpu:.3} % of one core, RSS {:.1} MiB (peak {:.1} MiB; anonymous {:.1}, \
+             the binary's pages {:.1})\n\
              RSS after the first deployment {:.1} MiB, after 20: {:.1} MiB ({:.2}×)\n",
             rss_idle as f64 / 1024.0,
             peak_idle as f64 / 1024.0,
+            anon as f64 / 1024.0,
+            file as f64 / 1024.0,
             rss_first as f64 / 1024.0,
             rss_20 as f64 / 1024.0,
             rss_20 as f64 / rss_first as f64

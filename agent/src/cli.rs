@@ -414,13 +414,12 @@ async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
         .map(crate::webhook::Webhook::new)
         .transpose()?;
     // Asked only when a rollout or [fleet] needs the instance id.
-    let identity = aws::imds_identity(&sdk, &config.aws).map_err(|e| e.to_string())?;
+    let imds = aws::imds_client(&sdk, &config.aws)
+        .map_err(|e| crate::fleet::IdentityError::Unreachable(e).to_string())?;
+    let identity = aws::identity_from(imds.clone());
     let balancer = (config.loadbalancer.is_some()).then(|| aws::Elb::new(&sdk));
     let scaling = match &config.autoscaling {
-        Some(autoscaling) => {
-            let imds = aws::imds_client(&sdk, &config.aws)?;
-            Some(aws::Scaling::new(&sdk, imds, autoscaling.group.clone()))
-        }
+        Some(autoscaling) => Some(aws::Scaling::new(&sdk, imds, autoscaling.group.clone())),
         None => None,
     };
     let outside = Outside {

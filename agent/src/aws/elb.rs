@@ -9,16 +9,23 @@ use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use super::describe;
 use crate::balancer::{BalancerError, Group, LoadBalancer, Target, TargetState};
 
-/// Elastic Load Balancing (v2) behind [`LoadBalancer`], for `[loadbalancer]`.
+/// Elastic Load Balancing (v2) behind [`LoadBalancer`], for `[loadbalancer]`. The client is
+/// made at the first call: an idle daemon never makes one (less memory while it polls).
 pub struct Elb {
-    client: aws_sdk_elasticloadbalancingv2::Client,
+    sdk: aws_config::SdkConfig,
+    made: std::cell::OnceCell<aws_sdk_elasticloadbalancingv2::Client>,
 }
 
 impl Elb {
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
         Elb {
-            client: aws_sdk_elasticloadbalancingv2::Client::new(sdk),
+            sdk: sdk.clone(),
+            made: std::cell::OnceCell::new(),
         }
+    }
+
+    fn client(&self) -> &aws_sdk_elasticloadbalancingv2::Client {
+        (self.made).get_or_init(|| aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk))
     }
 
     fn described(target: &Target) -> TargetDescription {
@@ -41,7 +48,7 @@ where
 
 impl LoadBalancer for Elb {
     async fn describe(&self, group: &str) -> Result<Group, BalancerError> {
-        let groups = (self.client.describe_target_groups())
+        let groups = (self.client().describe_target_groups())
             .target_group_arns(group)
             .send()
             .await
@@ -49,7 +56,7 @@ impl LoadBalancer for Elb {
         let found = groups.target_groups().first();
         let seconds =
             |v: Option<i32>, default: u64| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(default);
-        let attributes = (self.client.describe_target_group_attributes())
+        let attributes = (self.client().describe_target_group_attributes())
             .target_group_arn(group)
             .send()
             .await
@@ -70,7 +77,7 @@ impl LoadBalancer for Elb {
     }
 
     async fn state(&self, group: &str, target: &Target) -> Result<TargetState, BalancerError> {
-        let health = (self.client.describe_target_health())
+        let health = (self.client().describe_target_health())
             .target_group_arn(group)
             .targets(Self::described(target))
             .send()
@@ -83,7 +90,7 @@ impl LoadBalancer for Elb {
     }
 
     async fn deregister(&self, group: &str, target: &Target) -> Result<(), BalancerError> {
-        (self.client.deregister_targets())
+        (self.client().deregister_targets())
             .target_group_arn(group)
             .targets(Self::described(target))
             .send()
@@ -93,7 +100,7 @@ impl LoadBalancer for Elb {
     }
 
     async fn register(&self, group: &str, target: &Target) -> Result<(), BalancerError> {
-        (self.client.register_targets())
+        (self.client().register_targets())
             .target_group_arn(group)
             .targets(Self::described(target))
             .send()

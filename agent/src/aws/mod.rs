@@ -72,16 +72,21 @@ pub fn imds_identity(
     sdk: &aws_config::SdkConfig,
     cfg: &AwsConfig,
 ) -> Result<crate::fleet::Identity, crate::fleet::IdentityError> {
+    let client = imds_client(sdk, cfg).map_err(crate::fleet::IdentityError::Unreachable)?;
+    Ok(identity_from(client))
+}
+
+/// [`imds_identity`] through a client made already (one per process is enough).
+pub fn identity_from(client: aws_config::imds::Client) -> crate::fleet::Identity {
     use crate::fleet::IdentityError;
-    let client = imds_client(sdk, cfg).map_err(IdentityError::Unreachable)?;
-    Ok(crate::fleet::Identity::lookup(Box::new(move || {
+    crate::fleet::Identity::lookup(Box::new(move || {
         let client = client.clone();
         Box::pin(async move {
             let id = client.get("/latest/meta-data/instance-id").await;
             id.map(|id| id.as_ref().to_owned())
                 .map_err(|e| IdentityError::Unreachable(causes(&e)))
         })
-    })))
+    }))
 }
 
 pub fn s3_client(sdk: &aws_config::SdkConfig, cfg: &AwsConfig) -> aws_sdk_s3::Client {

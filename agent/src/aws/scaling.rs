@@ -10,9 +10,11 @@ use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
 use super::{causes, describe};
 use crate::lifecycle::{Action, AutoScaling, LifecycleError};
 
+/// The Auto Scaling client is made at the first call: most passes only ask IMDS.
 pub struct Scaling {
     imds: aws_config::imds::Client,
-    client: aws_sdk_autoscaling::Client,
+    sdk: aws_config::SdkConfig,
+    made: std::cell::OnceCell<aws_sdk_autoscaling::Client>,
     /// `[autoscaling] group`, when the config names it.
     group: Option<String>,
 }
@@ -25,9 +27,14 @@ impl Scaling {
     ) -> Self {
         Scaling {
             imds,
-            client: aws_sdk_autoscaling::Client::new(sdk),
+            sdk: sdk.clone(),
+            made: std::cell::OnceCell::new(),
             group,
         }
+    }
+
+    fn client(&self) -> &aws_sdk_autoscaling::Client {
+        (self.made).get_or_init(|| aws_sdk_autoscaling::Client::new(&self.sdk))
     }
 
     /// A metadata path's text; `None` when IMDS says there is no such path (404).
@@ -62,7 +69,7 @@ impl AutoScaling for Scaling {
         if let Ok(Some(group)) = self.metadata(tag).await {
             return Ok(group);
         }
-        let found = (self.client.describe_auto_scaling_instances())
+        let found = (self.client().describe_auto_scaling_instances())
             .instance_ids(instance)
             .send()
             .await
@@ -74,7 +81,7 @@ impl AutoScaling for Scaling {
     }
 
     async fn heartbeat_timeout(&self, group: &str, hook: &str) -> Result<Duration, LifecycleError> {
-        let hooks = (self.client.describe_lifecycle_hooks())
+        let hooks = (self.client().describe_lifecycle_hooks())
             .auto_scaling_group_name(group)
             .lifecycle_hook_names(hook)
             .send()
@@ -97,7 +104,7 @@ impl AutoScaling for Scaling {
         instance: &str,
         action: Action,
     ) -> Result<(), LifecycleError> {
-        (self.client.complete_lifecycle_action())
+        (self.client().complete_lifecycle_action())
             .auto_scaling_group_name(group)
             .lifecycle_hook_name(hook)
             .instance_id(instance)
@@ -114,7 +121,7 @@ impl AutoScaling for Scaling {
         hook: &str,
         instance: &str,
     ) -> Result<(), LifecycleError> {
-        (self.client.record_lifecycle_action_heartbeat())
+        (self.client().record_lifecycle_action_heartbeat())
             .auto_scaling_group_name(group)
             .lifecycle_hook_name(hook)
             .instance_id(instance)

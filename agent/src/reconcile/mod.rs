@@ -338,6 +338,9 @@ impl<P: Parts> Agent<P> {
         self.give_lease_back().await;
         self.report(&state, &request, &desired, &place, outcome, tried)
             .await;
+        if tried {
+            give_memory_back();
+        }
         outcome
     }
 
@@ -461,6 +464,17 @@ impl<P: Parts> Agent<P> {
 
     fn save(&self, state: &State) -> Result<(), StateError> {
         self.state_file.save(state)
+    }
+}
+
+/// After a deploy: the heap its buffers and the unpacking threads grew goes back to the system,
+/// so that an idle daemon holds what polling needs, not what the last download needed.
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim takes no pointers; it only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
