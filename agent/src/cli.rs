@@ -418,10 +418,8 @@ async fn build_agent(config: Config, mode: Mode) -> Result<RealAgent, String> {
         .map_err(|e| crate::fleet::IdentityError::Unreachable(e).to_string())?;
     let identity = aws::identity_from(imds.clone());
     let balancer = (config.loadbalancer.is_some()).then(|| aws::Elb::new(&sdk));
-    let scaling = match &config.autoscaling {
-        Some(autoscaling) => Some(aws::Scaling::new(&sdk, imds, autoscaling.group.clone())),
-        None => None,
-    };
+    let scaling = (config.autoscaling.as_ref())
+        .map(|autoscaling| aws::Scaling::new(&sdk, imds, autoscaling.group.clone()));
     let outside = Outside {
         source,
         store,
