@@ -170,6 +170,14 @@ fn mask_word(word: &str) -> String {
     if word.starts_with(".tmp") {
         return "<tmp>".into();
     }
+    // A hook's scope is named after its process id: `drover-hook-validate-198.scope`.
+    if let Some(unit) = word.strip_suffix(".scope") {
+        if let Some((name, pid)) = unit.rsplit_once('-') {
+            if pid.chars().all(|c| c.is_ascii_digit()) {
+                return format!("{name}-<pid>.scope");
+            }
+        }
+    }
     // A port the test picked: `127.0.0.1:46753`.
     if let Some((host, port)) = word.rsplit_once(':') {
         if host.starts_with("127.") && port.parse::<u16>().is_ok() {
@@ -219,6 +227,10 @@ mod tests {
                 std::process::id()
             )),
             "s3://drover-<pid>-x-4/a http://127.0.0.1:<port>/health"
+        );
+        assert_eq!(
+            mask("0::/system.slice/drover-hook-pre-activate-198.scope"),
+            "0::/system.slice/drover-hook-pre-activate-<pid>.scope"
         );
         assert_eq!(
             mask("Verified a: 2105 bytes, b bytes"),
