@@ -90,7 +90,15 @@ pub async fn get_small<S: ArtifactStore>(
     key: &str,
     max: usize,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut body = store.get(key).await?;
+    read_small(store.get(key).await?, key, max).await
+}
+
+/// The rest of `body` (of the object at `key`), refusing more than `max` bytes.
+pub async fn read_small<B: ObjectBody>(
+    mut body: B,
+    key: &str,
+    max: usize,
+) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::new();
     while let Some(chunk) = body.next_chunk().await? {
         out.extend_from_slice(&chunk);

@@ -378,6 +378,8 @@ impl S3Store {
 pub struct S3Body {
     stream: ByteStream,
     len: Option<u64>,
+    /// The object's entity tag, for a conditional write after this read (lease slots).
+    etag: Option<String>,
     bucket: String,
     key: String,
     stall_timeout: Duration,
@@ -420,6 +422,7 @@ impl ArtifactStore for S3Store {
             .map_err(|e| self.error(key, e))?;
         Ok(S3Body {
             len: out.content_length().and_then(|l| u64::try_from(l).ok()),
+            etag: out.e_tag().map(str::to_owned),
             stream: out.body,
             bucket: self.bucket.clone(),
             key: key.to_owned(),
@@ -432,40 +435,14 @@ impl ArtifactStore for S3Store {
     }
 
     async fn get_tagged(&self, key: &str, max: usize) -> Result<Option<Tagged>, StoreError> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => match self.error(key, e) {
-                StoreError::NotFound { .. } => return Ok(None),
-                other => return Err(other),
-            },
+        let body = match self.get(key).await {
+            Ok(body) => body,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let etag = out.e_tag().unwrap_or_default().to_owned();
-        let mut body = S3Body {
-            len: out.content_length().and_then(|l| u64::try_from(l).ok()),
-            stream: out.body,
-            bucket: self.bucket.clone(),
-            key: key.to_owned(),
-            stall_timeout: self.stall_timeout,
-        };
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.next_chunk().await? {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() > max {
-                return Err(StoreError::Failed {
-                    bucket: self.bucket.clone(),
-                    key: key.to_owned(),
-                    message: format!("object is larger than {max} bytes"),
-                });
-            }
-        }
-        Ok(Some(Tagged { body: bytes, etag }))
+        let etag = body.etag.clone().unwrap_or_default();
+        let body = crate::store::read_small(body, key, max).await?;
+        Ok(Some(Tagged { body, etag }))
     }
 
     async fn put_if(

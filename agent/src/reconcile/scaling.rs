@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::{lock_state, Agent, Outcome, Parts};
-use crate::balancer;
 use crate::events::{emit, Event, Fields};
 use crate::hooks::Hook;
 use crate::lifecycle::{self, Action, AutoScaling, LifecycleError, Transition};
@@ -184,52 +183,10 @@ impl<P: Parts> Agent<P> {
             // Reported, not acted on: the instance goes either way.
             let _ = self.run_hook(Hook::PreStop, version, &fields).await;
         }
-        if let Err(e) = self.drain_for_good(&fields).await {
+        if let Err(e) = self.leave_for_good(&fields).await {
             self.lifecycle_failed(Some(hook), &e.to_string());
         }
         self.complete(held, Action::Continue).await;
-    }
-
-    async fn drain_for_good(&mut self, fields: &Fields<'_>) -> Result<(), super::Error> {
-        let Some(lb) = self.config.loadbalancer.clone() else {
-            return Ok(());
-        };
-        let id = self.instance_id().await?;
-        let Some(balancer) = self.balancer.as_ref() else {
-            return Ok(());
-        };
-        let target = balancer::Target { id, port: lb.port };
-        let groups = balancer::registered_in(balancer, &lb.target_groups, &target).await?;
-        if groups.is_empty() {
-            return Ok(());
-        }
-        let names = groups.join(" ");
-        let fields = Fields {
-            target_groups: Some(&names),
-            ..*fields
-        };
-        emit(
-            Event::DrainStarted,
-            &fields,
-            &format!(
-                "Deregistered {} from {names} for scale-in; draining",
-                target.id
-            ),
-        );
-        let pace = balancer::Pace {
-            drain_timeout: lb.drain_timeout,
-            healthy_timeout: lb.healthy_timeout,
-        };
-        let drained = balancer::drain(balancer, &groups, &target, pace).await?;
-        emit(
-            Event::Drained,
-            &Fields {
-                duration_ms: Some(u64::try_from(drained.took.as_millis()).unwrap_or(u64::MAX)),
-                ..fields
-            },
-            &format!("Drained in {:.1} s", drained.took.as_secs_f64()),
-        );
-        Ok(())
     }
 
     /// `CompleteLifecycleAction`, remembered in the state once it is done (or Auto Scaling has

@@ -146,6 +146,22 @@ impl<P: Parts> Agent<P> {
         state: &mut State,
         fields: &Fields<'_>,
     ) -> Result<(), Error> {
+        self.leave_groups(Some(state), fields).await
+    }
+
+    /// Out of its target groups for good (scale-in): the groups are not recorded, so nothing
+    /// puts the instance back.
+    pub(super) async fn leave_for_good(&mut self, fields: &Fields<'_>) -> Result<(), Error> {
+        self.leave_groups(None, fields).await
+    }
+
+    /// Deregisters the instance from the groups it is in and waits for the drain; with a
+    /// `state`, the groups are recorded in it first, to be rejoined.
+    async fn leave_groups(
+        &mut self,
+        state: Option<&mut State>,
+        fields: &Fields<'_>,
+    ) -> Result<(), Error> {
         let membership = self.membership().await?;
         let (
             Some(Membership {
@@ -162,8 +178,11 @@ impl<P: Parts> Agent<P> {
         if groups.is_empty() {
             return Ok(());
         }
-        state.leaving_service(&groups);
-        self.save(state)?;
+        let returning = state.is_some();
+        if let Some(state) = state {
+            state.leaving_service(&groups);
+            self.save(state)?;
+        }
         renew(
             &self.store,
             self.lease.as_mut(),
@@ -175,10 +194,11 @@ impl<P: Parts> Agent<P> {
             target_groups: Some(&names),
             ..*fields
         };
+        let why = if returning { "" } else { " for scale-in" };
         emit(
             Event::DrainStarted,
             &fields,
-            &format!("Deregistered {} from {names}; draining", target.id),
+            &format!("Deregistered {} from {names}{why}; draining", target.id),
         );
         let drained = balancer::drain(lb, &groups, &target, pace).await?;
         let ms = millis(drained.took);
@@ -189,7 +209,7 @@ impl<P: Parts> Agent<P> {
         let message = match drained.still_draining.as_slice() {
             [] => format!("Drained in {:.1} s", drained.took.as_secs_f64()),
             still => format!(
-                "Still draining in {} after {:.1} s; restarting anyway",
+                "Still draining in {} after {:.1} s; going on anyway",
                 still.join(" "),
                 drained.took.as_secs_f64()
             ),
