@@ -261,3 +261,51 @@ fn kill_9_during_an_environment_change_puts_the_good_file_back() {
     let good = std::fs::read_to_string(instance.path("/var/lib/drover/app.env.good")).unwrap();
     assert!(good.contains("second"), "{good}");
 }
+
+/// A hook run by a `drover once` that was killed keeps running in its scope (only a hook of
+/// `drover.service` is bound to it, and stopped with it): the next pass, the daemon's here, stops
+/// it before it goes on, so the deploy it tries again never runs beside the old attempt's hook.
+#[test]
+fn a_hook_left_running_by_a_killed_drover_is_stopped_before_the_next_pass() {
+    let world = World::new("hook-leftover");
+    let instance = world.boot_instance();
+    instance.exec_ok(&["systemctl", "stop", "drover"]);
+    let v1 = world.release_dir_with_hooks("1.0.0", &[("pre-activate", "echo started; sleep 300")]);
+    world.publish("1.0.0", &v1);
+    world.promote("1.0.0");
+    let scopes = |instance: &Instance| -> Vec<String> {
+        let listed = instance.exec_ok(&[
+            "systemctl",
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "drover-hook-*",
+        ]);
+        let names = listed.lines().filter_map(|l| l.split_whitespace().next());
+        names.map(str::to_owned).collect()
+    };
+    // `drover once` from an operator's login (a scope, as a session is), killed while its hook
+    // sleeps.
+    let once = instance.exec(&[
+        "sh",
+        "-c",
+        "set -a; . /etc/default/drover; \
+         exec timeout --signal=KILL 8 systemd-run --scope --quiet drover once",
+    ]);
+    assert!(!once.status.success());
+    let left = scopes(&instance);
+    assert_eq!(
+        left.len(),
+        1,
+        "the killed run's hook still runs: {left:?}; drover once said {}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+
+    instance.exec_ok(&["systemctl", "start", "drover"]);
+    let now = wait_for(CONVERGE, "the daemon to run the hook again", || {
+        let now = scopes(&instance);
+        (!now.is_empty() && now != left).then_some(now)
+    });
+    assert_eq!(now.len(), 1, "only the daemon's hook runs: {now:?}");
+}

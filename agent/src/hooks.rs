@@ -102,6 +102,8 @@ pub enum Stream {
 
 /// Longest output line passed on; the rest of a longer one is cut.
 const MAX_LINE: usize = 4096;
+/// Every hook's scope matches this (`drover-hook-{hook}-{pid}.scope`).
+pub const SCOPES: &str = "drover-hook-*.scope";
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs `hook` from `ctx.release_dir` in a scope of its own from `scopes` (or, with no systemd to

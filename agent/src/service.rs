@@ -45,4 +45,10 @@ pub trait Confinement {
     ) -> impl Future<Output = Result<(), UnitError>>;
     /// SIGKILL to every process in `scope`, returning once the scope is gone.
     fn kill_all(&self, scope: &str) -> impl Future<Output = Result<(), UnitError>>;
+    /// The scopes loaded now whose names match `pattern` (a shell glob, as
+    /// `ListUnitsByPatterns` takes): hooks an earlier drover left running when it was killed.
+    fn scopes(&self, pattern: &str) -> impl Future<Output = Result<Vec<String>, UnitError>> {
+        let _ = pattern;
+        async { Ok(Vec::new()) }
+    }
 }

@@ -27,6 +27,25 @@ trait Manager {
     ) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
     fn subscribe(&self) -> zbus::Result<()>;
 
     #[zbus(signal)]
@@ -174,6 +193,19 @@ impl Confinement for Systemd {
             Err(e) if gone(&e) => Ok(()),
             Err(e) => Err(bus(scope, e)),
         }
+    }
+
+    async fn scopes(&self, pattern: &str) -> Result<Vec<String>, UnitError> {
+        self.scopes_matching(pattern).await
+    }
+}
+
+impl Systemd {
+    async fn scopes_matching(&self, pattern: &str) -> Result<Vec<String>, UnitError> {
+        let manager = self.manager(pattern).await?;
+        let units =
+            (manager.list_units_by_patterns(&[], &[pattern]).await).map_err(|e| bus(pattern, e))?;
+        Ok(units.into_iter().map(|unit| unit.0).collect())
     }
 }
 

@@ -31,7 +31,7 @@ use crate::health::HealthProbe;
 use crate::lifecycle::AutoScaling;
 use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
-use crate::service::ServiceManager;
+use crate::service::{Confinement, ServiceManager};
 use crate::source::{DesiredSource, SourceError};
 use crate::state::{Request, State, StateError, StateFile};
 use crate::store::ArtifactStore;
@@ -359,6 +359,7 @@ impl<P: Parts> Agent<P> {
     /// Loads the state, cleans the staging area and finishes a switch an earlier run left in
     /// flight by returning to the last good release.
     async fn prepare(&mut self) -> Result<State, Error> {
+        self.stop_leftover_hooks().await;
         self.layout.ensure()?;
         let (removed, left) = self.layout.clean_staging()?;
         for path in removed {
@@ -388,6 +389,22 @@ impl<P: Parts> Agent<P> {
         }
         self.rejoin_if_left(&mut state).await;
         Ok(state)
+    }
+
+    /// A hook an earlier drover was running when it was killed still runs in its scope (systemd
+    /// keeps it apart from drover's own cgroup): it belonged to a deploy that is being undone or
+    /// tried again, so it is stopped before anything else. Under the state lock, no hook of ours
+    /// runs now.
+    async fn stop_leftover_hooks(&self) {
+        let Ok(scopes) = self.services.scopes(crate::hooks::SCOPES).await else {
+            return;
+        };
+        for scope in scopes {
+            tracing::warn!(target: "drover", scope = %scope, "stopping a hook left running by an earlier drover");
+            if let Err(e) = self.services.kill_all(&scope).await {
+                tracing::error!(target: "drover", scope = %scope, error = %e, "cannot stop the hook left running");
+            }
+        }
     }
 
     fn invalid(&mut self, state: &mut State, request: Request, error: &str) -> Outcome {
