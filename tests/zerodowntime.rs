@@ -136,6 +136,15 @@ fn version_of(answer: http::Response) -> std::io::Result<u32> {
     }
 }
 
+/// Stops the clients and sums up what they saw.
+fn tally_of(stop: &AtomicBool, clients: Vec<std::thread::ScopedJoinHandle<'_, Tally>>) -> Tally {
+    stop.store(true, Ordering::Relaxed);
+    clients
+        .into_iter()
+        .map(|c| c.join().expect("a client panicked"))
+        .fold(Tally::default(), Tally::merge)
+}
+
 /// One client: `GET /version`, again and again, until `stop`.
 fn client(port: u16, stop: &AtomicBool, deploying: &AtomicU32) -> Tally {
     let mut tally = Tally::default();
@@ -200,11 +209,7 @@ fn deploys_under_load(mode: Mode) -> (Tally, Duration) {
             assert_eq!(last["VERSION"], Value::from(version.to_string()), "{last}");
             assert_eq!(instance.version_served(), Some(version.to_string()));
         }
-        stop.store(true, Ordering::Relaxed);
-        clients
-            .into_iter()
-            .map(|c| c.join().expect("a client panicked"))
-            .fold(Tally::default(), Tally::merge)
+        tally_of(&stop, clients)
     });
     let took = started.elapsed();
 
@@ -338,11 +343,7 @@ fn deploys_behind_a_load_balancer(draining: bool) -> Behind {
                 (elb.serving(&group).len() == 2).then_some(())
             });
         }
-        stop.store(true, Ordering::Relaxed);
-        clients
-            .into_iter()
-            .map(|c| c.join().expect("a client panicked"))
-            .fold(Tally::default(), Tally::merge)
+        tally_of(&stop, clients)
     });
     let took = started.elapsed();
     let ms = |e: &Value| {
