@@ -105,6 +105,11 @@ fn dir(prefix: &str) -> String {
     }
 }
 
+/// Where `[fleet] max_in_flight`'s lease slots are (`lease.rs`).
+pub fn leases_prefix(prefix: &str) -> String {
+    format!("{}leases/", dir(prefix))
+}
+
 pub fn instances_prefix(prefix: &str) -> String {
     format!("{}instances/", dir(prefix))
 }
@@ -291,6 +296,15 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_objects_and_lease_slots_share_the_prefix_as_a_directory() {
+        // A prefix written without its `/` is one directory, not a start of names.
+        for prefix in ["drover/status", "drover/status/"] {
+            assert_eq!(instances_prefix(prefix), "drover/status/instances/");
+            assert_eq!(leases_prefix(prefix), "drover/status/leases/");
+        }
+    }
 
     fn report(instance: &str, running: &str, desired: &str, outcome: Status) -> Report {
         Report {

@@ -63,22 +63,24 @@ impl MaxInFlight {
     }
 }
 
-pub fn slot_key(prefix: &str, slot: u32) -> String {
-    format!("{prefix}leases/slot-{slot}.json")
+/// Slot `slot`'s key in `leases`, the directory of the slots (`leases/` under the status
+/// prefix, as the fleet module names it).
+pub fn slot_key(leases: &str, slot: u32) -> String {
+    format!("{leases}slot-{slot}.json")
 }
 
 /// Takes a free slot of `slots` for `instance`, starting at a place its id picks (so that a
 /// fleet does not queue on slot 0). `None` when every slot is held.
 pub async fn take<S: ArtifactStore>(
     store: &S,
-    prefix: &str,
+    leases: &str,
     slots: u32,
     lease: Lease,
     now: SystemTime,
 ) -> Result<Option<Held>, StoreError> {
     let start = start_slot(&lease.instance, slots);
     for i in 0..slots {
-        let key = slot_key(prefix, (start + i) % slots);
+        let key = slot_key(leases, (start + i) % slots);
         let condition = match store.get_tagged(&key, MAX_LEASE).await? {
             None => Condition::Absent,
             Some(Tagged { body, etag }) => {
@@ -138,11 +140,11 @@ pub async fn release<S: ArtifactStore>(store: &S, held: Held) -> Result<(), Stor
 /// The slots held at `now`, in slot order: `(key, lease)`.
 pub async fn holders<S: ArtifactStore>(
     store: &S,
-    prefix: &str,
+    leases: &str,
     now: SystemTime,
 ) -> Result<Vec<(String, Lease)>, StoreError> {
     let mut held = Vec::new();
-    for key in store.list_keys(&format!("{prefix}leases/"), 1000).await? {
+    for key in store.list_keys(leases, 1000).await? {
         let Some(tagged) = store.get_tagged(&key, MAX_LEASE).await? else {
             continue;
         };

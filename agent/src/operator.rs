@@ -221,7 +221,8 @@ pub async fn fleet_status(
     summary.failures_counted = failures_counted;
     if config.fleet.max_in_flight.is_some() {
         let now = std::time::SystemTime::now();
-        let held = crate::lease::holders(store, prefix, now).await;
+        let leases = crate::fleet::leases_prefix(prefix);
+        let held = crate::lease::holders(store, &leases, now).await;
         summary.leases = Some(held.map_err(|e| e.to_string())?);
     }
     Ok(summary)

@@ -68,13 +68,14 @@ impl<P: Parts> Agent<P> {
         let slots = match max {
             MaxInFlight::Count(n) => n,
             MaxInFlight::Fraction(_) => {
-                let instances = format!("{prefix}instances/");
+                let instances = crate::fleet::instances_prefix(&prefix);
                 match self.store.list_keys(&instances, FLEET_COUNT).await {
                     Ok(keys) => max.slots(keys.len()),
                     Err(e) => return failed("Counting the fleet", e.to_string()),
                 }
             }
         };
+        let leases = crate::fleet::leases_prefix(&prefix);
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
         loop {
             let now = SystemTime::now();
@@ -84,7 +85,7 @@ impl<P: Parts> Agent<P> {
                 expires: lease::expiry(now, ttl),
                 released: false,
             };
-            match lease::take(&self.store, &prefix, slots, lease, now).await {
+            match lease::take(&self.store, &leases, slots, lease, now).await {
                 Ok(Some(held)) => {
                     tracing::info!(target: "drover", key = %held.key, "took a lease slot");
                     self.lease = Some(held);
@@ -269,9 +270,6 @@ impl<P: Parts> Agent<P> {
     /// the switch after the drain failed) get it back: the units run the good release. Best
     /// effort: a failure is logged, and the next pass tries again.
     pub(super) async fn rejoin_if_left(&mut self, state: &mut State) {
-        if state.out_of_service.is_empty() {
-            return;
-        }
         if let Err(e) = self.rejoin_service(state, &Fields::default()).await {
             tracing::error!(target: "drover", error = %e, "cannot put the instance back into its target groups");
         }
