@@ -288,18 +288,6 @@ fn processes_matching(instance: &Instance, pattern: &str) -> Vec<String> {
         .collect()
 }
 
-/// drover's hook scopes still known to systemd.
-fn hook_scopes(instance: &Instance) -> String {
-    instance.exec_ok(&[
-        "systemctl",
-        "list-units",
-        "--all",
-        "--plain",
-        "--no-legend",
-        "drover-hook-*",
-    ])
-}
-
 /// Issue 13, finding 6: whatever a hook starts is gone once the hook is, however it detached
 /// (`setsid`, a double fork, SIGTERM ignored), and at the timeout too. Hooks run as root here.
 #[test]
@@ -329,7 +317,11 @@ fn regression_detached_hook_processes_do_not_outlive_the_hook() {
     assert!(passed.iter().any(|e| e["HOOK"] == "post-activate"));
     let left = processes_matching(&instance, "sleep 300");
     assert!(left.is_empty(), "left behind by the hooks: {left:?}");
-    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+    assert_eq!(
+        instance.hook_scopes(),
+        Vec::<String>::new(),
+        "scopes left behind"
+    );
     // Each hook ran in a scope of its own, not in drover's cgroup.
     let lines = events_with(&instance, "hook_output", "HOOK", "pre-activate");
     assert!(
@@ -371,7 +363,11 @@ fn regression_detached_hook_processes_do_not_outlive_the_hook() {
     instance.exec_ok(&["systemctl", "stop", "drover.service"]);
     let left = processes_matching(&instance, "sleep 300");
     assert!(left.is_empty(), "left behind when drover stopped: {left:?}");
-    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+    assert_eq!(
+        instance.hook_scopes(),
+        Vec::<String>::new(),
+        "scopes left behind"
+    );
 }
 
 /// Issue 13, findings 5 and 6 with hooks run as the app's own user: the unit gives drover no
@@ -418,7 +414,11 @@ fn regression_app_user_hooks_are_killed_and_settings_cannot_steer_them() {
         left.is_empty(),
         "left behind by the app user's hooks: {left:?}"
     );
-    assert_eq!(hook_scopes(&instance), "", "scopes left behind");
+    assert_eq!(
+        instance.hook_scopes(),
+        Vec::<String>::new(),
+        "scopes left behind"
+    );
     let pre = events_with(&instance, "hook_output", "HOOK", "pre-activate");
     assert_eq!(
         pre[0]["MESSAGE"],
@@ -476,5 +476,9 @@ fn assert_timed_out_leaving_nothing(instance: &Instance, pattern: &str) {
     );
     let left = processes_matching(instance, pattern);
     assert!(left.is_empty(), "left behind at the timeout: {left:?}");
-    assert_eq!(hook_scopes(instance), "", "scopes left behind");
+    assert_eq!(
+        instance.hook_scopes(),
+        Vec::<String>::new(),
+        "scopes left behind"
+    );
 }

@@ -273,18 +273,6 @@ fn a_hook_left_running_by_a_killed_drover_is_stopped_before_the_next_pass() {
     let v1 = world.release_dir_with_hooks("1.0.0", &[("pre-activate", "echo started; sleep 300")]);
     world.publish("1.0.0", &v1);
     world.promote("1.0.0");
-    let scopes = |instance: &Instance| -> Vec<String> {
-        let listed = instance.exec_ok(&[
-            "systemctl",
-            "list-units",
-            "--all",
-            "--plain",
-            "--no-legend",
-            "drover-hook-*",
-        ]);
-        let names = listed.lines().filter_map(|l| l.split_whitespace().next());
-        names.map(str::to_owned).collect()
-    };
     // `drover once` from an operator's login (a scope, as a session is), killed while its hook
     // sleeps.
     let once = instance.exec(&[
@@ -294,7 +282,7 @@ fn a_hook_left_running_by_a_killed_drover_is_stopped_before_the_next_pass() {
          exec timeout --signal=KILL 8 systemd-run --scope --quiet drover once",
     ]);
     assert!(!once.status.success());
-    let left = scopes(&instance);
+    let left = instance.hook_scopes();
     assert_eq!(
         left.len(),
         1,
@@ -304,7 +292,7 @@ fn a_hook_left_running_by_a_killed_drover_is_stopped_before_the_next_pass() {
 
     instance.exec_ok(&["systemctl", "start", "drover"]);
     let now = wait_for(CONVERGE, "the daemon to run the hook again", || {
-        let now = scopes(&instance);
+        let now = instance.hook_scopes();
         (!now.is_empty() && now != left).then_some(now)
     });
     assert_eq!(now.len(), 1, "only the daemon's hook runs: {now:?}");

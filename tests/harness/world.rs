@@ -496,6 +496,20 @@ impl Instance {
     }
 
     /// `drover status --json` inside the instance, parsed.
+    /// The names of drover's hook scopes (`drover-hook-*`) systemd knows now, running or not.
+    pub fn hook_scopes(&self) -> Vec<String> {
+        let listed = self.exec_ok(&[
+            "systemctl",
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "drover-hook-*",
+        ]);
+        let names = listed.lines().filter_map(|l| l.split_whitespace().next());
+        names.map(str::to_owned).collect()
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         let text = self.exec_ok(&["drover", "status", "--json"]);
         let status = serde_json::from_str(&text)
