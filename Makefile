@@ -56,7 +56,7 @@ demo: test-setup build
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_BIN := $(CARGO_TARGET_DIR)/$(STATIC_TARGET)/release/drover
 export DROVER_STATIC_BIN ?= $(STATIC_BIN)
-STATIC_RUSTFLAGS := -C target-feature=+crt-static -C force-unwind-tables=no
+STATIC_RUSTFLAGS := -C target-feature=+crt-static -C force-unwind-tables=no -C link-arg=-Wl,-z,pack-relative-relocs
 static:
 	RUSTFLAGS='$(STATIC_RUSTFLAGS)' $(CARGO) build --release --locked -p drover --target $(STATIC_TARGET)
 	@# Unwind tables (1 MB, mostly from the prebuilt std and glibc): panics abort, nothing unwinds.
