@@ -1,8 +1,10 @@
 //! A full disk, for real: the release root is a 4 MiB tmpfs, and the real `drover once` (AWS SDK
-//! against moto) fetches artifacts that do not fit, once while downloading and once while
-//! unpacking; then the same on an instance, where the app must keep serving. Each time the staging is cleaned up, the old release stays active and complete, the
-//! event names the path and ENOSPC, and the request is retried (not remembered as failed), so
-//! that the same version deploys once there is space.
+//! against moto) fetches artifacts that do not fit: one whose download is larger than the free
+//! space, refused by the space check before a byte is fetched, and one that only fills the disk
+//! while unpacking (ENOSPC); then the same on an instance, where the app must keep serving. Each
+//! time the staging is cleaned up, the old release stays active and complete, the event names
+//! the path and what was short, and the request is retried (not remembered as failed), so that
+//! the same version deploys once there is space.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -85,23 +87,41 @@ fn full_disk_while_downloading_or_unpacking_keeps_the_old_release() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let baseline = disk.used();
 
+    let root = host.root().display().to_string();
     let cases = [
-        // 6 MiB of noise: the download itself does not fit.
-        ("2.0.0", release("2.0.0", noise(6 << 20)), "artifact.tar.gz"),
-        // 8 MiB of zeros: an 8 kB download that does not fit once unpacked.
-        ("3.0.0", release("3.0.0", vec![0; 8 << 20]), "payload"),
+        // 6 MiB of noise: the download itself does not fit, which the space check sees first.
+        (
+            "2.0.0",
+            release("2.0.0", noise(6 << 20)),
+            [
+                root.as_str(),
+                "bytes needed for releases/2.0.0.tar.gz",
+                "free",
+            ],
+        ),
+        // 8 MiB of zeros: an 8 kB download that does not fit once unpacked (nothing announced
+        // its unpacked size).
+        (
+            "3.0.0",
+            release("3.0.0", vec![0; 8 << 20]),
+            ["No space left on device", "entry \"payload\"", "write"],
+        ),
     ];
-    for (version, archive, path_in_error) in &cases {
+    for (version, archive, says) in &cases {
         host.upload_and_promote(version, archive);
+        let started = std::time::Instant::now();
         let out = host.drover(&["once"]);
+        let took = started.elapsed();
         let text = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{version}: {text}");
         let line = text
             .lines()
             .find(|l| l.contains("event=\"poll_failed\""))
             .unwrap_or_else(|| panic!("{version}: no poll_failed event in\n{text}"));
-        assert!(line.contains("No space left on device"), "{line}");
-        assert!(line.contains(path_in_error), "{line}");
+        for part in says {
+            assert!(line.contains(part), "{part:?} not in {line}");
+        }
+        eprintln!("{version}: failed after {took:?}");
         assert!(line.contains(&format!("version=\"{version}\"")), "{line}");
         assert!(!text.contains("artifact_rejected"), "{text}");
         assert_eq!(host.current(), "releases/1.0.0");
@@ -150,14 +170,22 @@ fn full_disk_on_an_instance_keeps_the_app_serving() {
     std::fs::write(&tarball, &big).unwrap();
     world.publish("2.0.0", &tarball);
     world.promote("2.0.0");
-    let failed = wait_for(Duration::from_secs(60), "ENOSPC to be reported", || {
-        instance
-            .journal_events("poll_failed")
-            .into_iter()
-            .find(|e| e["VERSION"] == "2.0.0")
-    });
+    let failed = wait_for(
+        Duration::from_secs(60),
+        "the lack of space to be reported",
+        || {
+            instance
+                .journal_events("poll_failed")
+                .into_iter()
+                .find(|e| e["VERSION"] == "2.0.0")
+        },
+    );
+    // `drover publish` announced the unpacked size: download and unpack are counted up front.
     let error = failed["ERROR"].as_str().unwrap_or("");
-    assert!(error.contains("No space left on device"), "{error}");
+    assert!(
+        error.contains("/opt/app: ") && error.contains("bytes needed for releases/2.0.0.tar.gz"),
+        "{error}"
+    );
     assert_eq!(failed["PRIORITY"], "3");
     for _ in 0..3 {
         assert_eq!(instance.version_served().as_deref(), Some("1.0.0"));

@@ -21,6 +21,7 @@ mod cloudinit;
 mod container;
 mod crash;
 mod disk;
+mod downloads;
 mod e2e;
 mod faults;
 mod fleet;

@@ -203,6 +203,20 @@ pub(crate) mod tests {
         async fn get(&self, _: &str) -> Result<NoBody, StoreError> {
             Ok(NoBody)
         }
+        async fn head(&self, key: &str) -> Result<crate::store::ObjectInfo, StoreError> {
+            Err(StoreError::NotFound {
+                bucket: "mem".into(),
+                key: key.into(),
+            })
+        }
+        async fn get_range(
+            &self,
+            _: &str,
+            _: std::ops::Range<u64>,
+            _: &str,
+        ) -> Result<NoBody, StoreError> {
+            Ok(NoBody)
+        }
         async fn put_small(&self, _: &str, _: Vec<u8>) -> Result<(), StoreError> {
             Ok(())
         }

@@ -55,6 +55,7 @@ pub async fn publish(
         ));
     };
     let (digest, prehash) = hash_file(&tarball, secret.is_some())?;
+    let unpacked = unpacked_size(&tarball)?;
     let file_name = key.rsplit('/').next().unwrap_or(&key);
     store
         .put_bytes(
@@ -79,10 +80,29 @@ pub async fn publish(
         signed = format!(", signed by key {}", secret.key_id_hex());
     }
     store
-        .put_file(&key, &tarball)
+        .put_file(&key, &tarball, Some(unpacked))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(format!("published {url} sha256 {digest}{signed}"))
+    Ok(format!(
+        "published {url} sha256 {digest}{signed}, {unpacked} bytes unpacked"
+    ))
+}
+
+/// The sum of the archive's file sizes, announced with the object so that instances can check
+/// for room before they download it (`x-amz-meta-unpacked-size`).
+fn unpacked_size(path: &Path) -> Result<u64, String> {
+    let bad = |e: std::io::Error| format!("{}: not a readable .tar.gz: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let gz = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
+    let mut archive = tar::Archive::new(gz);
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        if entry.header().entry_type().is_file() {
+            total = total.saturating_add(entry.header().size().map_err(bad)?);
+        }
+    }
+    Ok(total)
 }
 
 fn pack_dir(dir: &Path, out: &Path) -> Result<(), String> {

@@ -3,7 +3,9 @@
 //! ```text
 //! {root}/releases/{version}/   complete releases, each renamed into place whole
 //! {root}/current -> releases/{version}
-//! {root}/.staging/             downloads and unpacks in progress; emptied on every cycle
+//! {root}/.staging/             unpacks in progress; emptied on every cycle
+//! {root}/.downloads/           the one download that may be resumed: {version}.part, and
+//!                              {version}.part.json, the parts it has
 //! ```
 //!
 //! Every change is staged and renamed into place, so `current` always names a complete release.
@@ -19,6 +21,15 @@ use crate::version::Version;
 const RELEASES: &str = "releases";
 const CURRENT: &str = "current";
 const STAGING: &str = ".staging";
+const DOWNLOADS: &str = ".downloads";
+
+/// Where an artifact is downloaded to, and the record of the parts it has: kept across passes
+/// (and a kill -9), so a download cut short resumes where it stopped.
+#[derive(Clone, Debug)]
+pub struct Partial {
+    pub data: PathBuf,
+    pub record: PathBuf,
+}
 
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -52,28 +63,41 @@ impl Layout {
         self.root.join(STAGING)
     }
 
-    /// Creates the directories if needed. The staging area lives under the root so that its
-    /// renames into `releases/` never cross a filesystem, and is `0700`: nobody else may enter a
-    /// release before it is renamed into place, nor one being pruned after it is moved out.
-    pub fn ensure(&self) -> Result<(), PathError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let releases = self.releases_dir();
-        fs::create_dir_all(&releases).at("create directory", &releases)?;
-        let staging = self.staging_dir();
-        match fs::DirBuilder::new().mode(0o700).create(&staging) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            other => other.at("create directory", &staging)?,
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.root.join(DOWNLOADS)
+    }
+
+    /// The resumable download of `version`.
+    pub fn partial(&self, version: &Version) -> Partial {
+        let dir = self.downloads_dir();
+        Partial {
+            data: dir.join(format!("{version}.part")),
+            record: dir.join(format!("{version}.part.json")),
         }
-        // Made before this rule, or by hand: tighten it.
-        let meta = fs::symlink_metadata(&staging).at("stat", &staging)?;
-        if !meta.is_dir() {
-            return Err(std::io::Error::other("not a directory")).at("check", &staging);
-        }
-        if meta.permissions().mode() & 0o7777 != 0o700 {
-            fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
-                .at("chmod", &staging)?;
+    }
+
+    /// Removes every partial download but `version`'s: one artifact's worth of space at most.
+    pub fn forget_partials_but(&self, version: &Version) -> Result<(), PathError> {
+        let dir = self.downloads_dir();
+        let keep = self.partial(version);
+        for entry in fs::read_dir(&dir).at("list", &dir)? {
+            let path = entry.at("list", &dir)?.path();
+            if path != keep.data && path != keep.record {
+                tree::remove_tree(&path)?;
+            }
         }
         Ok(())
+    }
+
+    /// Creates the directories if needed. The staging area and the downloads live under the
+    /// root so that their renames into `releases/` never cross a filesystem, and are `0700`:
+    /// nobody else may enter a release before it is renamed into place, nor one being pruned
+    /// after it is moved out, nor touch an artifact between its download and its unpack.
+    pub fn ensure(&self) -> Result<(), PathError> {
+        let releases = self.releases_dir();
+        fs::create_dir_all(&releases).at("create directory", &releases)?;
+        private_dir(&self.staging_dir())?;
+        private_dir(&self.downloads_dir())
     }
 
     /// The version `current` points at, or `None` if there is no link (a fresh instance).
@@ -211,6 +235,24 @@ impl Layout {
     fn tmp_link(&self) -> PathBuf {
         self.root.join(".current.tmp")
     }
+}
+
+/// Makes `dir` (mode `0700`) if it is not there, and tightens one made before this rule, or by
+/// hand.
+fn private_dir(dir: &Path) -> Result<(), PathError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other.at("create directory", dir)?,
+    }
+    let meta = fs::symlink_metadata(dir).at("stat", dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other("not a directory")).at("check", dir);
+    }
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).at("chmod", dir)?;
+    }
+    Ok(())
 }
 
 /// A staging name no earlier pass of this process, nor a leftover, has: `{purpose}-{version}-`

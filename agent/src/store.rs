@@ -1,6 +1,8 @@
-//! Where artifacts come from: objects read by key, streamed chunk by chunk.
+//! Where artifacts come from: objects read by key, streamed chunk by chunk, whole or by byte
+//! range.
 
 use std::future::Future;
+use std::ops::Range;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -17,6 +19,14 @@ pub enum StoreError {
         bucket: String,
         key: String,
         message: String,
+    },
+    /// A read pinned to an entity tag (`If-Match`) found another object at the key: it was
+    /// replaced since the download began.
+    #[error("s3://{bucket}/{key} was replaced during the download (its ETag is no longer {etag})")]
+    Changed {
+        bucket: String,
+        key: String,
+        etag: String,
     },
     #[error("reading s3://{bucket}/{key} failed: {message}")]
     Failed {
@@ -50,11 +60,37 @@ pub struct Tagged {
     pub etag: String,
 }
 
+/// What a `HeadObject` says of an artifact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub len: u64,
+    pub etag: String,
+    /// The unpacked size `drover publish` announces in the object's metadata
+    /// (`x-amz-meta-unpacked-size`), for the space check; `None` when absent or unreadable.
+    pub unpacked_size: Option<u64>,
+}
+
+/// The user metadata key (`x-amz-meta-...`) under which `drover publish` announces the sum of
+/// the archive's file sizes.
+pub const UNPACKED_SIZE_METADATA: &str = "unpacked-size";
+
 pub trait ArtifactStore {
     type Body: ObjectBody;
 
     /// Starts reading the object at `key` in the configured bucket.
     fn get(&self, key: &str) -> impl Future<Output = Result<Self::Body, StoreError>>;
+
+    /// The size, entity tag and announced unpacked size of the object at `key`.
+    fn head(&self, key: &str) -> impl Future<Output = Result<ObjectInfo, StoreError>>;
+
+    /// Starts reading bytes `range` of the object at `key`, only while it still has the entity
+    /// tag `etag` ([`StoreError::Changed`] otherwise).
+    fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> impl Future<Output = Result<Self::Body, StoreError>>;
 
     /// Writes (or replaces) a small object: the instances' status objects (`[fleet]`).
     fn put_small(&self, key: &str, body: Vec<u8>) -> impl Future<Output = Result<(), StoreError>>;

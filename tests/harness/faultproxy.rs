@@ -285,6 +285,11 @@ struct Shared {
     /// Held while a conditional write is forwarded: moto checks `If-Match`/`If-None-Match` and
     /// then writes, in two steps another request can come between; S3 does both at once.
     conditional: tokio::sync::Mutex<()>,
+    /// Each connection's answers are sent at no more than this many bytes a second (0: as fast
+    /// as they come), as S3 caps each connection.
+    rate: std::sync::atomic::AtomicU64,
+    /// Body bytes sent to clients, all connections together.
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -353,6 +358,8 @@ impl FaultProxy {
             state: Mutex::new(State::default()),
             front,
             conditional: tokio::sync::Mutex::new(()),
+            rate: Default::default(),
+            sent: Default::default(),
         });
         let (stop, stopped) = oneshot::channel();
         let serving = shared.clone();
@@ -398,6 +405,16 @@ impl FaultProxy {
     }
 
     /// Removes every rule and budget: from now on everything is forwarded untouched.
+    /// Caps each connection's answers at `bytes_per_second` (0: no cap).
+    pub fn cap_rate(&self, bytes_per_second: u64) {
+        (self.shared.rate).store(bytes_per_second, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Body bytes sent to clients so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.shared.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn clear(&self) {
         let mut state = self.shared.state();
         state.rules.clear();
@@ -675,7 +692,15 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
                     .unwrap_or_else(|e| bad_gateway(&e)),
             },
         };
-        let open = deliver(conn.get_mut(), response, fault, keep_alive, head_only).await;
+        let open = deliver(
+            conn.get_mut(),
+            response,
+            fault,
+            keep_alive,
+            head_only,
+            &shared,
+        )
+        .await;
         if !(open && keep_alive) {
             return;
         }
@@ -829,6 +854,7 @@ async fn deliver(
     fault: Option<Fault>,
     keep_alive: bool,
     head_only: bool,
+    shared: &Shared,
 ) -> bool {
     let mut head = format!("{}\r\n", response.start);
     let strip_checksums = fault
@@ -891,9 +917,32 @@ async fn deliver(
             }
             out.write_all(&response.body).await
         }
-        _ => out.write_all(&response.body).await,
+        _ => paced(out, &response.body, shared).await,
     };
     sent.is_ok() && out.flush().await.is_ok()
+}
+
+/// Writes `body` at no more than the proxy's per-connection rate, counting what was sent.
+async fn paced(out: &mut TcpStream, body: &[u8], shared: &Shared) -> io::Result<()> {
+    use std::sync::atomic::Ordering;
+    let rate = shared.rate.load(Ordering::Relaxed);
+    if rate == 0 {
+        out.write_all(body).await?;
+        shared.sent.fetch_add(body.len() as u64, Ordering::Relaxed);
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut written = 0u64;
+    for piece in body.chunks(32 << 10) {
+        out.write_all(piece).await?;
+        written += piece.len() as u64;
+        shared.sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        let due = Duration::from_secs_f64(written as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

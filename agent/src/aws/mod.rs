@@ -12,7 +12,7 @@ use aws_sdk_s3::primitives::ByteStream;
 
 use crate::config::Aws as AwsConfig;
 use crate::source::{DesiredSource, Parameter, SourceError};
-use crate::store::{ArtifactStore, Condition, ObjectBody, StoreError, Tagged};
+use crate::store::{ArtifactStore, Condition, ObjectBody, ObjectInfo, StoreError, Tagged};
 
 mod elb;
 mod scaling;
@@ -347,7 +347,13 @@ impl S3Store {
         }
     }
 
-    pub async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StoreError> {
+    /// Uploads an artifact, with the unpacked size it announces to instances' space check.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        unpacked_size: Option<u64>,
+    ) -> Result<(), StoreError> {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| StoreError::Failed {
@@ -355,19 +361,26 @@ impl S3Store {
                 key: key.to_owned(),
                 message: format!("{}: {e}", path.display()),
             })?;
-        self.put(key, body).await
+        self.put(key, body, unpacked_size).await
     }
 
     pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.put(key, ByteStream::from(bytes)).await
+        self.put(key, ByteStream::from(bytes), None).await
     }
 
-    async fn put(&self, key: &str, body: ByteStream) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        unpacked_size: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let metadata = unpacked_size.map(|n| (crate::store::UNPACKED_SIZE_METADATA, n.to_string()));
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .body(body)
+            .set_metadata(metadata.map(|(k, v)| [(k.to_owned(), v)].into()))
             .send()
             .await
             .map(|_| ())
@@ -422,6 +435,74 @@ impl ArtifactStore for S3Store {
             .map_err(|e| self.error(key, e))?;
         Ok(S3Body {
             len: out.content_length().and_then(|l| u64::try_from(l).ok()),
+            etag: out.e_tag().map(str::to_owned),
+            stream: out.body,
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            stall_timeout: self.stall_timeout,
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+        let out = (self.client.head_object())
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        let failed = |message: &str| StoreError::Failed {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        let len = out.content_length().and_then(|l| u64::try_from(l).ok());
+        Ok(ObjectInfo {
+            len: len.ok_or_else(|| failed("HeadObject gave no Content-Length"))?,
+            etag: out
+                .e_tag()
+                .ok_or_else(|| failed("HeadObject gave no ETag"))?
+                .to_owned(),
+            unpacked_size: out
+                .metadata()
+                .and_then(|m| m.get(crate::store::UNPACKED_SIZE_METADATA))
+                .and_then(|v| v.trim().parse().ok()),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        etag: &str,
+    ) -> Result<S3Body, StoreError> {
+        let out = (self.client.get_object())
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(412) => StoreError::Changed {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                    etag: etag.to_owned(),
+                },
+                _ => self.error(key, e),
+            })?;
+        let len = out.content_length().and_then(|l| u64::try_from(l).ok());
+        if len != Some(range.end - range.start) {
+            return Err(StoreError::Failed {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                message: format!(
+                    "asked for bytes {}..{}, the answer announced {len:?} bytes",
+                    range.start, range.end
+                ),
+            });
+        }
+        Ok(S3Body {
+            len,
             etag: out.e_tag().map(str::to_owned),
             stream: out.body,
             bucket: self.bucket.clone(),

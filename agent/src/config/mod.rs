@@ -101,6 +101,10 @@ pub struct Artifact {
     pub max_entries: u64,
     /// The whole download, digest to last byte, must finish within this.
     pub download_timeout: Duration,
+    /// How many ranged GETs of one artifact run at once.
+    pub download_connections: usize,
+    /// The size of each ranged GET; an artifact no larger is fetched with one GET.
+    pub download_part_size: u64,
 }
 
 impl Artifact {

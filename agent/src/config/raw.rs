@@ -101,6 +101,8 @@ pub struct Artifact {
     pub max_unpacked_size: Option<String>,
     pub max_entries: Option<u64>,
     pub download_timeout: Option<String>,
+    pub download_connections: Option<i64>,
+    pub download_part_size: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -185,6 +185,25 @@ fn artifact(c: &Check, raw: Option<raw::Artifact>) -> Result<Artifact, ConfigErr
             raw.download_timeout,
             Duration::from_secs(30 * 60),
         )?,
+        download_connections: c.count(
+            "artifact.download_connections",
+            raw.download_connections,
+            1..=64,
+            8,
+        )? as usize,
+        download_part_size: match c.size(
+            "artifact.download_part_size",
+            raw.download_part_size,
+            16 << 20,
+        )? {
+            n if (1 << 20..=1 << 30).contains(&n) => n,
+            _ => {
+                return Err(c.invalid(
+                    "artifact.download_part_size",
+                    "must be between 1MiB and 1GiB",
+                ))
+            }
+        },
     })
 }
 

@@ -3,13 +3,16 @@
 //! its digest (and signature) match.
 
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::parallel::{self, Parted};
 use crate::digest::{self, Hasher, Sha256Digest};
 use crate::fsutil::{IoContext, PathError};
+use crate::releases::Partial;
 use crate::signature::{Binding, Prehash, PublicKey, Signature, SignatureError};
-use crate::store::{self, ArtifactStore, ObjectBody, StoreError};
+use crate::store::{self, ArtifactStore, ObjectBody, ObjectInfo, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -24,6 +27,37 @@ pub enum FetchError {
         key: String,
         expected: Sha256Digest,
         actual: Sha256Digest,
+    },
+    /// A download resumed from an earlier pass's parts did not match: those parts may not have
+    /// reached the disk (a power cut), so it starts over rather than rejecting the artifact.
+    #[error(
+        "{key}: the resumed download did not match sha256 {expected} (got {actual}); starting over"
+    )]
+    ResumedMismatch {
+        key: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    /// Not enough room on the release root's file system for the download and the unpack.
+    #[error(
+        "{path}: {needed} bytes needed for {key} ({download} to download, {unpacked} unpacked), \
+         {free} free"
+    )]
+    NoSpace {
+        path: PathBuf,
+        key: String,
+        needed: u64,
+        download: u64,
+        unpacked: u64,
+        free: u64,
+    },
+    /// A ranged GET's answer did not bring the bytes asked for.
+    #[error("{key}: bytes {start}..{end}: {reason}")]
+    Part {
+        key: String,
+        start: u64,
+        end: u64,
+        reason: String,
     },
     #[error("{key}: download did not finish within {seconds} s")]
     Timeout { key: String, seconds: u64 },
@@ -133,34 +167,88 @@ pub struct Downloaded {
     pub len: u64,
     /// The BLAKE2b-512 digest, when a prehashed signature asked for it.
     pub prehash: Option<[u8; 64]>,
+    /// Bytes an earlier, interrupted download had fetched, kept rather than fetched again.
+    pub resumed: u64,
 }
 
-/// Streams `key` into the new file `dest`, at most `max_size` bytes and within `timeout`, and
-/// checks the digest as the last byte arrives (with `prehash`, also computes the BLAKE2b-512
-/// digest a prehashed signature covers, in the same pass). On any error `dest` may hold a partial
-/// file: the caller owns the staging directory and removes it.
+/// How an artifact is fetched: what it must be, and over how many connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer<'a> {
+    pub key: &'a str,
+    pub expected: Sha256Digest,
+    pub max_size: u64,
+    /// The whole download, first byte to last digest.
+    pub timeout: Duration,
+    /// Also compute the BLAKE2b-512 digest a prehashed signature covers, in the same pass.
+    pub prehash: bool,
+    pub connections: usize,
+    pub part_size: u64,
+}
+
+/// Downloads the object `info` describes into `partial.data`, at most `max_size` bytes and
+/// within the timeout, and checks the digest as the last byte arrives. An object larger than
+/// one part is fetched in parts ([`parallel`]) and resumes an earlier download of the same
+/// object; a smaller one takes one GET. On a transient error the partial download is kept for
+/// the next pass; when the bytes are wrong it is removed.
 pub async fn download<S: ArtifactStore>(
     store: &S,
-    key: &str,
-    dest: &Path,
-    expected: Sha256Digest,
-    max_size: u64,
-    timeout: Duration,
-    prehash: bool,
+    transfer: &Transfer<'_>,
+    info: &ObjectInfo,
+    partial: &Partial,
 ) -> Result<Downloaded, FetchError> {
-    let streamed = stream_to_file(store, key, dest, max_size, prehash);
-    match tokio::time::timeout(timeout, streamed).await {
+    let key = transfer.key;
+    if info.len > transfer.max_size {
+        return Err(FetchError::TooLarge {
+            key: key.to_owned(),
+            limit: transfer.max_size,
+        });
+    }
+    let fetched = async {
+        if info.len <= transfer.part_size {
+            parallel::forget(partial);
+            return stream_to_file(
+                store,
+                key,
+                &partial.data,
+                transfer.max_size,
+                transfer.prehash,
+            )
+            .await;
+        }
+        let job = Parted {
+            key,
+            info,
+            expected: transfer.expected,
+            part_size: transfer.part_size,
+            connections: transfer.connections,
+            prehash: transfer.prehash,
+        };
+        parallel::download(store, &job, partial).await
+    };
+    let expected = transfer.expected;
+    match tokio::time::timeout(transfer.timeout, fetched).await {
         Err(_) => Err(FetchError::Timeout {
             key: key.to_owned(),
-            seconds: timeout.as_secs(),
+            seconds: transfer.timeout.as_secs(),
         }),
         Ok(Err(e)) => Err(e),
         Ok(Ok((actual, downloaded))) if actual == expected => Ok(downloaded),
-        Ok(Ok((actual, _))) => Err(FetchError::Mismatch {
-            key: key.to_owned(),
-            expected,
-            actual,
-        }),
+        Ok(Ok((actual, downloaded))) => {
+            parallel::forget(partial);
+            let key = key.to_owned();
+            Err(match downloaded.resumed {
+                0 => FetchError::Mismatch {
+                    key,
+                    expected,
+                    actual,
+                },
+                _ => FetchError::ResumedMismatch {
+                    key,
+                    expected,
+                    actual,
+                },
+            })
+        }
     }
 }
 
@@ -211,7 +299,10 @@ async fn stream_to_file<S: ArtifactStore>(
     // to do while a download runs.
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dest)
         .at("create", dest)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -226,8 +317,7 @@ async fn stream_to_file<S: ArtifactStore>(
         out.write_all(&chunk).at("write", dest)?;
     }
     out.flush().at("write", dest)?;
-    let (sha256, prehash) = digests.finish();
-    Ok((sha256, Downloaded { len, prehash }))
+    Ok(digests.done(len, 0))
 }
 
 /// The digests an artifact is checked by, in one pass over its bytes: SHA-256 always, and the
@@ -255,6 +345,17 @@ impl Digests {
     pub fn finish(self) -> (Sha256Digest, Option<[u8; 64]>) {
         (self.sha256.finish(), self.prehash.map(Prehash::finish))
     }
+
+    /// The SHA-256 of the `len` bytes downloaded, of which `resumed` were kept from before.
+    pub fn done(self, len: u64, resumed: u64) -> (Sha256Digest, Downloaded) {
+        let (sha256, prehash) = self.finish();
+        let downloaded = Downloaded {
+            len,
+            prehash,
+            resumed,
+        };
+        (sha256, downloaded)
+    }
 }
 
 #[cfg(test)]
@@ -263,8 +364,23 @@ pub(crate) mod tests {
     use crate::store::{Condition, Tagged};
     use std::collections::HashMap;
 
-    /// An in-memory store for the pure parts: objects served in fixed-size chunks.
+    /// An in-memory store for the pure parts: objects served in fixed-size chunks. An object's
+    /// entity tag is its SHA-256.
     pub struct MemStore(pub HashMap<String, Vec<u8>>);
+
+    impl MemStore {
+        fn object(&self, key: &str) -> Result<&Vec<u8>, StoreError> {
+            self.0.get(key).ok_or_else(|| StoreError::NotFound {
+                bucket: "mem".into(),
+                key: key.into(),
+            })
+        }
+    }
+
+    fn chunked(data: &[u8]) -> MemBody {
+        let chunks = data.chunks(7).map(bytes::Bytes::copy_from_slice).collect();
+        MemBody(chunks, data.len() as u64)
+    }
 
     pub struct MemBody(Vec<bytes::Bytes>, u64);
 
@@ -280,12 +396,33 @@ pub(crate) mod tests {
     impl ArtifactStore for MemStore {
         type Body = MemBody;
         async fn get(&self, key: &str) -> Result<MemBody, StoreError> {
-            let data = self.0.get(key).ok_or_else(|| StoreError::NotFound {
-                bucket: "mem".into(),
-                key: key.into(),
-            })?;
-            let chunks = data.chunks(7).map(bytes::Bytes::copy_from_slice).collect();
-            Ok(MemBody(chunks, data.len() as u64))
+            Ok(chunked(self.object(key)?))
+        }
+
+        async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
+            let data = self.object(key)?;
+            Ok(ObjectInfo {
+                len: data.len() as u64,
+                etag: Sha256Digest::of(data).to_string(),
+                unpacked_size: None,
+            })
+        }
+
+        async fn get_range(
+            &self,
+            key: &str,
+            range: std::ops::Range<u64>,
+            etag: &str,
+        ) -> Result<MemBody, StoreError> {
+            let data = self.object(key)?;
+            if Sha256Digest::of(data).to_string() != etag {
+                return Err(StoreError::Changed {
+                    bucket: "mem".into(),
+                    key: key.into(),
+                    etag: etag.into(),
+                });
+            }
+            Ok(chunked(&data[range.start as usize..range.end as usize]))
         }
 
         /// Status objects are not kept: the reconcile tests seed the keys they list.
@@ -371,6 +508,17 @@ pub(crate) mod tests {
         async fn get(&self, _: &str) -> Result<StalledStore, StoreError> {
             Ok(StalledStore)
         }
+        async fn head(&self, _: &str) -> Result<ObjectInfo, StoreError> {
+            std::future::pending().await
+        }
+        async fn get_range(
+            &self,
+            _: &str,
+            _: std::ops::Range<u64>,
+            _: &str,
+        ) -> Result<StalledStore, StoreError> {
+            Ok(StalledStore)
+        }
         async fn put_small(&self, _: &str, _: Vec<u8>) -> Result<(), StoreError> {
             std::future::pending().await
         }
@@ -414,50 +562,61 @@ pub(crate) mod tests {
         );
     }
 
+    /// The download of `key` from `s` into `dir`, in parts of `part_size` over 3 connections.
+    pub(crate) async fn fetch(
+        s: &impl ArtifactStore,
+        key: &str,
+        expected: Sha256Digest,
+        max_size: u64,
+        part_size: u64,
+        dir: &Path,
+    ) -> Result<Downloaded, FetchError> {
+        let transfer = Transfer {
+            key,
+            expected,
+            max_size,
+            timeout: DAY,
+            prehash: false,
+            connections: 3,
+            part_size,
+        };
+        let info = s.head(key).await?;
+        download(s, &transfer, &info, &partial_in(dir)).await
+    }
+
+    pub(crate) fn partial_in(dir: &Path) -> Partial {
+        Partial {
+            data: dir.join("a.part"),
+            record: dir.join("a.part.json"),
+        }
+    }
+
     #[tokio::test]
     async fn download_verifies_and_caps() {
         let dir = tempfile::tempdir().unwrap();
         let data = b"the quick brown fox jumps over the lazy dog";
         let s = store(&[("a", data)]);
-        let len = download(
-            &s,
-            "a",
-            &dir.path().join("1"),
-            Sha256Digest::of(data),
-            1000,
-            DAY,
-            false,
-        )
-        .await
-        .unwrap();
-        assert_eq!(len.len, data.len() as u64);
-        assert!(len.prehash.is_none());
-        assert_eq!(std::fs::read(dir.path().join("1")).unwrap(), data);
+        for part_size in [1000, 10] {
+            let got = fetch(&s, "a", Sha256Digest::of(data), 1000, part_size, dir.path())
+                .await
+                .unwrap();
+            assert_eq!(got.len, data.len() as u64);
+            assert!(got.prehash.is_none());
+            assert_eq!(std::fs::read(dir.path().join("a.part")).unwrap(), data);
+        }
 
-        let err = download(
-            &s,
-            "a",
-            &dir.path().join("2"),
-            Sha256Digest::of(b"other"),
-            1000,
-            DAY,
-            false,
-        )
-        .await
-        .unwrap_err();
+        let err = fetch(&s, "a", Sha256Digest::of(b"other"), 1000, 1000, dir.path())
+            .await
+            .unwrap_err();
         assert!(matches!(err, FetchError::Mismatch { .. }) && err.is_artifact_fault());
+        assert!(
+            !dir.path().join("a.part").exists(),
+            "wrong bytes are not kept"
+        );
 
-        let err = download(
-            &s,
-            "a",
-            &dir.path().join("3"),
-            Sha256Digest::of(data),
-            10,
-            DAY,
-            false,
-        )
-        .await
-        .unwrap_err();
+        let err = fetch(&s, "a", Sha256Digest::of(data), 10, 1000, dir.path())
+            .await
+            .unwrap_err();
         assert!(matches!(err, FetchError::TooLarge { limit: 10, .. }));
     }
 }

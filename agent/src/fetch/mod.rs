@@ -14,11 +14,14 @@ use crate::value::Desired;
 use crate::{failpoint, owner};
 
 mod download;
+mod parallel;
+mod parts;
+mod space;
 #[cfg(test)]
 pub(crate) use download::tests;
 pub use download::{
     download, expected_digest, expected_signature, verify_signature, Digests, Downloaded,
-    FetchError,
+    FetchError, Transfer,
 };
 
 /// Why a fetch produced no release: the typed error of the stage that stopped it. What the loop
@@ -116,17 +119,31 @@ async fn fetch_into<S: ArtifactStore>(
             .await?,
         ),
     };
-    let tarball = staging.join("artifact.tar.gz");
-    let downloaded = download(
-        store,
-        &key,
-        &tarball,
+    let info = store.head(&key).await.map_err(FetchError::from)?;
+    let partial = job.layout.partial(&desired.version);
+    job.layout.forget_partials_but(&desired.version)?;
+    space::check(job.layout.root(), &key, &info, &partial, artifact)?;
+    let transfer = Transfer {
+        key: &key,
         expected,
-        artifact.max_size,
-        artifact.download_timeout,
-        signature.as_ref().is_some_and(|s| s.is_prehashed()),
-    )
-    .await?;
+        max_size: artifact.max_size,
+        timeout: artifact.download_timeout,
+        prehash: signature.as_ref().is_some_and(|s| s.is_prehashed()),
+        connections: artifact.download_connections,
+        part_size: artifact.download_part_size,
+    };
+    if info.len > artifact.download_part_size {
+        let parts = info.len.div_ceil(artifact.download_part_size);
+        tracing::info!(target: "drover", version = desired.version.as_str(), key = key.as_str(),
+            bytes = info.len, parts, connections = artifact.download_connections,
+            "Downloading s3://{}/{key}: {} bytes in {parts} parts over up to {} connections",
+            artifact.bucket, info.len, artifact.download_connections);
+    }
+    let downloaded = download(store, &transfer, &info, &partial).await?;
+    // Verified: out of the downloads and into this deploy's staging directory.
+    let tarball = staging.join("artifact");
+    std::fs::rename(&partial.data, &tarball).at("rename", &tarball)?;
+    let _ = std::fs::remove_file(&partial.record);
     let signed_by = match &signature {
         None => String::new(),
         Some(sig) => {
@@ -141,6 +158,10 @@ async fn fetch_into<S: ArtifactStore>(
         }
     };
     let (digest, len) = (expected.to_string(), downloaded.len);
+    let kept = match downloaded.resumed {
+        0 => String::new(),
+        n => format!(" ({n} of them kept from an interrupted download)"),
+    };
     emit(
         Event::ArtifactVerified,
         &Fields {
@@ -148,7 +169,7 @@ async fn fetch_into<S: ArtifactStore>(
             ..*fields
         },
         &format!(
-            "Verified s3://{}/{key}: {len} bytes, sha256 {digest}{signed_by}",
+            "Verified s3://{}/{key}: {len} bytes{kept}, sha256 {digest}{signed_by}",
             artifact.bucket
         ),
     );
