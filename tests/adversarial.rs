@@ -600,3 +600,58 @@ fn the_app_user_racing_the_tree_walks_reaches_nothing_outside() {
         "staging emptied"
     );
 }
+
+/// The same corpus through `drover unpack`, each archive as `.tar.gz` and again as `.tar.zst`:
+/// the same verdict, word for word, for every case whose gzip layer is whole (the rest are about
+/// gzip itself; the zstd layer's own faults are the last cases here). Nothing is left behind.
+#[test]
+fn the_hostile_corpus_behind_zstd_gets_the_same_verdicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `name` is `gz/N` or `zs/N`: paths of one length, as some verdicts count bytes.
+    let unpack = |name: &str, bytes: &[u8]| -> String {
+        let archive = dir.path().join(name);
+        std::fs::create_dir_all(archive.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&archive, bytes).expect("write");
+        let dest = dir.path().join(format!("{name}.out"));
+        let out = drover_tests::host::drover_command(
+            Path::new("/nonexistent/drover.toml"),
+            &[
+                "unpack",
+                "--max-unpacked-size",
+                "16MiB",
+                "--max-entries",
+                "1000",
+            ],
+        )
+        .arg(&archive)
+        .arg(&dest)
+        .output()
+        .expect("run drover unpack");
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        assert!(!dest.exists(), "{name}: the destination was left behind");
+        let text = stderr(&out);
+        text.lines().last().unwrap_or_default().to_owned()
+    };
+    let mut compared = 0;
+    for (i, case) in corpus().into_iter().enumerate() {
+        let Some(zst) = drover_tests::release::zstd_of_gzip(&case.archive) else {
+            eprintln!("{}: about the gzip layer, skipped", case.name);
+            continue;
+        };
+        let (gz_says, zst_says) = (
+            unpack(&format!("gz/{i}"), &case.archive),
+            unpack(&format!("zs/{i}"), &zst),
+        );
+        assert_eq!(gz_says.replace("/gz/", "/zs/"), zst_says, "{}", case.name);
+        compared += 1;
+    }
+    assert!(compared >= 20, "only {compared} cases compared");
+
+    // The zstd layer's own faults.
+    let good = drover_tests::release::zstd_of_gzip(&raw_tar_gz(&[app()])).expect("zstd");
+    let truncated = unpack("zs/truncated", &good[..good.len() - 6]);
+    assert!(truncated.contains("archive is corrupt"), "{truncated}");
+    let trailing = unpack("zs/trailing", &[&good[..], b"junk"].concat());
+    assert!(trailing.contains("archive is corrupt"), "{trailing}");
+    eprintln!("{compared} cases compared; truncated: {truncated}; trailing: {trailing}");
+}

@@ -140,3 +140,71 @@ fn a_download_killed_halfway_resumes_fetching_again_at_most_a_part_per_connectio
         "{refetched} bytes fetched twice"
     );
 }
+
+/// `drover publish --format zstd` packs a directory as `.tar.zst` (level 9, with a checksum),
+/// announces its unpacked size, and an instance deploys it, in parts too; a `.tar.zst` uploaded
+/// under a `.tar.gz` key deploys as well: the compression is told by its magic bytes.
+#[test]
+fn zstd_releases_deploy_under_any_key() {
+    let proxy = FaultProxy::in_front_of_moto();
+    let host = Host::with_artifact_keys(
+        World::new("zstd"),
+        &proxy.endpoint(),
+        "key = \"releases/{version}.tar.zst\"\ndownload_part_size = \"1MiB\"",
+        "",
+    );
+    let tree = host.world.dir().join("tree");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::write(tree.join("VERSION"), "1.0.0\n").unwrap();
+    std::fs::write(tree.join("bin/payload"), noise(3 << 20)).unwrap();
+    let tree_arg = tree.to_string_lossy().into_owned();
+    let out = host.drover(&[
+        "publish",
+        "--version",
+        "1.0.0",
+        "--format",
+        "zstd",
+        &tree_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = drover_tests::host::stdout(&out);
+    assert!(said.contains("releases/1.0.0.tar.zst"), "{said}");
+    assert!(
+        said.contains(&format!("{} bytes unpacked", 6 + (3 << 20))),
+        "{said}"
+    );
+    let object = host
+        .world
+        .moto
+        .get_object(&host.world.bucket, "releases/1.0.0.tar.zst")
+        .expect("the artifact");
+    assert_eq!(
+        &object[..4],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        "zstd's magic bytes"
+    );
+
+    let out = host.drover(&["promote", "1.0.0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = host.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(host.current(), "releases/1.0.0");
+    let served = std::fs::read(host.root().join("current/bin/payload")).unwrap();
+    assert_eq!(served, noise(3 << 20));
+    let (gets, _) = tarball_gets(&proxy);
+    assert_eq!(gets, 0, "no .tar.gz was asked for");
+    let parts = proxy
+        .seen()
+        .iter()
+        .filter(|s| Match::s3_get(".tar.zst").matches(s))
+        .count();
+    assert_eq!(parts, object.len().div_ceil(PART as usize), "in parts");
+
+    // A .tar.zst under a .tar.gz name, on a host with the default key template.
+    let plain = Host::new("zstd_misnamed");
+    let zst = drover_tests::release::zstd_of_gzip(&big_release("2.0.0", 1)).unwrap();
+    plain.upload_and_promote("2.0.0", &zst);
+    let out = plain.drover(&["once"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(plain.current(), "releases/2.0.0");
+}

@@ -5,7 +5,8 @@
 #                    seconds, corpus size and findings. Fails when agent/fuzz/artifacts/ holds any.
 #   make fuzz-build  only the build
 # Targets: parse_value (the SSM parameter value), parse_sha256sum (the .sha256 file), unpack_targz
-# (a downloaded .tar.gz) and unpack_tar (a tar stream, gzipped by the target).
+# (a downloaded artifact, .tar.gz or .tar.zst: its seeds hold both), unpack_tar (a tar stream,
+# gzipped by the target) and unpack_tarzst (the same, compressed with zstd by the target).
 # Installs cargo-fuzz $(CARGO_FUZZ_VERSION) when it is missing.
 # What the unpacker says of each corpus file (accepted, or why not), in agent/fuzz/:
 #   DROVER_FUZZ_VERBOSE=1 target/x86_64-unknown-linux-gnu/release/unpack_tar corpus/unpack_tar/*
@@ -15,7 +16,7 @@ FUZZ_SECONDS ?= 60
 # libFuzzer's -timeout: one input taking longer is a finding.
 FUZZ_TIMEOUT ?= 10
 FUZZ_TOOLCHAIN ?= nightly
-FUZZ_TARGETS ?= parse_value parse_sha256sum unpack_targz unpack_tar
+FUZZ_TARGETS ?= parse_value parse_sha256sum unpack_targz unpack_tar unpack_tarzst
 CARGO_FUZZ_VERSION := 0.13.2
 
 FUZZ_ENV = FUZZ_SECONDS='$(FUZZ_SECONDS)' FUZZ_TIMEOUT='$(FUZZ_TIMEOUT)' \

@@ -54,7 +54,10 @@ for format in gnu ustar pax; do
     *) opts=() ;;
   esac
   tarball "$format" "${opts[@]}" | seed unpack_tar "$format"
+  tarball "$format" "${opts[@]}" | seed unpack_tarzst "$format"
   tarball "$format" "${opts[@]}" | gzip -n -9 | seed unpack_targz "$format"
+  # The downloaded artifact may be zstd too (told by its magic bytes).
+  tarball "$format" "${opts[@]}" | zstd -q -9 --check | seed unpack_targz "$format-zstd"
 done
 # One entry, no directories: the smallest accepted archive.
 one_file() {
@@ -62,4 +65,6 @@ one_file() {
     --blocking-factor=1 -cf - app.conf
 }
 one_file | seed unpack_tar one-file
+one_file | seed unpack_tarzst one-file
 one_file | gzip -n -9 | seed unpack_targz one-file
+one_file | zstd -q -9 --check | seed unpack_targz one-file-zstd

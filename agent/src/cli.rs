@@ -10,8 +10,16 @@ use crate::config::{self, Config};
 use crate::health::HttpProbe;
 use crate::reconcile::{Agent, Mode, Outcome, Outside};
 use crate::systemd::Systemd;
+use crate::unpack::compression::Format;
 use crate::userdata::{self, ConfigFlags, UserData};
 use crate::{logging, notify, operator, plan};
+
+/// How `drover publish` packs a directory.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PackFormat {
+    Gzip,
+    Zstd,
+}
 
 #[derive(Parser)]
 #[command(
@@ -43,14 +51,18 @@ enum Command {
     },
     /// Switch back to the previous good release now.
     Rollback,
-    /// Pack PATH (a directory or a .tar.gz) and upload it with its .sha256 (and, with --sign, its
-    /// .minisig).
+    /// Pack PATH (a directory, or take a .tar.gz or .tar.zst) and upload it with its .sha256
+    /// (and, with --sign, its .minisig).
     Publish {
         #[arg(long)]
         version: String,
         /// Sign with this minisign secret key (unencrypted: `minisign -G -W`).
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// How a directory is packed: gzip (.tar.gz) or zstd (.tar.zst, level 9). A file is
+        /// uploaded as it is, in either format.
+        #[arg(long, value_enum, default_value = "gzip")]
+        format: PackFormat,
         path: PathBuf,
     },
     /// Put VERSION into the parameter.
@@ -68,7 +80,8 @@ enum Command {
     Doctor,
     /// Print cloud-init user-data that installs drover on a new instance (reads no --config).
     UserData(UserDataArgs),
-    /// Verify and unpack a local .tar.gz exactly as an instance would, into the new DEST.
+    /// Verify and unpack a local .tar.gz or .tar.zst exactly as an instance would, into the new
+    /// DEST.
     Unpack(UnpackArgs),
 }
 
@@ -211,11 +224,16 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
         Command::Publish {
             version,
             sign,
+            format,
             path,
         } => {
             let sdk = aws::sdk_config(&config.aws).await;
             let store = S3Store::new(aws::s3_client(&sdk, &config.aws), &config.artifact.bucket);
-            operator::publish(&config, &store, &version, &path, sign.as_deref())
+            let format = match format {
+                PackFormat::Gzip => Format::Gzip,
+                PackFormat::Zstd => Format::Zstd,
+            };
+            operator::publish(&config, &store, &version, &path, sign.as_deref(), format)
                 .await
                 .map(|line| {
                     println!("{line}");

@@ -10,9 +10,10 @@ use crate::config::Config;
 use crate::digest::Sha256Digest;
 use crate::releases::Layout;
 use crate::state::{State, StateFile};
+use crate::unpack::compression::Format;
 use crate::version::Version;
 
-/// Packs `path` (a directory, or a ready `.tar.gz`) and uploads it and its `.sha256` under the
+/// Packs `path` (a directory, as `format`; or a ready `.tar.gz` or `.tar.zst`) and uploads it and its `.sha256` under the
 /// configured key, and with `sign` (a minisign secret key file) its `.minisig`. The tarball goes
 /// last, so that an agent that sees it also finds its digest and signature. Refuses to overwrite
 /// an existing version: published releases are immutable.
@@ -22,6 +23,7 @@ pub async fn publish(
     version: &str,
     path: &Path,
     sign: Option<&Path>,
+    format: Format,
 ) -> Result<String, String> {
     let version = Version::parse(version).map_err(|e| e.to_string())?;
     // Read before anything is uploaded: a bad key uploads nothing.
@@ -43,8 +45,8 @@ pub async fn publish(
         .tempdir()
         .map_err(|e| format!("temporary directory: {e}"))?;
     let tarball = if path.is_dir() {
-        let out = scratch.path().join("release.tar.gz");
-        pack_dir(path, &out)?;
+        let out = scratch.path().join("release.tar");
+        pack_dir(path, &out, format)?;
         out
     } else if path.is_file() {
         path.to_owned()
@@ -91,10 +93,11 @@ pub async fn publish(
 /// The sum of the archive's file sizes, announced with the object so that instances can check
 /// for room before they download it (`x-amz-meta-unpacked-size`).
 fn unpacked_size(path: &Path) -> Result<u64, String> {
-    let bad = |e: std::io::Error| format!("{}: not a readable .tar.gz: {e}", path.display());
+    let bad = |e: std::io::Error| format!("{}: not a readable tar archive: {e}", path.display());
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let gz = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
-    let mut archive = tar::Archive::new(gz);
+    let decoder = crate::unpack::compression::Decoder::new(std::io::BufReader::new(file))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut archive = tar::Archive::new(decoder);
     let mut total = 0u64;
     for entry in archive.entries().map_err(bad)? {
         let entry = entry.map_err(bad)?;
@@ -105,22 +108,31 @@ fn unpacked_size(path: &Path) -> Result<u64, String> {
     Ok(total)
 }
 
-fn pack_dir(dir: &Path, out: &Path) -> Result<(), String> {
-    let file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let gz = flate2::write::GzEncoder::new(
-        std::io::BufWriter::new(file),
-        flate2::Compression::default(),
-    );
-    let mut tar = tar::Builder::new(gz);
+/// Packs `dir` into `out` as a tar stream compressed with `format`.
+fn pack_dir(dir: &Path, out: &Path, format: Format) -> Result<(), String> {
+    let failed = |e: std::io::Error| format!("{}: {e}", out.display());
+    let file = std::io::BufWriter::new(std::fs::File::create(out).map_err(failed)?);
+    let mut w = match format {
+        Format::Gzip => {
+            let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+            tar_dir(dir, gz)?.finish().map_err(failed)?
+        }
+        Format::Zstd => {
+            let zst = crate::unpack::compression::zstd_writer(file).map_err(failed)?;
+            tar_dir(dir, zst)?.finish().map_err(failed)?
+        }
+    };
+    w.flush().map_err(failed)
+}
+
+/// `dir` as a tar stream into `w`: deterministic headers, symlinks kept as links.
+fn tar_dir<W: Write>(dir: &Path, w: W) -> Result<W, String> {
+    let packing = |e: std::io::Error| format!("packing {}: {e}", dir.display());
+    let mut tar = tar::Builder::new(w);
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Deterministic);
-    tar.append_dir_all(".", dir)
-        .map_err(|e| format!("packing {}: {e}", dir.display()))?;
-    let gz = tar
-        .into_inner()
-        .map_err(|e| format!("packing {}: {e}", dir.display()))?;
-    let mut w = gz.finish().map_err(|e| format!("{}: {e}", out.display()))?;
-    w.flush().map_err(|e| format!("{}: {e}", out.display()))
+    tar.append_dir_all(".", dir).map_err(packing)?;
+    tar.into_inner().map_err(packing)
 }
 
 /// The file's SHA-256, and with `prehash` its BLAKE2b-512 (what a minisign signature covers).

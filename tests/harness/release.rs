@@ -244,6 +244,22 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("cannot gzip: {e}"))
 }
 
+/// The same tar stream as the `.tar.gz` `gz`, compressed as `drover publish --format zstd`
+/// does; `None` when `gz` is not a whole gzip stream (a case about the gzip layer itself).
+pub fn zstd_of_gzip(gz: &[u8]) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut tar = Vec::new();
+    let mut decoder = flate2::bufread::GzDecoder::new(gz);
+    decoder.read_to_end(&mut tar).ok()?;
+    let rest = decoder.into_inner();
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut zst = drover::unpack::compression::zstd_writer(Vec::new()).ok()?;
+    zst.write_all(&tar).ok()?;
+    zst.finish().ok()
+}
+
 /// The classic escape: a healthy-looking app release plus `../escape.txt`.
 pub fn escaping_tarball(out: &Path, version: &str) -> PathBuf {
     raw_tarball(

@@ -1,4 +1,5 @@
-//! The input is the downloaded `.tar.gz` itself: reaches the gzip layer and, through the seeds,
+//! The input is the downloaded artifact itself: reaches the gzip or zstd layer (told by the
+//! magic bytes; the seeds hold both) and, through the seeds,
 //! the tar layer behind it (`drover::unpack::unpack`).
 #![no_main]
 

@@ -131,6 +131,17 @@ pub fn check_unpack_tar(data: &[u8]) {
     check_unpack(&gzip(&tar));
 }
 
+/// As [`check_unpack_tar`], the tar stream compressed with zstd as `drover publish --format
+/// zstd` does: the same rules must hold behind either decompressor.
+pub fn check_unpack_tar_zstd(data: &[u8]) {
+    let mut tar = data.to_vec();
+    tar.resize(tar.len().next_multiple_of(512), 0);
+    fix_tar_checksums(&mut tar);
+    let mut zst = drover::unpack::compression::zstd_writer(Vec::new()).expect("zstd encoder");
+    zst.write_all(&tar).expect("zstd");
+    check_unpack(&zst.finish().expect("zstd"));
+}
+
 /// Rewrites the checksum of each header found by walking the stream as a reader would: a
 /// 512-byte header, then its data rounded up to 512 bytes. Stops at a size it cannot read.
 /// (A PAX `size` record would move the next header; the walk does not follow it.)

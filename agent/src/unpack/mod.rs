@@ -1,4 +1,5 @@
-//! Safe unpacking of a verified `.tar.gz` into an empty staging directory.
+//! Safe unpacking of a verified `.tar.gz` or `.tar.zst` (told apart by their magic bytes,
+//! [`compression`]) into an empty staging directory.
 //!
 //! The archive is hostile until proven otherwise. The whole artifact is rejected when an entry
 //! would land outside the release (absolute paths, `..`, writing through a symlink, links that
@@ -21,6 +22,7 @@ use std::path::Path;
 use crate::fsutil::IoContext;
 use crate::tarheader::{Extended, Member};
 
+pub mod compression;
 mod error;
 mod paths;
 pub use error::UnpackError;
@@ -67,7 +69,8 @@ const WRITEBACK_CHUNK: u64 = 8 << 20;
 pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, UnpackError> {
     let file = File::open(archive).at("open", archive)?;
     let compressed = BufReader::with_capacity(256 * 1024, file);
-    let decoder = flate2::bufread::GzDecoder::new(compressed);
+    let decoder = compression::Decoder::new(compressed)?;
+    let format = decoder.format();
     // Bounds everything read from the decompressed stream, GNU long names and PAX headers
     // included, which the tar crate would otherwise buffer in memory whole.
     let stream_cap = limits
@@ -122,8 +125,8 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
     if ex.stats.files + ex.stats.dirs + ex.stats.links == 0 {
         return Err(UnpackError::Corrupt("archive has no entries".into()));
     }
-    // Read to the end of the gzip member so its CRC and length are checked, then make sure
-    // nothing follows it.
+    // Read to the end of the gzip member (or the last zstd frame) so its checksum and length
+    // are checked, then make sure nothing follows it.
     let mut capped = tar.into_inner();
     let trailer = io::copy(&mut (&mut capped).take(MAX_TRAILER + 1), &mut io::sink())
         .map_err(|e| read_error(e, &last))?;
@@ -132,11 +135,12 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked, 
             "data after the end of the tar archive".into(),
         ));
     }
-    let mut compressed = capped.inner.into_inner();
+    let mut compressed = capped.inner.into_compressed();
     if !compressed.fill_buf().map_err(corrupt)?.is_empty() {
-        return Err(UnpackError::Corrupt(
-            "data after the end of the gzip stream".into(),
-        ));
+        return Err(UnpackError::Corrupt(format!(
+            "data after the end of the {} stream",
+            format.name()
+        )));
     }
     ex.finish()
 }

@@ -54,6 +54,14 @@ impl Tgz {
         enc.write_all(&self.tar).unwrap();
         enc.finish().unwrap()
     }
+
+    /// The same archive as `drover publish --format zstd` compresses it.
+    fn zst(mut self) -> Vec<u8> {
+        self.tar.extend(std::iter::repeat_n(0, 1024));
+        let mut enc = compression::zstd_writer(Vec::new()).unwrap();
+        enc.write_all(&self.tar).unwrap();
+        enc.finish().unwrap()
+    }
 }
 
 fn run(bytes: &[u8]) -> (tempfile::TempDir, Result<Unpacked, UnpackError>) {
@@ -311,4 +319,83 @@ fn corrupt_streams_are_rejected() {
     assert!(matches!(r, Err(UnpackError::Corrupt(_))), "not gzip: {r:?}");
     let (_d, r) = run(&Tgz::new().gz());
     assert!(matches!(r, Err(UnpackError::Corrupt(_))), "empty: {r:?}");
+}
+
+/// Every rule holds the same behind zstd as behind gzip: each archive here, compressed both
+/// ways, gives the same outcome and the same message.
+#[test]
+fn zstd_archives_meet_the_same_rules() {
+    use tar::EntryType as T;
+    type Make = fn() -> Tgz;
+    let archives: Vec<(&str, Make)> = vec![
+        ("good", || {
+            Tgz::new()
+                .entry("d/", T::Directory, 0o755, "", b"")
+                .file("d/f", b"hello")
+                .entry("l", T::Symlink, 0o777, "d/f", b"")
+        }),
+        ("traversal", || Tgz::new().file("../evil", b"x")),
+        ("absolute", || Tgz::new().file("/etc/evil", b"x")),
+        ("link out", || {
+            Tgz::new()
+                .entry("l", T::Symlink, 0o777, "/etc", b"")
+                .file("l/passwd", b"x")
+        }),
+        ("device", || {
+            Tgz::new().entry("dev", T::Char, 0o644, "", b"")
+        }),
+        ("bomb", || Tgz::new().file("big", &vec![0u8; 2 << 20])),
+        ("entries", || {
+            (0..101).fold(Tgz::new(), |t, i| t.file(&format!("f{i}"), b""))
+        }),
+        ("empty", Tgz::new),
+    ];
+    for (what, make) in archives {
+        let (_a, gz) = run(&make().gz());
+        let (_b, zst) = run(&make().zst());
+        let show = |r: &Result<Unpacked, UnpackError>| match r {
+            Ok(stats) => format!("ok {stats:?}"),
+            Err(e) => format!("{e} (artifact's fault: {})", e.is_artifact_fault()),
+        };
+        assert_eq!(show(&gz), show(&zst), "{what}");
+    }
+}
+
+#[test]
+fn corrupt_zstd_streams_are_rejected() {
+    let good = Tgz::new().file("f", b"hello").zst();
+    run(&good).1.unwrap();
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("truncated", good[..good.len() - 6].to_vec()),
+        ("trailing", [&good[..], b"garbage"].concat()),
+        ("flipped", {
+            let mut b = good.clone();
+            let mid = b.len() / 2;
+            b[mid] ^= 0xff;
+            b
+        }),
+    ];
+    for (what, bytes) in cases {
+        let (_d, r) = run(&bytes);
+        assert!(matches!(r, Err(UnpackError::Corrupt(_))), "{what}: {r:?}");
+    }
+}
+
+/// A frame whose window is over 8 MiB (`zstd --long=27`, say) is refused before its memory is
+/// given, with a message saying why.
+#[test]
+fn a_zstd_window_over_8_mib_is_refused() {
+    let mut tar = Tgz::new().file("f", &vec![7u8; 64 << 10]).tar;
+    tar.extend(std::iter::repeat_n(0, 1024));
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.window_log(27).unwrap();
+    enc.long_distance_matching(true).unwrap();
+    enc.write_all(&tar).unwrap();
+    let bytes = enc.finish().unwrap();
+    let (_d, r) = run(&bytes);
+    let message = match &r {
+        Err(e @ UnpackError::Corrupt(_)) => e.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(message.contains("over the 8 MiB allowed"), "{message}");
 }
