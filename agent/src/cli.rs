@@ -506,6 +506,7 @@ async fn run(config: Config) -> Result<ExitCode, String> {
         }
     }
     let mut backoff = plan::Backoff::default();
+    let mut first = true;
     loop {
         // A stop request cancels a pass midway: the switch-in-flight record brings the next
         // start back to a good release.
@@ -514,6 +515,11 @@ async fn run(config: Config) -> Result<ExitCode, String> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
+        // Start-up (the config, the SDK's set-up, the first pass) is done: what it mapped goes
+        // back, as after each deploy (memory.rs).
+        if std::mem::take(&mut first) {
+            crate::memory::give_back();
+        }
         notify::status(&agent.status_line(outcome));
         backoff.record(match outcome {
             Outcome::Throttled => plan::Poll::Throttled,

@@ -22,6 +22,7 @@ pub mod hooks;
 pub mod lease;
 pub mod lifecycle;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod operator;
 pub mod owner;

@@ -62,7 +62,12 @@ pub async fn download<S: ArtifactStore>(
         Some(saved) if saved.continues(&fresh) && file_len(&partial.data) == Some(plan.len) => {
             saved
         }
-        _ => fresh,
+        _ => {
+            // Gone before the file is emptied: a kill in between must not leave a record that
+            // names parts the file no longer has.
+            let _ = std::fs::remove_file(&partial.record);
+            fresh
+        }
     };
     let resumed = record.done_bytes(plan);
     let file = open_partial(&partial.data, plan.len, record.done.is_empty())?;
@@ -77,6 +82,8 @@ pub async fn download<S: ArtifactStore>(
 
     let (tx, rx) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
+    // Also stops the hashing thread when this future is dropped (the download timeout).
+    let _stop_on_drop = StopOnDrop(cancel.clone());
     let reader = file.try_clone().at("open", &partial.data)?;
     let (stop, path, prehash) = (cancel.clone(), partial.data.clone(), job.prehash);
     let hasher =
@@ -106,6 +113,15 @@ pub async fn download<S: ArtifactStore>(
         });
     }
     Ok(digests.done(len, resumed))
+}
+
+/// Sets the flag the hashing thread checks, when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Takes parts off the queue until it is empty: fetches each (retrying it alone), then records

@@ -339,7 +339,7 @@ impl<P: Parts> Agent<P> {
         self.report(&state, &request, &desired, &place, outcome, tried)
             .await;
         if tried {
-            give_memory_back();
+            crate::memory::give_back();
         }
         outcome
     }
@@ -481,17 +481,6 @@ impl<P: Parts> Agent<P> {
 
     fn save(&self, state: &State) -> Result<(), StateError> {
         self.state_file.save(state)
-    }
-}
-
-/// After a deploy: the heap its buffers and the unpacking threads grew goes back to the system,
-/// so that an idle daemon holds what polling needs, not what the last download needed.
-fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: malloc_trim takes no pointers; it only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
