@@ -5,6 +5,10 @@
 # Usage: seeds.sh CORPUS
 set -euo pipefail
 corpus=$1
+if ! command -v zstd >/dev/null; then
+  echo "seeds.sh: needs zstd for the .tar.zst seeds (apt-get install zstd)" >&2
+  exit 1
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
