@@ -54,13 +54,16 @@ fn spoiled_parts_are_fetched_again_alone_within_the_pass() {
     let parts = archive.len().div_ceil(PART as usize);
     host.upload_and_promote("1.0.0", &archive);
     let tarball = Match::s3_get(".tar.gz");
-    // A reset mid-body, a truncated body, a throttle and three 500s, on whichever parts are
-    // asked for next: each spoiled request costs one more, by the SDK's retry (an answer that
-    // fails) or by drover's retry of the part (a body cut short, or the SDK out of attempts).
+    // A reset mid-body, a truncated body, a `SlowDown`, a 503 and three 500s, on whichever parts
+    // are asked for next: each spoiled request costs one more, by the SDK's retry (an answer that
+    // fails) or by drover's retry of the part (a body cut short, or the SDK out of attempts). A
+    // slow body is no failure: it costs time, not a request.
     proxy.inject(tarball.clone(), Fault::ResetMidBody, 1);
     proxy.inject(tarball.clone(), Fault::Truncate, 1);
     proxy.inject(tarball.clone(), Fault::Throttle, 1);
-    proxy.inject(tarball, Fault::Status(500), 3);
+    proxy.inject(tarball.clone(), Fault::Status(503), 1);
+    proxy.inject(tarball.clone(), Fault::Status(500), 3);
+    proxy.inject(tarball, Fault::Slow(Duration::from_millis(500)), 1);
 
     let out = host.drover(&["once"]);
     let text = stderr(&out);
@@ -75,11 +78,11 @@ fn spoiled_parts_are_fetched_again_alone_within_the_pass() {
     assert!(!text.contains("poll_failed"), "{text}");
     let (gets, spoiled) = tarball_gets(&proxy);
     eprintln!("{parts} parts: {gets} GETs, {spoiled} spoiled");
-    assert_eq!(spoiled, 6);
+    assert_eq!(spoiled, 8);
     assert_eq!(
         gets,
-        parts + spoiled,
-        "each spoiled part fetched again, alone"
+        parts + 7,
+        "each failed part fetched again, alone; the slow one once"
     );
     let downloads = std::fs::read_dir(host.root().join(".downloads"))
         .unwrap()
