@@ -21,9 +21,9 @@ use drover_tests::World;
 /// Small caps, so that the bombs are cheap to build: 16 MiB unpacked, 1000 entries.
 const CAPS: &str = "max_unpacked_size = \"16MiB\"\nmax_entries = 1000\n";
 
-struct Case {
-    name: &'static str,
-    archive: Vec<u8>,
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) archive: Vec<u8>,
     /// Every one of these must appear in the rejection's ERROR.
     expect: &'static [&'static str],
 }
@@ -46,7 +46,7 @@ const OUTSIDE: &str = "../../../../outside/pwned";
 /// Where an absolute entry would land if it got out.
 const ABS_TARGET: &str = "/var/tmp/drover-adversarial-pwned";
 
-fn corpus() -> Vec<Case> {
+pub(crate) fn corpus() -> Vec<Case> {
     let good = raw_tar_gz(&[app(), RawEntry::file("app.py", &noise(64 << 10))]);
     let many: Vec<RawEntry> = (0..1001)
         .map(|i| RawEntry::file(&format!("f{i}"), b""))
@@ -258,7 +258,7 @@ fn corpus() -> Vec<Case> {
         Case {
             name: "not gzip at all",
             archive: b"#!/bin/sh\necho this is a script, not a tarball\n".to_vec(),
-            expect: &["archive is corrupt", "invalid gzip header"],
+            expect: &["archive is corrupt", "neither gzip nor zstd"],
         },
         Case {
             name: "empty archive",
