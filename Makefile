@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 endif
 export DROVER_BIN ?= $(CARGO_TARGET_DIR)/debug/drover
 
-.PHONY: all build test test-unit demo static check fmt clippy clean
+.PHONY: all build test test-unit demo static static-all check fmt clippy clean
 
 all: build
 
@@ -53,15 +53,35 @@ demo: test-setup build
 	$(CARGO_TARGET_DIR)/debug/demo
 
 ## The shipped binary: glibc linked statically (runs in an empty chroot), size-tuned profile.
-STATIC_TARGET := x86_64-unknown-linux-gnu
-STATIC_BIN := $(CARGO_TARGET_DIR)/$(STATIC_TARGET)/release/drover
-export DROVER_STATIC_BIN ?= $(STATIC_BIN)
+## `make static ARCH=aarch64` builds Graviton's, with Debian's cross toolchain
+## (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross; tests/scripts/setup.sh installs them, and
+## rustup's aarch64-unknown-linux-gnu target). `make static-all` builds both.
+ARCH ?= x86_64
+STATIC_ARCHES := x86_64 aarch64
+static-bin = $(CARGO_TARGET_DIR)/$(1)-unknown-linux-gnu/release/drover
+STATIC_TARGET := $(ARCH)-unknown-linux-gnu
+STATIC_BIN := $(call static-bin,$(ARCH))
+export DROVER_STATIC_BIN ?= $(call static-bin,x86_64)
+export DROVER_STATIC_BIN_AARCH64 ?= $(call static-bin,aarch64)
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C force-unwind-tables=no -C link-arg=-Wl,-z,pack-relative-relocs
+# aarch64: position-independent objects, linked as a static PIE by a wrapper of Debian's cross
+# gcc (packaging/cross/aarch64-static-pie-cc says why), which also builds the C in the tree
+# (ring, zlib-ng, libzstd).
+STATIC_RUSTFLAGS_aarch64 := -C relocation-model=pie
+CROSS_ENV_aarch64 := CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+	CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ \
+	AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$(CURDIR)/packaging/cross/aarch64-static-pie-cc
+OBJCOPY_x86_64 := objcopy
+OBJCOPY_aarch64 := aarch64-linux-gnu-objcopy
 static:
-	RUSTFLAGS='$(STATIC_RUSTFLAGS)' $(CARGO) build --release --locked -p drover --target $(STATIC_TARGET)
+	$(CROSS_ENV_$(ARCH)) RUSTFLAGS='$(STATIC_RUSTFLAGS) $(STATIC_RUSTFLAGS_$(ARCH))' $(CARGO) build --release --locked -p drover --target $(STATIC_TARGET)
 	@# Unwind tables (1 MB, mostly from the prebuilt std and glibc): panics abort, nothing unwinds.
-	objcopy --remove-section=.eh_frame --remove-section=.eh_frame_hdr $(STATIC_BIN)
+	$(OBJCOPY_$(ARCH)) --remove-section=.eh_frame --remove-section=.eh_frame_hdr $(STATIC_BIN)
 	@ls -l $(STATIC_BIN) | awk '{printf "static binary: %s, %d bytes (%.2f MiB)\n", $$9, $$5, $$5/1048576}'
+
+static-all:
+	@for arch in $(STATIC_ARCHES); do $(MAKE) --no-print-directory static ARCH=$$arch || exit 1; done
 
 check: fmt clippy $(CHECKS)
 

@@ -25,6 +25,7 @@ check-userdata: build
 	    >"$$tmp/web.service"; \
 	printf -- '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' >"$$tmp/ca.pem"; \
 	$(DROVER_BIN) user-data --source https://downloads.example.com/drover --sha256 "$$digest" \
+	    --source aarch64=https://downloads.example.com/drover-aarch64 --sha256 "aarch64=$$digest" \
 	    --bucket my-releases --health-url http://127.0.0.1:8080/health >"$$tmp/from-flags.yaml"; \
 	$(DROVER_BIN) user-data --source /usr/lib/drover/drover --sha256 "$$digest" \
 	    --config-file "$$tmp/config.toml" --app-unit "$$tmp/web.service" \

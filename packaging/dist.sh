@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# dist.sh VERSION BINARY OUTDIR: drover's release artefacts from the static binary (`make dist`
-# runs it after `make static`). Writes into OUTDIR, replacing what was there:
-#   drover-VERSION-x86_64-linux           the bare binary (what cloud-init user-data pins)
-#   drover-VERSION-x86_64-linux.tar.gz    binary, systemd/drover.service, example config, docs
-#   drover_VERSION_amd64.deb              dpkg-deb --build of a staged tree (no debhelper)
-#   drover-VERSION-1.x86_64.rpm           rpmbuild of packaging/rpm/drover.spec
-#   SHA256SUMS                            over all of the above
+# dist.sh VERSION OUTDIR ARCH=BINARY...: drover's release artefacts from the static binaries
+# (`make dist` runs it after `make static-all`, with x86_64=... aarch64=...). Writes into OUTDIR,
+# replacing what was there, for each ARCH (x86_64, aarch64):
+#   drover-VERSION-ARCH-linux             the bare binary (what cloud-init user-data pins)
+#   drover-VERSION-ARCH-linux.tar.gz      binary, systemd/drover.service, example config, docs
+#   drover_VERSION_DEBARCH.deb            dpkg-deb --build of a staged tree (amd64, arm64)
+#   drover-VERSION-1.ARCH.rpm             rpmbuild of packaging/rpm/drover.spec
+# and one SHA256SUMS over all of them.
 # The packages install /usr/bin/drover and a unit generated from systemd/drover.service (see
 # packaged_unit). Timestamps come from SOURCE_DATE_EPOCH, by default the last commit's time.
 # Installs the `rpm` package (rpmbuild) with apt-get when it is missing and this runs as root.
@@ -13,14 +14,13 @@ set -euo pipefail
 umask 022
 
 fail() { printf 'dist: error: %s\n' "$*" >&2; exit 1; }
-[ $# -eq 3 ] || fail "usage: $0 VERSION BINARY OUTDIR"
+[ $# -ge 3 ] || fail "usage: $0 VERSION OUTDIR ARCH=BINARY..."
 version=$1
-binary=$(realpath -m -- "$2")
-out=$(realpath -m -- "$3")
+out=$(realpath -m -- "$2")
+shift 2
 case $version in
     '' | *[!A-Za-z0-9.+-]*) fail "not a version: '$version'" ;;
 esac
-[ -x "$binary" ] || fail "no binary at $binary (make static)"
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 packaging=$repo/packaging
@@ -29,9 +29,6 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%
 # Debian and RPM sort "~" before anything, as Cargo sorts a pre-release ("1.0.0-rc.1") before
 # its release; "-" would separate the revision in both.
 pkg_version=${version//-/\~}
-name=drover-$version-x86_64-linux
-deb_name=drover_${pkg_version}_amd64.deb
-rpm_name=drover-$pkg_version-1.x86_64.rpm
 
 if ! command -v rpmbuild >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -76,44 +73,58 @@ docs() {
     printf '%s\n' "$repo/README.md" "$repo"/docs/*.md
 }
 
-stage=$work/stage
-mkdir -p "$stage/doc"
-install -m 0755 "$binary" "$stage/drover"
-packaged_unit >"$stage/drover.service"
-grep -q /usr/local/bin "$stage/drover.service" && fail "packaged unit still names /usr/local/bin"
-install -m 0644 "$packaging/config.toml.example" "$stage/config.toml.example"
-docs | xargs install -m 0644 -t "$stage/doc"
-install -m 0644 "$packaging/copyright" "$stage/doc/copyright"
+# One architecture's four artefacts, from its binary; their names go to $artefacts.
+artefacts=()
+build_arch() {
+    local arch=$1 binary=$2 deb_arch name deb_name rpm_name stage tree root rpmtop installed_kib
+    case $arch in
+        x86_64) deb_arch=amd64 ;;
+        aarch64) deb_arch=arm64 ;;
+        *) fail "unknown architecture '$arch' (x86_64 or aarch64)" ;;
+    esac
+    [ -x "$binary" ] || fail "no $arch binary at $binary (make static ARCH=$arch)"
+    name=drover-$version-$arch-linux
+    deb_name=drover_${pkg_version}_$deb_arch.deb
+    rpm_name=drover-$pkg_version-1.$arch.rpm
+    mkdir -p "$work/$arch"
+    stage=$work/$arch/stage
+    mkdir -p "$stage/doc"
+    install -m 0755 "$binary" "$stage/drover"
+    packaged_unit >"$stage/drover.service"
+    grep -q /usr/local/bin "$stage/drover.service" && fail "packaged unit still names /usr/local/bin"
+    install -m 0644 "$packaging/config.toml.example" "$stage/config.toml.example"
+    docs | xargs install -m 0644 -t "$stage/doc"
+    install -m 0644 "$packaging/copyright" "$stage/doc/copyright"
 
-# The bare binary and the tarball: for installs without a package manager, with the repository's
-# unit as it is (ExecStart=/usr/local/bin/drover, as cloud-init installs it).
-install -m 0755 "$binary" "$new/$name"
-tree=$work/tar/$name
-mkdir -p "$tree/docs"
-install -m 0755 "$binary" "$tree/drover"
-install -m 0644 "$repo/systemd/drover.service" "$packaging/config.toml.example" "$repo/README.md" "$tree/"
-install -m 0644 "$packaging/copyright" "$tree/COPYRIGHT"
-install -m 0644 "$repo"/docs/*.md "$tree/docs/"
-tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
-    -C "$work/tar" -cf - "$name" | gzip -9 -n >"$new/$name.tar.gz"
+    # The bare binary and the tarball: for installs without a package manager, with the repository's
+    # unit as it is (ExecStart=/usr/local/bin/drover, as cloud-init installs it).
+    install -m 0755 "$binary" "$new/$name"
+    tree=$work/$arch/tar/$name
+    mkdir -p "$tree/docs"
+    install -m 0755 "$binary" "$tree/drover"
+    install -m 0644 "$repo/systemd/drover.service" "$packaging/config.toml.example" "$repo/README.md" "$tree/"
+    install -m 0644 "$packaging/copyright" "$tree/COPYRIGHT"
+    install -m 0644 "$repo"/docs/*.md "$tree/docs/"
+    tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+        -C "$work/$arch/tar" -cf - "$name" | gzip -9 -n >"$new/$name.tar.gz"
 
-# The .deb: a staged tree and DEBIAN/ control files, owned by root:root in the archive.
-root=$work/deb
-install -D -m 0755 "$stage/drover" "$root/usr/bin/drover"
-install -D -m 0644 "$stage/drover.service" "$root/lib/systemd/system/drover.service"
-install -D -m 0644 "$stage/config.toml.example" "$root/etc/drover/config.toml.example"
-mkdir -p "$root/usr/share/doc/drover"
-install -m 0644 "$stage"/doc/* "$root/usr/share/doc/drover/"
-mkdir -p "$root/DEBIAN"
-install -m 0755 "$packaging"/deb/postinst "$packaging"/deb/prerm "$packaging"/deb/postrm "$root/DEBIAN/"
-printf '/etc/drover/config.toml.example\n' >"$root/DEBIAN/conffiles"
-(cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) \
-    >"$root/DEBIAN/md5sums"
-installed_kib=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
-cat >"$root/DEBIAN/control" <<EOF
+    # The .deb: a staged tree and DEBIAN/ control files, owned by root:root in the archive.
+    root=$work/$arch/deb
+    install -D -m 0755 "$stage/drover" "$root/usr/bin/drover"
+    install -D -m 0644 "$stage/drover.service" "$root/lib/systemd/system/drover.service"
+    install -D -m 0644 "$stage/config.toml.example" "$root/etc/drover/config.toml.example"
+    mkdir -p "$root/usr/share/doc/drover"
+    install -m 0644 "$stage"/doc/* "$root/usr/share/doc/drover/"
+    mkdir -p "$root/DEBIAN"
+    install -m 0755 "$packaging"/deb/postinst "$packaging"/deb/prerm "$packaging"/deb/postrm "$root/DEBIAN/"
+    printf '/etc/drover/config.toml.example\n' >"$root/DEBIAN/conffiles"
+    (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) \
+        >"$root/DEBIAN/md5sums"
+    installed_kib=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+    cat >"$root/DEBIAN/control" <<EOF
 Package: drover
 Version: $pkg_version
-Architecture: amd64
+Architecture: $deb_arch
 Maintainer: $maintainer
 Installed-Size: $installed_kib
 Section: admin
@@ -128,19 +139,29 @@ Description: pull-based deployment agent for EC2
  The agent starts once /etc/drover/config.toml exists; see
  /etc/drover/config.toml.example.
 EOF
-dpkg-deb --root-owner-group -Zxz --build "$root" "$new/$deb_name" >/dev/null
+    dpkg-deb --root-owner-group -Zxz --build "$root" "$new/$deb_name" >/dev/null
 
-# The .rpm, from the same staged files.
-rpmtop=$work/rpm
-rpmbuild --quiet -bb \
-    --define "_topdir $rpmtop" \
-    --define "drover_version $pkg_version" \
-    --define "drover_stage $stage" \
-    "$packaging/rpm/drover.spec" >"$work/rpmbuild.log" 2>&1 \
-    || { cat "$work/rpmbuild.log" >&2; fail "rpmbuild failed"; }
-mv "$rpmtop/RPMS/x86_64/$rpm_name" "$new/$rpm_name"
+    # The .rpm, from the same staged files.
+    rpmtop=$work/$arch/rpm
+    rpmbuild --quiet -bb \
+        --define "_topdir $rpmtop" \
+        --define "drover_version $pkg_version" \
+        --define "drover_stage $stage" \
+        --target "$arch" \
+        "$packaging/rpm/drover.spec" >"$work/$arch/rpmbuild.log" 2>&1 \
+        || { cat "$work/$arch/rpmbuild.log" >&2; fail "rpmbuild failed"; }
+    mv "$rpmtop/RPMS/$arch/$rpm_name" "$new/$rpm_name"
+    artefacts+=("$name" "$name.tar.gz" "$deb_name" "$rpm_name")
+}
 
-(cd "$new" && sha256sum -- "$name" "$name.tar.gz" "$deb_name" "$rpm_name" >SHA256SUMS)
+for spec in "$@"; do
+    case $spec in
+        *=*) build_arch "${spec%%=*}" "$(realpath -m -- "${spec#*=}")" ;;
+        *) fail "not ARCH=BINARY: '$spec'" ;;
+    esac
+done
+
+(cd "$new" && sha256sum -- "${artefacts[@]}" >SHA256SUMS)
 
 # Swap the new set in whole: OUTDIR never mixes two builds.
 rm -rf "$out.old"
@@ -149,7 +170,7 @@ mv "$new" "$out"
 rm -rf "$out.old"
 
 cd "$out"
-for f in "$name" "$name.tar.gz" "$deb_name" "$rpm_name"; do
+for f in "${artefacts[@]}"; do
     stat -c '%s %n' -- "$f" | awk '{ printf "dist: %-40s %9d bytes (%.2f MiB)\n", $2, $1, $1 / 1048576 }'
 done
 printf 'dist: %s/SHA256SUMS\n' "$out"

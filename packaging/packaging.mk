@@ -52,8 +52,9 @@ export DROVER_DEB ?= $(DIST_DEB)
 
 .PHONY: dist check-dist test-packages
 
-dist: static
-	bash $(PACKAGING_DIR)/dist.sh '$(DROVER_VERSION)' '$(STATIC_BIN)' '$(DIST_DIR)'
+dist: static-all
+	bash $(PACKAGING_DIR)/dist.sh '$(DROVER_VERSION)' '$(DIST_DIR)' \
+	  x86_64='$(call static-bin,x86_64)' aarch64='$(call static-bin,aarch64)'
 
 check-dist: dist
 	bash $(PACKAGING_DIR)/check-dist.sh '$(DROVER_VERSION)' '$(DIST_DIR)'

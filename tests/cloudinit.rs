@@ -89,6 +89,7 @@ fn temp_dir() -> tempfile::TempDir {
 fn drover_user_data_from_flags_passes_cloud_init_schema() {
     let tmp = temp_dir();
     let digest = sha256_hex(b"a drover binary");
+    let arm_digest = sha256_hex(b"an aarch64 drover binary");
     let (path, _) = render_valid(
         tmp.path(),
         &[
@@ -96,6 +97,10 @@ fn drover_user_data_from_flags_passes_cloud_init_schema() {
             "https://downloads.example.com/drover/0.1.0/drover",
             "--sha256",
             &digest,
+            "--source",
+            "aarch64=https://downloads.example.com/drover/0.1.0/drover-aarch64",
+            "--sha256",
+            &format!("aarch64={arm_digest}"),
             "--bucket",
             "my-releases",
             "--units",
@@ -121,8 +126,13 @@ fn drover_user_data_from_flags_passes_cloud_init_schema() {
         yaml_query(&path, "runcmd", ""),
         serde_json::json!([[
             "/usr/local/lib/drover/install-drover",
+            "x86_64",
             "https://downloads.example.com/drover/0.1.0/drover",
-            digest
+            digest,
+            "aarch64",
+            "https://downloads.example.com/drover/0.1.0/drover-aarch64",
+            arm_digest,
+            "--"
         ]])
     );
 }
@@ -177,8 +187,10 @@ fn drover_user_data_embeds_a_config_file_an_app_unit_and_a_ca() {
         yaml_query(&path, "runcmd", ""),
         serde_json::json!([[
             "/usr/local/lib/drover/install-drover",
+            "x86_64",
             "/usr/lib/drover/drover",
             digest,
+            "--",
             "web.service"
         ]])
     );
@@ -196,7 +208,26 @@ fn drover_user_data_refuses_bad_input_with_status_2() {
     let bad_config = bad_config.to_string_lossy().into_owned();
     let digest = sha256_hex(b"x");
     let https = "https://example.com/drover";
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &[
+                "--source", "arm64=/x", "--sha256", "arm64=ab", "--bucket", "b",
+            ],
+            "\"arm64\" is not an architecture drover is built for (x86_64, aarch64)",
+        ),
+        (
+            &[
+                "--source",
+                https,
+                "--sha256",
+                &digest,
+                "--source",
+                "aarch64=/x",
+                "--bucket",
+                "b",
+            ],
+            "--source for aarch64 without its --sha256",
+        ),
         (
             &[
                 "--source",
@@ -361,11 +392,29 @@ fn a_download_that_does_not_match_its_digest_or_is_plain_http_is_not_installed()
     // The same binary, with its real digest, over plain http: refused before any request.
     let http = server.url("/drover").replacen("https://", "http://", 1);
     let real = sha256_file(&drover_tests::drover_bin());
-    let out = instance.exec(&["/usr/local/lib/drover/install-drover", &http, &real]);
+    let install = "/usr/local/lib/drover/install-drover";
+    let out = instance.exec(&[install, "x86_64", &http, &real, "--"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("plain http"), "{stderr}");
     assert_eq!(server.requests().len(), 1, "plain http was requested");
+    assert_nothing_installed(&instance);
+
+    // A binary pinned for aarch64 only, on this x86_64 instance: nothing is fetched.
+    let out = instance.exec(&[install, "aarch64", &server.url("/drover"), &real, "--"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no drover binary is pinned for this machine's architecture (x86_64); pinned: aarch64"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "the aarch64 binary was requested"
+    );
     assert_nothing_installed(&instance);
 }
 

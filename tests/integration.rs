@@ -25,6 +25,7 @@ mod downloads;
 mod e2e;
 mod faults;
 mod fleet;
+mod graviton;
 mod loadbalancer;
 mod packages;
 mod parts;

@@ -115,12 +115,15 @@ struct UnpackArgs {
 
 #[derive(Args)]
 struct UserDataArgs {
-    /// Where the instance gets the drover binary: an https:// URL or an absolute path on the image.
-    #[arg(long, value_name = "URL_OR_PATH")]
-    source: String,
-    /// The binary's SHA-256 (64 lowercase hex digits); the instance installs nothing else.
-    #[arg(long, value_name = "HEX")]
-    sha256: String,
+    /// Where the instance gets the drover binary: an https:// URL or an absolute path on the
+    /// image. Once per architecture as ARCH=URL_OR_PATH (x86_64, aarch64): the instance installs
+    /// the one `uname -m` names; without ARCH=, x86_64's.
+    #[arg(long, value_name = "[ARCH=]URL_OR_PATH", required = true)]
+    source: Vec<String>,
+    /// The binary's SHA-256 (64 lowercase hex digits), as [ARCH=]HEX for each --source; the
+    /// instance installs nothing else.
+    #[arg(long, value_name = "[ARCH=]HEX", required = true)]
+    sha256: Vec<String>,
     /// The instance's config.toml, checked and embedded as it is.
     #[arg(
         long,
@@ -393,8 +396,7 @@ fn render_user_data(args: &UserDataArgs) -> Result<String, String> {
         None => None,
     };
     UserData {
-        drover_source: args.source.clone(),
-        drover_sha256: args.sha256.clone(),
+        binaries: userdata::pair(&args.source, &args.sha256).map_err(|e| e.to_string())?,
         config_toml,
         extra_files,
         enable_units,

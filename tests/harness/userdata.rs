@@ -8,7 +8,8 @@ pub use drover::userdata::{WriteFile, DOWNLOAD_CA_PATH, DROVER_SERVICE, TEMPLATE
 /// What one instance's user-data says.
 #[derive(Debug, Clone)]
 pub struct UserData {
-    /// Where the binary comes from: an absolute path on the image or an `https://` URL.
+    /// Where the binary comes from: an absolute path on the image or an `https://` URL (the
+    /// instances are x86_64 containers: pinned for x86_64).
     pub drover_source: String,
     /// The binary's SHA-256, lowercase hex; the install refuses anything else.
     pub drover_sha256: String,
@@ -27,8 +28,11 @@ impl UserData {
     /// The same, as the library's type (which has more to say).
     pub fn product(&self) -> drover::userdata::UserData {
         drover::userdata::UserData {
-            drover_source: self.drover_source.clone(),
-            drover_sha256: self.drover_sha256.clone(),
+            binaries: vec![drover::userdata::Pin::new(
+                drover::userdata::Arch::X86_64,
+                &self.drover_source,
+                &self.drover_sha256,
+            )],
             config_toml: self.config_toml.clone(),
             extra_files: self.extra_files.clone(),
             ..Default::default()

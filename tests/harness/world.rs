@@ -345,12 +345,15 @@ endpoint_url = "{endpoint}"
             .unwrap_or_else(|e| panic!("cannot make an instance temp dir: {e}"));
         let seed = files.path().join("seed");
         let dist = files.path().join("dist");
+        let source = (spec.source.clone()).unwrap_or_else(|| format!("{DIST_INSIDE}/drover"));
         let user_data = drover::userdata::UserData {
-            drover_source: spec
-                .source
-                .clone()
-                .unwrap_or_else(|| format!("{DIST_INSIDE}/drover")),
-            drover_sha256: spec.pinned_sha256.clone(),
+            // The container's kernel is the host's: `uname -m` says x86_64 inside, whichever
+            // build stands behind the pin (an aarch64 one runs through binfmt_misc).
+            binaries: vec![drover::userdata::Pin::new(
+                drover::userdata::Arch::X86_64,
+                &source,
+                &spec.pinned_sha256,
+            )],
             config_toml: spec.config_toml.clone(),
             extra_files: spec.extra_files.clone(),
             enable_units: spec.enable_units.clone(),

@@ -16,7 +16,10 @@ ROOTFS_TMP="$CACHE/rootfs-tmp"
 # minisign: tests/signing.rs makes keys and signatures with the reference tool, and checks
 # `drover publish --sign` with it.
 # cmake: flate2's zlib-ng backend builds zlib-ng with it.
-HOST_PACKAGES="systemd-container debootstrap cloud-init python3 python3-venv openssl curl wget minisign cmake"
+# The aarch64 build (`make static ARCH=aarch64`) and its tests: Debian's cross toolchain and
+# static glibc, and qemu-user to run the result (binfmt_misc, where the kernel lets us register it).
+HOST_PACKAGES="systemd-container debootstrap cloud-init python3 python3-venv openssl curl wget minisign cmake
+gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static binfmt-support zstd"
 MOTO_REQUIREMENT='moto[server]==5.2.5'
 
 # The root filesystem recipe. Any change here makes the next run rebuild the rootfs, because the
@@ -165,6 +168,30 @@ root_filesystem() {
     step "rootfs" "done in $(($(date +%s) - started))s ($ROOTFS)"
 }
 
+# rustup's aarch64 standard library, and qemu-aarch64 registered with binfmt_misc so that an
+# aarch64 binary runs by itself, in a chroot or a container too (the F flag). Where the kernel
+# does not allow registering, the tests that need it say so and skip.
+aarch64() {
+    if rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+        step "rust aarch64 target" "ok"
+    else
+        step "rust aarch64 target" "adding"
+        rustup target add aarch64-unknown-linux-gnu >/dev/null \
+            || fail "rustup target add aarch64-unknown-linux-gnu failed"
+    fi
+    if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+    fi
+    if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+        step "binfmt qemu-aarch64" "ok"
+    elif update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 \
+        && [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+        step "binfmt qemu-aarch64" "registered"
+    else
+        step "binfmt qemu-aarch64" "not available here: the tests that need it will skip"
+    fi
+}
+
 main() {
     [ "$(id -u)" = 0 ] || fail "run as root: the tests boot containers with systemd-nspawn"
     mkdir -p "$CACHE"
@@ -172,6 +199,7 @@ main() {
     exec 9>"$CACHE/.setup.lock"
     flock 9
     host_packages
+    aarch64
     python_venv
     root_filesystem
     step "ready" "DROVER_TEST_CACHE=$CACHE"

@@ -13,10 +13,10 @@ use std::path::Path;
 use crate::config::{self, Config};
 
 /// The user-data template, as shipped.
-pub const TEMPLATE: &str = include_str!("../../cloud-init/user-data.yaml.in");
+pub const TEMPLATE: &str = include_str!("../../../cloud-init/user-data.yaml.in");
 
 /// The agent's unit, as shipped.
-pub const DROVER_SERVICE: &str = include_str!("../../systemd/drover.service");
+pub const DROVER_SERVICE: &str = include_str!("../../../systemd/drover.service");
 
 /// Where the install script looks for the CAs of a private download server.
 pub const DOWNLOAD_CA_PATH: &str = "/etc/drover/download-ca.pem";
@@ -24,6 +24,8 @@ pub const DOWNLOAD_CA_PATH: &str = "/etc/drover/download-ca.pem";
 /// Where unit files given to the renderer are written.
 const UNIT_DIR: &str = "/etc/systemd/system";
 
+mod pins;
+pub use pins::{pair, Arch, Pin};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UserDataError {
     #[error("source {given:?}: {reason}")]
@@ -44,6 +46,10 @@ pub enum UserDataError {
     UnknownMarker { marker: String, line: String },
     #[error("generated config: {0}")]
     Config(String),
+    #[error("{0:?} is not an architecture drover is built for (x86_64, aarch64)")]
+    Arch(String),
+    #[error("{0}")]
+    Pin(String),
 }
 
 /// A file for cloud-init's `write_files`.
@@ -59,10 +65,9 @@ pub struct WriteFile {
 /// What one instance's user-data says.
 #[derive(Debug, Clone, Default)]
 pub struct UserData {
-    /// Where the binary comes from: an absolute path on the image or an `https://` URL.
-    pub drover_source: String,
-    /// The binary's SHA-256, lowercase hex; the install refuses anything else.
-    pub drover_sha256: String,
+    /// The binary of each architecture, and its digest: the instance installs the one its
+    /// `uname -m` names, and nothing on another architecture.
+    pub binaries: Vec<Pin>,
     /// The text of `/etc/drover/config.toml`.
     pub config_toml: String,
     /// More files to write before drover is installed.
@@ -77,8 +82,7 @@ pub struct UserData {
 impl UserData {
     /// The filled-in template: a `#cloud-config` document.
     pub fn render(&self) -> Result<String, UserDataError> {
-        check_source(&self.drover_source)?;
-        check_sha256(&self.drover_sha256)?;
+        let binaries = pins::block(&self.binaries)?;
         let mut files = self.extra_files.clone();
         if let Some(pem) = &self.download_ca {
             if !pem.contains("-----BEGIN CERTIFICATE-----") {
@@ -106,12 +110,9 @@ impl UserData {
             ("DROVER_SERVICE", DROVER_SERVICE),
             ("EXTRA_WRITE_FILES", extra.as_str()),
             ("APP_UNITS", units.as_str()),
+            ("DROVER_BINARIES", binaries.as_str()),
         ];
-        let inline = [
-            ("DROVER_SOURCE", self.drover_source.as_str()),
-            ("DROVER_SHA256", self.drover_sha256.as_str()),
-        ];
-        fill(TEMPLATE, &blocks, &inline)
+        fill(TEMPLATE, &blocks, &[])
     }
 }
 
@@ -338,8 +339,11 @@ mod tests {
 
     fn sample() -> UserData {
         UserData {
-            drover_source: "/mnt/drover-dist/drover".into(),
-            drover_sha256: "ab".repeat(32),
+            binaries: vec![Pin::new(
+                Arch::X86_64,
+                "/mnt/drover-dist/drover",
+                &"ab".repeat(32),
+            )],
             config_toml: "[source]\nparameter = \"/x\"\n\n[aws]\nregion = \"us-east-1\"\n".into(),
             extra_files: vec![WriteFile {
                 path: "/etc/default/drover".into(),
@@ -365,7 +369,8 @@ mod tests {
         assert!(!text.contains("\n##"), "{text}");
         assert!(
             text.ends_with(&format!(
-                "runcmd:\n  - - /usr/local/lib/drover/install-drover\n    - \"/mnt/drover-dist/drover\"\n    - \"{}\"\n",
+                "runcmd:\n  - - /usr/local/lib/drover/install-drover\n    - \"x86_64\"\n    \
+                 - \"/mnt/drover-dist/drover\"\n    - \"{}\"\n    - \"--\"\n",
                 "ab".repeat(32)
             )),
             "{text}"
@@ -416,7 +421,11 @@ mod tests {
     fn writes_the_download_ca_where_the_script_looks() {
         let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         let data = UserData {
-            drover_source: "https://example.com/drover".into(),
+            binaries: vec![Pin::new(
+                Arch::X86_64,
+                "https://example.com/drover",
+                &"ab".repeat(32),
+            )],
             download_ca: Some(pem.into()),
             ..sample()
         };
@@ -459,7 +468,11 @@ mod tests {
             assert!(check_source(bad).is_err(), "{bad} accepted");
         }
         let http = UserData {
-            drover_source: "http://example.com/drover".into(),
+            binaries: vec![Pin::new(
+                Arch::X86_64,
+                "http://example.com/drover",
+                &"ab".repeat(32),
+            )],
             ..sample()
         };
         let err = http
@@ -474,7 +487,7 @@ mod tests {
     fn refuses_a_digest_that_is_not_lowercase_hex() {
         for digest in ["not-a-digest".to_string(), "AB".repeat(32), "ab".repeat(31)] {
             let data = UserData {
-                drover_sha256: digest.clone(),
+                binaries: vec![Pin::new(Arch::Aarch64, "/x", &digest)],
                 ..sample()
             };
             assert_eq!(data.render(), Err(UserDataError::Sha256(digest)));
