@@ -3,7 +3,6 @@
 //! its digest (and signature) match.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -297,14 +296,7 @@ async fn stream_to_file<S: ArtifactStore>(
     }
     // Plain blocking writes: they go to the page cache, and this task is the only one with work
     // to do while a download runs.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dest)
-        .at("create", dest)?;
+    let file = parallel::open_download(dest, true)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut digests = Digests::new(prehash);
     let mut len = 0u64;

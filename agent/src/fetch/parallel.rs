@@ -245,7 +245,15 @@ fn hash_prefix(
 
 /// Opens (or makes) the partial file at its full size; `fresh` empties it first.
 fn open_partial(path: &Path, len: u64, fresh: bool) -> Result<File, PathError> {
-    let file = std::fs::OpenOptions::new()
+    let file = open_download(path, fresh)?;
+    file.set_len(len).at("size", path)?;
+    Ok(file)
+}
+
+/// Opens (or makes) a download's file, readable and writable by root alone, never through a
+/// symlink; `fresh` empties it.
+pub(super) fn open_download(path: &Path, fresh: bool) -> Result<File, PathError> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -253,9 +261,7 @@ fn open_partial(path: &Path, len: u64, fresh: bool) -> Result<File, PathError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .at("open", path)?;
-    file.set_len(len).at("size", path)?;
-    Ok(file)
+        .at("open", path)
 }
 
 fn file_len(path: &Path) -> Option<u64> {
