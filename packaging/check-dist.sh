@@ -132,13 +132,11 @@ check_arch() { # check_arch ARCH DEBARCH MACHINE (as file(1) names it) RUNNER...
     [ "$(sha256sum <"$work/$name/drover" | cut -d' ' -f1)" = "$binary_sha" ] \
         || fail "$name.tar.gz: drover is not $name"
     ok "$name.tar.gz: $(echo "$want_tar" | wc -l) files as expected, same binary"
-    [ "$arch" != x86_64 ] || amd64_deb=$deb
 }
 
-amd64_deb=
 check_arch x86_64 amd64 x86-64
 check_arch aarch64 arm64 'ARM aarch64' qemu-aarch64-static
-deb=$amd64_deb
+deb=drover_${pkg_version}_amd64.deb
 
 if command -v lintian >/dev/null; then
     printf 'check-dist: lintian %s (reported, not enforced):\n' "$deb"

@@ -332,6 +332,25 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 
 const AWS_ENV: [(&str, &str); 3] = drover_tests::world::AWS_ENV;
 
+/// What a user would otherwise run: boto3's `download_file` of version 1 from `bucket` at
+/// `endpoint` into `fetched`, `sha256sum`, `tar -xzf` into the new `dest`, `sync -f`.
+fn boto3_pipeline(endpoint: &str, bucket: &str, fetched: &Path, dest: &Path) -> Command {
+    let python = drover_tests::cache_dir().join("venv/bin/python3");
+    let download = format!(
+        "import boto3; boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1')\
+         .download_file('{bucket}', 'releases/1.tar.gz', '{}')",
+        fetched.display()
+    );
+    let (f, d) = (fetched.display(), dest.display());
+    let mut cmd = sh(&format!(
+        "{} -c \"{download}\" && sha256sum {f} >/dev/null && mkdir {d} && \
+         tar -xzf {f} -C {d} && sync -f {d}",
+        python.display()
+    ));
+    cmd.envs(AWS_ENV);
+    cmd
+}
+
 impl Bench {
     fn agent(&self, name: &str, moto: &drover_tests::Moto, bucket: &str, extra: &str) -> Agent {
         let base = self.dir.join(name);
@@ -400,14 +419,7 @@ impl Bench {
             &["publish", "--version", "1", &archive.to_string_lossy()],
         );
         self.ok(&agent, &["promote", "1"]);
-        let python = drover_tests::cache_dir().join("venv/bin/python3");
         let fetched = self.dir.join("fetched.tar.gz");
-        let download = format!(
-            "import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1')\
-             .download_file('{bucket}', 'releases/1.tar.gz', '{}')",
-            moto.endpoint(),
-            fetched.display()
-        );
         let rss = self.dir.join("rss");
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for run in 0..self.runs {
@@ -418,14 +430,7 @@ impl Bench {
                 let sample = if which == 0 {
                     timed(&mut self.drover(&agent, &["once"]), &rss)
                 } else {
-                    let f = fetched.display();
-                    let d = dest.display();
-                    let mut cmd = sh(&format!(
-                        "{} -c \"{download}\" && sha256sum {f} >/dev/null && mkdir {d} && \
-                         tar -xzf {f} -C {d} && sync -f {d}",
-                        python.display()
-                    ));
-                    cmd.envs(AWS_ENV);
+                    let mut cmd = boto3_pipeline(&moto.endpoint(), bucket, &fetched, &dest);
                     timed(&mut cmd, &rss)
                 };
                 let _ = fs::remove_dir_all(&dest);
@@ -702,14 +707,7 @@ impl Bench {
         self.ok(&wide, &["promote", "1"]);
         proxy.cap_rate(CAP_BYTES_PER_SECOND);
 
-        let python = drover_tests::cache_dir().join("venv/bin/python3");
         let fetched = self.dir.join("fetched-big.tar.gz");
-        let download = format!(
-            "import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1')\
-             .download_file('{bucket}', 'releases/1.tar.gz', '{}')",
-            proxy.endpoint(),
-            fetched.display()
-        );
         let rss = self.dir.join("rss");
         let clean = |agent: &Agent| {
             let _ = fs::remove_dir_all(&agent.root);
@@ -726,13 +724,7 @@ impl Bench {
                     }
                     _ => {
                         let dest = self.scratch("dest-big");
-                        let (f, d) = (fetched.display(), dest.display());
-                        let mut cmd = sh(&format!(
-                            "{} -c \"{download}\" && sha256sum {f} >/dev/null && mkdir {d} && \
-                             tar -xzf {f} -C {d} && sync -f {d}",
-                            python.display()
-                        ));
-                        cmd.envs(AWS_ENV);
+                        let mut cmd = boto3_pipeline(&proxy.endpoint(), bucket, &fetched, &dest);
                         let sample = timed(&mut cmd, &rss);
                         let _ = fs::remove_dir_all(&dest);
                         let _ = fs::remove_file(&fetched);
