@@ -201,3 +201,27 @@ fn full_disk_on_an_instance_keeps_the_app_serving() {
     assert_eq!(instance.served(), "2.0.0");
     drop(instance); // halted before the tmpfs under it is unmounted
 }
+
+/// An artifact over `max_size` is the artifact's fault whatever the disk holds: rejected (and
+/// remembered), not retried as a full disk would be, even where it would not fit either.
+#[test]
+fn an_artifact_over_max_size_is_rejected_before_the_space_check() {
+    let world = World::new("toolarge");
+    let endpoint = world.moto.endpoint();
+    let host = Host::with_artifact_keys(world, &endpoint, "max_size = \"1MiB\"", "");
+    let _disk = SmallFs::mount(&host.root(), "4m");
+    host.upload_and_promote("1.0.0", &release("1.0.0", noise(6 << 20)));
+    let out = host.drover(&["once"]);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("event=\"artifact_rejected\""))
+        .unwrap_or_else(|| panic!("no artifact_rejected event in\n{text}"));
+    assert!(
+        line.contains("releases/1.0.0.tar.gz is larger than the limit of 1048576 bytes"),
+        "{line}"
+    );
+    assert!(!text.contains("bytes needed"), "{text}");
+    assert_eq!(host.status()["last"]["result"], "rejected");
+}

@@ -120,6 +120,15 @@ async fn fetch_into<S: ArtifactStore>(
         ),
     };
     let info = store.head(&key).await.map_err(FetchError::from)?;
+    // Too large is the artifact's fault whatever the disk holds: refused before the space check,
+    // which would otherwise retry it for ever on a disk it does not fit.
+    if info.len > artifact.max_size {
+        return Err(FetchError::TooLarge {
+            key,
+            limit: artifact.max_size,
+        }
+        .into());
+    }
     let partial = job.layout.partial(&desired.version);
     job.layout.forget_partials_but(&desired.version)?;
     space::check(job.layout.root(), &key, &info, &partial, artifact)?;
