@@ -47,8 +47,10 @@ DIST_DIR ?= $(CARGO_TARGET_DIR)/dist
 # pre-release "-" as "~" (dist.sh says why).
 DROVER_VERSION := $(shell sed -n '/^\[package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' agent/Cargo.toml)
 DIST_DEB := $(DIST_DIR)/drover_$(subst -,~,$(DROVER_VERSION))_amd64.deb
-# tests/packages.rs installs this .deb; without it, that test fails and says to run make dist.
+# tests/packages.rs installs this .deb, and tests/graviton.rs the arm64 one; without them, those
+# tests fail and say to run make dist.
 export DROVER_DEB ?= $(DIST_DEB)
+export DROVER_DEB_ARM64 ?= $(DIST_DIR)/drover_$(subst -,~,$(DROVER_VERSION))_arm64.deb
 
 .PHONY: dist check-dist test-packages
 

@@ -189,3 +189,175 @@ fn an_instance_runs_the_aarch64_agent_through_deploy_upgrade_and_revert() {
     let status = instance.status_json();
     assert_eq!(status["current"], "2.0.0");
 }
+
+/// The arm64 `.deb` of `make dist` (`$DROVER_DEB_ARM64`) installed with `dpkg -i` in an arm64
+/// Debian tree (tests/scripts/setup.sh debootstraps it), run under systemd-nspawn through
+/// binfmt_misc: dpkg takes it as its own architecture, the unit is enabled, the binary runs, and
+/// removal masks the unit. The amd64 package is refused there, which shows the tree is arm64.
+#[test]
+fn the_arm64_deb_installs_in_an_arm64_container() {
+    if !binfmt("the_arm64_deb_installs_in_an_arm64_container") {
+        return;
+    }
+    let rootfs = arm64_tree();
+    let deb = |var: &str| -> PathBuf {
+        let path = PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
+            panic!("{var} is not set: `make test` sets it, after `make dist` builds the package")
+        }));
+        assert!(
+            path.is_file(),
+            "{var}={}: no such file; run `make dist`",
+            path.display()
+        );
+        path
+    };
+    let (arm64, amd64) = (deb("DROVER_DEB_ARM64"), deb("DROVER_DEB"));
+    let debs = tempfile::tempdir().unwrap();
+    for path in [&arm64, &amd64] {
+        std::fs::copy(path, debs.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let name = |path: &Path| path.file_name().unwrap().to_string_lossy().into_owned();
+    let script = format!(
+        "set -e
+         echo arch=$(dpkg --print-architecture) machine=$(uname -m)
+         dpkg -i /mnt/deb/{arm64} >/dev/null
+         dpkg-query -W -f='package=${{Package}} ${{Version}} ${{Architecture}}\\n' drover
+         echo version=$(drover --version)
+         echo enabled=$(systemctl is-enabled drover)
+         if dpkg -i /mnt/deb/{amd64} 2>/tmp/refused; then echo amd64=installed; else echo amd64=refused; cat /tmp/refused; fi
+         dpkg -r drover >/dev/null
+         echo removed=$(systemctl is-enabled drover || true)",
+        arm64 = name(&arm64),
+        amd64 = name(&amd64),
+    );
+    let (status, text, err) = in_tree(&rootfs, debs.path(), "/mnt/deb", &script);
+    assert!(status.success(), "{text}\n{err}");
+    let version = crate::packages::cargo_version();
+    for line in [
+        "arch=arm64 machine=aarch64".to_string(),
+        format!("package=drover {version} arm64"),
+        format!("version=drover {version}"),
+        "enabled=enabled".to_string(),
+        "amd64=refused".to_string(),
+        "package architecture (amd64) does not match system (arm64)".to_string(),
+        "removed=masked".to_string(),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in:\n{text}\n{err}");
+    }
+}
+
+/// The arm64 Debian tree tests/scripts/setup.sh makes where binfmt_misc runs aarch64 binaries.
+fn arm64_tree() -> PathBuf {
+    let rootfs = drover_tests::cache_dir().join("rootfs-arm64");
+    assert!(
+        rootfs.join(".drover-test-recipe").is_file(),
+        "{} is missing: run `sudo tests/scripts/setup.sh` (or `make test-setup`)",
+        rootfs.display()
+    );
+    rootfs
+}
+
+/// Runs `sh -c SCRIPT` in ROOTFS under systemd-nspawn (not booted), with DIR bound read-only at
+/// INSIDE: its exit status, standard output and error (`--pipe`: no terminal, so no "\r\n").
+/// `--volatile=overlay`: what the script
+/// writes goes to a tmpfs, and the cached tree stays as it was made.
+fn in_tree(
+    rootfs: &Path,
+    dir: &Path,
+    inside: &str,
+    script: &str,
+) -> (std::process::ExitStatus, String, String) {
+    let out = run(Command::new("systemd-nspawn")
+        .args([
+            "--quiet",
+            "--pipe",
+            "--register=no",
+            "--keep-unit",
+            "--volatile=overlay",
+        ])
+        .arg(format!("--directory={}", rootfs.display()))
+        .arg(format!("--bind-ro={}:{inside}", dir.display()))
+        .args(["sh", "-c", script]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status, text, err)
+}
+
+/// The install script of the example CloudFormation template, as cloud-init would write it (its
+/// `${!name}` are Fn::Sub's escapes for a literal `${name}`).
+fn cloudformation_install_script() -> String {
+    let path = drover_tests::workspace_dir().join("packaging/cloudformation/drover-example.yaml");
+    let template = std::fs::read_to_string(&path).unwrap();
+    let start = template
+        .find("- path: /usr/local/lib/drover/install-drover")
+        .expect("the template writes install-drover");
+    let body = &template[start..];
+    let body = &body[body.find("content: |").expect("its content") + "content: |".len()..];
+    let end = body.find("runcmd:").expect("runcmd after it");
+    let indent = "                  ";
+    body[..end]
+        .lines()
+        .skip(1)
+        .map(|line| line.strip_prefix(indent).unwrap_or(line.trim()))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("${!", "${")
+}
+
+/// The example CloudFormation template's install script on an x86_64 and an arm64 tree, given
+/// both architectures' binaries as its runcmd gives them: each installs its own, and an arm64
+/// instance with no Graviton binary pinned (the parameters' default) installs nothing.
+#[test]
+fn the_cloudformation_install_script_picks_the_binary_of_the_machine() {
+    if !binfmt("the_cloudformation_install_script_picks_the_binary_of_the_machine") {
+        return;
+    }
+    let x86 = std::env::var_os("DROVER_STATIC_BIN")
+        .map(PathBuf::from)
+        .expect("DROVER_STATIC_BIN is not set: run `make static` (make test does)");
+    let arm = aarch64_bin();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&x86, dir.path().join("drover-x86_64")).unwrap();
+    std::fs::copy(&arm, dir.path().join("drover-aarch64")).unwrap();
+    std::fs::write(
+        dir.path().join("install-drover"),
+        cloudformation_install_script(),
+    )
+    .unwrap();
+    let (x86_sum, arm_sum) = (
+        drover_tests::sha256_file(&x86),
+        drover_tests::sha256_file(&arm),
+    );
+    let install = |aarch64: &str| {
+        format!(
+            "sh /mnt/cfn/install-drover x86_64 /mnt/cfn/drover-x86_64 {x86_sum} \
+             aarch64 {aarch64} 2>&1 || echo exit=$?
+             /usr/local/bin/drover --version 2>&1 || true"
+        )
+    };
+    let pinned = format!("/mnt/cfn/drover-aarch64 {arm_sum}");
+    let cases = [
+        (drover_tests::require_setup(), x86_sum.as_str()),
+        (arm64_tree(), arm_sum.as_str()),
+    ];
+    for (tree, digest) in &cases {
+        let (_, text, err) = in_tree(tree, dir.path(), "/mnt/cfn", &install(&pinned));
+        // It installs, then cannot reach a systemd that is not running in an unbooted tree.
+        assert!(
+            text.contains(&format!(
+                "installed /usr/local/bin/drover (sha256 {digest})"
+            )),
+            "{}: {text}\n{err}",
+            tree.display()
+        );
+        assert!(text.contains("drover 0."), "{text}");
+    }
+    let (_, text, err) = in_tree(&arm64_tree(), dir.path(), "/mnt/cfn", &install("'' ''"));
+    assert!(
+        text.contains(
+            "no drover binary is pinned for this machine's architecture (aarch64)\nexit=1"
+        ),
+        "{text}\n{err}"
+    );
+    assert!(text.contains("/usr/local/bin/drover: not found"), "{text}"); // nothing installed
+}

@@ -68,7 +68,7 @@ fn read(path: &Path) -> String {
 }
 
 /// `[package] version` of `agent/Cargo.toml`: what the package and `drover --version` must say.
-fn cargo_version() -> String {
+pub(crate) fn cargo_version() -> String {
     let manifest = workspace_dir().join("agent/Cargo.toml");
     let text = read(&manifest);
     let mut section = "";

@@ -9,7 +9,10 @@ set -eu
 CACHE=${DROVER_TEST_CACHE:-/var/cache/drover-test}
 VENV="$CACHE/venv"
 ROOTFS="$CACHE/rootfs"
-ROOTFS_TMP="$CACHE/rootfs-tmp"
+# An arm64 tree for installing the arm64 .deb (tests/graviton.rs): not booted, so no cloud-init.
+# Built only where qemu-aarch64 is registered with binfmt_misc (debootstrap's second stage runs
+# its arm64 binaries).
+ROOTFS_ARM64="$CACHE/rootfs-arm64"
 
 # openssl, curl and wget: the tests of install-drover serve its download over https and lend the
 # container the host's curl and wget (the test image has neither, as Debian's minimal images).
@@ -27,6 +30,7 @@ MOTO_REQUIREMENT='moto[server]==5.2.5'
 RECIPE_VERSION=1
 SUITE=bookworm
 INCLUDE=systemd,systemd-sysv,dbus,cloud-init,python3,python3-cffi-backend,locales
+INCLUDE_ARM64=systemd,systemd-sysv,dbus
 ETC_HOSTS='127.0.0.1	localhost
 ::1	localhost ip6-localhost ip6-loopback'
 # The locale line matters: without it the first boot ends "degraded".
@@ -38,9 +42,13 @@ ROOTFS_STAMP=.drover-test-recipe
 step() { printf 'setup: %-16s %s\n' "$1" "$2"; }
 fail() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
+# recipe ARCH INCLUDE
 recipe() {
-    printf 'recipe %s\nsuite %s\ninclude %s\n--- /etc/hosts\n%s\n--- 99-test.cfg\n%s\n' \
-        "$RECIPE_VERSION" "$SUITE" "$INCLUDE" "$ETC_HOSTS" "$CLOUD_CFG"
+    r_arch=
+    [ "$1" = native ] || r_arch="arch $1
+"
+    printf 'recipe %s\n%ssuite %s\ninclude %s\n--- /etc/hosts\n%s\n--- 99-test.cfg\n%s\n' \
+        "$RECIPE_VERSION" "$r_arch" "$SUITE" "$2" "$ETC_HOSTS" "$CLOUD_CFG"
 }
 
 is_installed() {
@@ -115,57 +123,68 @@ debian_mirror() {
     printf '%s\n' "${mirror:-http://deb.debian.org/debian}"
 }
 
-# True when DIR holds a finished debootstrap of $SUITE with every package of $INCLUDE installed.
-# debootstrap removes DIR/debootstrap only when it succeeds, so a half-made tree never passes.
+# (POSIX sh has no local variables: each function below names its own.)
+# rootfs_complete DIR INCLUDE: true when DIR holds a finished debootstrap of $SUITE with every
+# package of INCLUDE installed. debootstrap removes DIR/debootstrap only when it succeeds, so a
+# half-made tree never passes.
 rootfs_complete() {
-    dir=$1
-    [ -d "$dir/usr" ] && [ ! -e "$dir/debootstrap" ] || return 1
-    case "$(cat "$dir/etc/debian_version" 2>/dev/null)" in 12.*) ;; *) return 1 ;; esac
-    for pkg in $(printf '%s' "$INCLUDE" | tr ',' ' '); do
-        status=$(dpkg-query --admindir="$dir/var/lib/dpkg" -W -f='${Status}' "$pkg" 2>/dev/null) \
+    c_dir=$1
+    c_include=$2
+    [ -d "$c_dir/usr" ] && [ ! -e "$c_dir/debootstrap" ] || return 1
+    case "$(cat "$c_dir/etc/debian_version" 2>/dev/null)" in 12.*) ;; *) return 1 ;; esac
+    for pkg in $(printf '%s' "$c_include" | tr ',' ' '); do
+        status=$(dpkg-query --admindir="$c_dir/var/lib/dpkg" -W -f='${Status}' "$pkg" 2>/dev/null) \
             || return 1
         [ "$status" = "install ok installed" ] || return 1
     done
 }
 
+# configure_rootfs DIR ARCH INCLUDE
 configure_rootfs() {
-    dir=$1
-    printf '%s\n' "$ETC_HOSTS" >"$dir/etc/hosts"
-    mkdir -p "$dir/etc/cloud/cloud.cfg.d"
-    printf '%s\n' "$CLOUD_CFG" >"$dir/etc/cloud/cloud.cfg.d/99-test.cfg"
-    recipe >"$dir/$ROOTFS_STAMP"
+    printf '%s\n' "$ETC_HOSTS" >"$1/etc/hosts"
+    mkdir -p "$1/etc/cloud/cloud.cfg.d"
+    printf '%s\n' "$CLOUD_CFG" >"$1/etc/cloud/cloud.cfg.d/99-test.cfg"
+    recipe "$2" "$3" >"$1/$ROOTFS_STAMP"
 }
 
+# root_filesystem DIR ARCH INCLUDE: ARCH is `native` or a Debian architecture (arm64).
 root_filesystem() {
-    if [ -f "$ROOTFS/$ROOTFS_STAMP" ] && [ "$(cat "$ROOTFS/$ROOTFS_STAMP")" = "$(recipe)" ]; then
-        step "rootfs" "ok ($ROOTFS)"
+    dir=$1
+    arch=$2
+    include=$3
+    tmp="$dir-tmp"
+    if [ -f "$dir/$ROOTFS_STAMP" ] && [ "$(cat "$dir/$ROOTFS_STAMP")" = "$(recipe "$arch" "$include")" ]; then
+        step "rootfs" "ok ($dir)"
         return
     fi
     started=$(date +%s)
-    if rootfs_complete "$ROOTFS_TMP"; then
-        step "rootfs" "adopting the finished debootstrap in $ROOTFS_TMP"
+    if rootfs_complete "$tmp" "$include"; then
+        step "rootfs" "adopting the finished debootstrap in $tmp"
     else
         mirror=$(debian_mirror)
-        step "rootfs" "debootstrap $SUITE from $mirror into $ROOTFS_TMP (about 2 minutes)"
-        rm -rf "$ROOTFS_TMP"
-        log="$CACHE/debootstrap.log"
-        if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$ROOTFS_TMP" "$mirror" \
+        archopt=
+        [ "$arch" = native ] || archopt="--arch=$arch"
+        step "rootfs" "debootstrap $SUITE ${archopt:+($arch) }from $mirror into $tmp (about 2 minutes)"
+        rm -rf "$tmp"
+        log="$dir.debootstrap.log"
+        # shellcheck disable=SC2086 # archopt is one word or none
+        if ! debootstrap $archopt --variant=minbase --include="$include" "$SUITE" "$tmp" "$mirror" \
             >"$log" 2>&1; then
             tail -n 20 "$log" >&2
             fail "debootstrap failed, full log in $log"
         fi
-        rootfs_complete "$ROOTFS_TMP" \
-            || fail "debootstrap finished but $ROOTFS_TMP lacks packages of $INCLUDE"
+        rootfs_complete "$tmp" "$include" \
+            || fail "debootstrap finished but $tmp lacks packages of $include"
     fi
-    configure_rootfs "$ROOTFS_TMP"
-    # Swap it in by renames, so that $ROOTFS is always either the old tree or the complete new one.
-    if [ -e "$ROOTFS" ]; then
-        rm -rf "$ROOTFS.old"
-        mv "$ROOTFS" "$ROOTFS.old"
+    configure_rootfs "$tmp" "$arch" "$include"
+    # Swap it in by renames, so that $dir is always either the old tree or the complete new one.
+    if [ -e "$dir" ]; then
+        rm -rf "$dir.old"
+        mv "$dir" "$dir.old"
     fi
-    mv "$ROOTFS_TMP" "$ROOTFS"
-    rm -rf "$ROOTFS.old"
-    step "rootfs" "done in $(($(date +%s) - started))s ($ROOTFS)"
+    mv "$tmp" "$dir"
+    rm -rf "$dir.old"
+    step "rootfs" "done in $(($(date +%s) - started))s ($dir)"
 }
 
 # rustup's aarch64 standard library, and qemu-aarch64 registered with binfmt_misc so that an
@@ -201,7 +220,12 @@ main() {
     host_packages
     aarch64
     python_venv
-    root_filesystem
+    root_filesystem "$ROOTFS" native "$INCLUDE"
+    if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+        root_filesystem "$ROOTFS_ARM64" arm64 "$INCLUDE_ARM64"
+    else
+        step "rootfs arm64" "skipped: qemu-aarch64 is not registered (the arm64 .deb test will say so)"
+    fi
     step "ready" "DROVER_TEST_CACHE=$CACHE"
 }
 
