@@ -393,7 +393,7 @@ fn doctor_says_what_is_wrong_and_what_to_do() {
     assert!(text.contains("all "), "{text}");
 
     // Promoted but never published: the artifact check fails and says how to fix it.
-    host.drover(&["promote", "7.0"]);
+    host.drover(&["promote", "7.0", "--force"]);
     let out = host.drover(&["doctor"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");

@@ -27,6 +27,7 @@ mod faults;
 mod fleet;
 mod graviton;
 mod loadbalancer;
+mod operator;
 mod packages;
 mod parts;
 mod signing;

@@ -333,3 +333,107 @@ fn a_signed_release_copied_to_another_versions_directory_is_rejected() {
     upload("4.0.0", &body, &sign_with(&secret, &t, &["-t", comment]));
     case.deployed("4.0.0");
 }
+
+/// With `[artifact] trusted_keys`, `publish` signs with a trusted key or uploads nothing, and
+/// `promote` refuses a version whose signature is missing or by a key the instances do not
+/// trust.
+#[test]
+fn publish_and_promote_refuse_what_trusted_keys_would_reject() {
+    let world = World::new("signing_guard");
+    let keys = world.dir().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let (trusted, key) = keypair(&keys, "trusted");
+    let (_, rogue) = keypair(&keys, "rogue");
+    let endpoint = world.moto.endpoint();
+    let host = Host::with_artifact_keys(
+        world,
+        &endpoint,
+        &format!("trusted_keys = [\"{trusted}\"]"),
+        "",
+    );
+    let world = &host.world;
+    let t = app_tarball(&world.artifacts_dir(), "1.0.0", true);
+    let path = t.to_string_lossy();
+    let objects = |version: &str| {
+        ["", ".sha256", ".minisig"]
+            .iter()
+            .filter(|ext| {
+                let key = format!("releases/{version}.tar.gz{ext}");
+                world.moto.get_object(&world.bucket, &key).is_some()
+            })
+            .count()
+    };
+
+    let out = host.drover(&["publish", "--version", "1.0.0", &path]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no --sign KEY was given"),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.drover(&[
+        "publish",
+        "--version",
+        "1.0.0",
+        "--sign",
+        &rogue.to_string_lossy(),
+        &path,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not verify against [artifact] trusted_keys"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(objects("1.0.0"), 0);
+    let out = host.drover(&[
+        "publish",
+        "--version",
+        "1.0.0",
+        "--sign",
+        &key.to_string_lossy(),
+        &path,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(objects("1.0.0"), 3);
+    let out = host.drover(&["promote", "1.0.0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Uploaded around drover: unsigned, then signed by a key the instances do not trust.
+    let t = app_tarball(&world.artifacts_dir(), "2.0.0", true);
+    let bytes = fs::read(&t).unwrap();
+    let sums = format!("{}  2.0.0.tar.gz\n", drover_tests::sha256_hex(&bytes));
+    world
+        .moto
+        .put_object(&world.bucket, "releases/2.0.0.tar.gz", &bytes);
+    world.moto.put_object(
+        &world.bucket,
+        "releases/2.0.0.tar.gz.sha256",
+        sums.as_bytes(),
+    );
+    let out = host.drover(&["promote", "2.0.0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "releases/2.0.0.tar.gz.minisig not found, and instances trust only signed releases"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    world.moto.put_object(
+        &world.bucket,
+        "releases/2.0.0.tar.gz.minisig",
+        &sign(&rogue, &t, false),
+    );
+    let out = host.drover(&["promote", "2.0.0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("releases/2.0.0.tar.gz.minisig: "),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        world.moto.get_parameter(&world.parameter).map(|(v, _)| v),
+        Some("1.0.0".into())
+    );
+}

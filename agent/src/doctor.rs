@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use crate::aws::{S3Store, SsmSource};
-use crate::config::Config;
+use crate::config::{Config, Layers};
 use crate::health::{HealthProbe, HttpProbe};
+use crate::reach::Fix;
 use crate::source::{DesiredSource, SourceError};
 use crate::store::StoreError;
 use crate::systemd::Systemd;
@@ -50,6 +51,29 @@ impl Report {
             .any(|c| matches!(c.verdict, Verdict::Fail { .. }))
     }
 
+    /// `doctor --json`: the checks, and what the config was merged from and into.
+    pub fn to_json(&self, layers: &Layers) -> serde_json::Value {
+        let checks: Vec<serde_json::Value> = (self.checks.iter())
+            .map(|c| {
+                let (result, detail, fix) = match &c.verdict {
+                    Verdict::Ok(detail) => ("ok", detail.as_str(), None),
+                    Verdict::Note(detail) => ("note", detail.as_str(), None),
+                    Verdict::Fail { what, fix } => ("fail", what.as_str(), Some(fix.as_str())),
+                };
+                serde_json::json!({ "name": c.name, "result": result, "detail": detail, "fix": fix })
+            })
+            .collect();
+        serde_json::json!({
+            "schema": 1,
+            "passed": self.passed(),
+            "checks": checks,
+            "config": {
+                "files": layers.files,
+                "merged": layers.merged,
+            },
+        })
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         for c in &self.checks {
@@ -81,12 +105,12 @@ fn fail(what: impl ToString, fix: impl Into<String>) -> Verdict {
     }
 }
 
-/// Runs every check. `config_path` only names the file in the first line.
-pub async fn run(config: &Config, config_path: &std::path::Path) -> Report {
+/// Runs every check. `layers` and `config_path` name the files the config came from.
+pub async fn run(config: &Config, layers: &Layers, config_path: &std::path::Path) -> Report {
     let mut report = Report::default();
     report.add(
         "config",
-        Verdict::Ok(format!("{} is valid", config_path.display())),
+        Verdict::Ok(format!("{} is valid", layers.origin(config_path).display())),
     );
 
     let sdk = crate::aws::sdk_config(&config.aws).await;
@@ -94,11 +118,10 @@ pub async fn run(config: &Config, config_path: &std::path::Path) -> Report {
     let source = SsmSource::new(&sdk, &config.source.parameter);
     let request = check_parameter(&mut report, config, &source).await;
     let desired = request.as_ref().map(|(d, _)| d.clone());
-    let store = S3Store::new(
-        crate::aws::s3_client(&sdk, &config.aws),
-        &config.artifact.bucket,
-    );
-    check_artifact(&mut report, config, &store, desired.as_ref()).await;
+    let store = S3Store::new(&sdk, &config.aws, &config.artifact.bucket);
+    if check_bucket(&mut report, config, &store).await {
+        check_artifact(&mut report, config, &store, desired.as_ref()).await;
+    }
     check_fleet(&mut report, config, &sdk, &store, request.as_ref()).await;
     check_units(&mut report, config).await;
     check_disk(&mut report, config);
@@ -121,6 +144,11 @@ pub fn config_failed(error: &crate::config::ConfigError) -> Report {
                 path.display()
             ),
             fix.clone(),
+        ),
+        ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => fail(
+            error,
+            "write it (start from /etc/drover/config.toml.example), or name yours with --config \
+             or DROVER_CONFIG",
         ),
         e => fail(e, "correct the config: the message names the key at fault"),
     };
@@ -209,11 +237,12 @@ async fn check_credentials(report: &mut Report, sdk: &aws_config::SdkConfig) {
                 "found (access key {}…)",
                 creds.access_key_id().chars().take(4).collect::<String>()
             )),
-            Err(e) => fail(
-                aws_sdk_s3::error::DisplayErrorContext(&e),
-                "attach an instance profile to the instance (see docs/IAM.md), or set the \
-                 AWS_* variables in /etc/default/drover",
-            ),
+            Err(e) => {
+                let reach = crate::reach::Reach::NoCredentials {
+                    tried: crate::reach::credential_chain_line(&crate::aws::causes(&e)),
+                };
+                fail(&reach, reach.fix())
+            }
         },
     };
     report.add("credentials", verdict);
@@ -279,13 +308,10 @@ async fn check_parameter(
             None
         }
         Err(e) => {
-            report.add(
-                name,
-                fail(
-                    e,
-                    "check the region, the endpoint and network access to SSM",
-                ),
-            );
+            let fix = (e.fix()).unwrap_or_else(|| {
+                "check the region, the endpoint and network access to SSM".into()
+            });
+            report.add(name, fail(e, fix));
             None
         }
     }
@@ -321,13 +347,41 @@ async fn check_artifact(
                 e,
                 "allow s3:GetObject on the release prefix in the instance role (docs/IAM.md)",
             ),
-            Err(e) => fail(
-                e,
-                "check the bucket name, the region and network access to S3",
-            ),
+            Err(e) => {
+                let fix = (e.fix()).unwrap_or_else(|| {
+                    "check the bucket name, the region and network access to S3".into()
+                });
+                fail(e, fix)
+            }
         };
         report.add(name, verdict);
     }
+}
+
+/// The bucket itself, by a listing of the release prefix (which the instance policy allows): an
+/// object's `HeadObject` answers a bare 404 for a missing bucket too. Whether the objects in it
+/// are worth checking.
+async fn check_bucket(report: &mut Report, config: &Config, store: &S3Store) -> bool {
+    let prefix = config
+        .artifact
+        .key
+        .split("{version}")
+        .next()
+        .unwrap_or_default();
+    let name = format!("bucket {}", config.artifact.bucket);
+    let checked = store.check_bucket(prefix).await;
+    let there = matches!(checked, Ok(()) | Err(StoreError::Denied { .. }));
+    let verdict = match checked {
+        Ok(()) => Verdict::Ok(format!("lists s3://{}/{prefix}", config.artifact.bucket)),
+        // Reading objects may still be allowed: their own check says.
+        Err(e @ StoreError::Denied { .. }) => Verdict::Note(format!("{e} (not needed to deploy)")),
+        Err(e) => {
+            let fix = (e.fix()).unwrap_or_else(|| "check network access to S3".into());
+            fail(e, fix)
+        }
+    };
+    report.add(name, verdict);
+    there
 }
 
 async fn check_units(report: &mut Report, config: &Config) {

@@ -27,6 +27,7 @@ pub mod notify;
 pub mod operator;
 pub mod owner;
 pub mod plan;
+pub mod reach;
 pub mod reconcile;
 pub mod releases;
 pub mod rfc3339;

@@ -26,9 +26,17 @@ pub fn init(verbose: bool) {
     } else {
         tracing::level_filters::LevelFilter::INFO
     };
+    // Only drover's own events, which each carry an EVENT and fields: the SDK's warnings are
+    // Rust debug dumps (a failed credential source, a retry), and what they are about reaches
+    // the operator as drover's error for the call. `--verbose` shows them.
+    let others = if verbose {
+        tracing::level_filters::LevelFilter::WARN
+    } else {
+        tracing::level_filters::LevelFilter::OFF
+    };
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target("drover", level)
-        .with_default(tracing::level_filters::LevelFilter::WARN);
+        .with_default(others);
     if stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
             use tracing_journald::{Priority, PriorityMappings};

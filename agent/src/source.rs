@@ -13,14 +13,54 @@ pub struct Parameter {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("parameter {name} not found")]
-    NotFound { name: String },
-    #[error("reading parameter {name} was throttled: {message}")]
-    Throttled { name: String, message: String },
-    #[error("access to parameter {name} denied: {message}")]
-    Denied { name: String, message: String },
-    #[error("reading parameter {name} failed: {message}")]
-    Failed { name: String, message: String },
+    /// `region` says where it was looked for: the same name in another region is another
+    /// parameter.
+    #[error("parameter {name} not found in {region}")]
+    NotFound { name: String, region: String },
+    /// `verb`: "reading" or "writing".
+    #[error("{verb} parameter {name} was throttled: {message}")]
+    Throttled {
+        name: String,
+        verb: &'static str,
+        message: String,
+    },
+    /// `action` is the IAM action refused (`ssm:PutParameter`).
+    #[error("access denied: {action} on parameter {name}: {message}")]
+    Denied {
+        name: String,
+        action: &'static str,
+        message: String,
+    },
+    #[error("{verb} parameter {name}: {reach}")]
+    Reach {
+        name: String,
+        verb: &'static str,
+        reach: crate::reach::Reach,
+    },
+    #[error("{verb} parameter {name} failed: {message}")]
+    Failed {
+        name: String,
+        verb: &'static str,
+        message: String,
+    },
+}
+
+impl crate::reach::Fix for SourceError {
+    fn fix(&self) -> Option<String> {
+        match self {
+            SourceError::NotFound { .. } => Some(
+                "`drover promote VERSION` creates it; check [source] parameter (--parameter) and \
+                 [aws] region (--region)"
+                    .into(),
+            ),
+            SourceError::Denied { name, action, .. } => Some(format!(
+                "allow {action} on the parameter {name} to the role or user drover runs as \
+                 (docs/IAM.md)"
+            )),
+            SourceError::Reach { reach, .. } => Some(reach.fix()),
+            SourceError::Throttled { .. } | SourceError::Failed { .. } => None,
+        }
+    }
 }
 
 pub trait DesiredSource {

@@ -8,17 +8,36 @@ use std::ops::Range;
 pub enum StoreError {
     #[error("s3://{bucket}/{key} not found")]
     NotFound { bucket: String, key: String },
+    /// The bucket itself is missing (`NoSuchBucket`), not an object in it.
+    #[error("bucket {bucket} does not exist (looked for in {region})")]
+    NoBucket { bucket: String, region: String },
+    /// S3 says the bucket is in another region than the client's (`expected`, when it says
+    /// which).
+    #[error("bucket {bucket} is not in {region}{}", expected.as_deref().map(|e| format!(" but in {e}")).unwrap_or_default())]
+    WrongRegion {
+        bucket: String,
+        region: String,
+        expected: Option<String>,
+    },
     #[error("reading s3://{bucket}/{key} was throttled: {message}")]
     Throttled {
         bucket: String,
         key: String,
         message: String,
     },
-    #[error("access to s3://{bucket}/{key} denied: {message}")]
+    /// `action` is the IAM action refused (`s3:GetObject`).
+    #[error("access denied: {action} on s3://{bucket}/{key}: {message}")]
     Denied {
         bucket: String,
         key: String,
+        action: &'static str,
         message: String,
+    },
+    #[error("s3://{bucket}/{key}: {reach}")]
+    Reach {
+        bucket: String,
+        key: String,
+        reach: crate::reach::Reach,
     },
     /// A read pinned to an entity tag (`If-Match`) found another object at the key: it was
     /// replaced since the download began.
@@ -34,6 +53,43 @@ pub enum StoreError {
         key: String,
         message: String,
     },
+}
+
+impl crate::reach::Fix for StoreError {
+    fn fix(&self) -> Option<String> {
+        match self {
+            StoreError::NoBucket { .. } => Some(
+                "check [artifact] bucket (--bucket) and [aws] region (--region); a new account \
+                 needs the bucket created first"
+                    .into(),
+            ),
+            StoreError::WrongRegion {
+                expected: Some(region),
+                ..
+            } => Some(format!(
+                "set [aws] region = \"{region}\" (or --region {region})"
+            )),
+            StoreError::WrongRegion { .. } => Some(
+                "set [aws] region (or --region) to the bucket's region: `aws s3api \
+                 get-bucket-location` names it"
+                    .into(),
+            ),
+            StoreError::Denied {
+                bucket,
+                key,
+                action,
+                ..
+            } => Some(format!(
+                "allow {action} on arn:aws:s3:::{bucket}/{key} to the role or user drover runs \
+                 as (docs/IAM.md)"
+            )),
+            StoreError::Reach { reach, .. } => Some(reach.fix()),
+            StoreError::NotFound { .. }
+            | StoreError::Throttled { .. }
+            | StoreError::Changed { .. }
+            | StoreError::Failed { .. } => None,
+        }
+    }
 }
 
 /// An object body being received.

@@ -70,6 +70,7 @@ fn xml(action: &str) -> Answer {
     Answer {
         status: 200,
         content_type: "text/xml",
+        headers: Vec::new(),
         body: format!(
             "<{action}Response xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">\
              <{action}Result/><ResponseMetadata><RequestId>a5c00000-0000-4000-8000-000000000000\
@@ -82,6 +83,7 @@ fn validation_error(message: &str) -> Answer {
     Answer {
         status: 400,
         content_type: "text/xml",
+        headers: Vec::new(),
         body: format!(
             "<ErrorResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\"><Error>\
              <Type>Sender</Type><Code>ValidationError</Code><Message>{message}</Message></Error>\

@@ -377,6 +377,7 @@ impl Front for FrontOf {
         Some(Answer {
             status: 200,
             content_type: "text/xml",
+            headers: Vec::new(),
             body: format!(
                 "<DescribeTargetHealthResponse xmlns=\"http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/\">\
                  <DescribeTargetHealthResult><TargetHealthDescriptions>{members}</TargetHealthDescriptions>\

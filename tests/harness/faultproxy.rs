@@ -187,6 +187,8 @@ fn percent_decode(s: &str) -> String {
 pub struct Answer {
     pub status: u16,
     pub content_type: &'static str,
+    /// Headers besides `Content-Type` and the request id.
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
@@ -723,13 +725,16 @@ async fn in_front(front: &dyn Front, upstream: u16, request: &Message, head_only
                 answer.status,
                 if answer.status < 300 { "OK" } else { "Error" }
             ),
-            headers: vec![
+            headers: [
                 ("Content-Type".into(), answer.content_type.into()),
                 (
                     "x-amzn-RequestId".into(),
                     "f7017000-0000-4000-8000-000000000000".into(),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(answer.headers)
+            .collect(),
             body: answer.body.into_bytes(),
         };
     }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod https;
 pub mod imds;
 pub mod moto;
+pub mod regions;
 pub mod release;
 pub mod transcript;
 pub mod turns;

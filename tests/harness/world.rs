@@ -233,9 +233,12 @@ endpoint_url = "{endpoint}"
         );
     }
 
-    /// `drover promote VERSION`; panics when it fails.
+    /// `drover promote VERSION --force`; panics when it fails. Forced: tests put the
+    /// parameter before, without or after the artifact on purpose (a missing artifact, an
+    /// upload racing a deploy); the guardrail itself is tested in tests/operator.rs.
     pub fn promote(&self, version: &str) {
-        check(&["promote", version], &self.drover(&["promote", version]));
+        let args = ["promote", version, "--force"];
+        check(&args, &self.drover(&args));
     }
 
     /// The sample app's release tarball for `version`, made in this world's temp dir.

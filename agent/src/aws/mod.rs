@@ -10,6 +10,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use crate::config::Aws as AwsConfig;
+use crate::reach::Reach;
 use crate::source::{DesiredSource, Parameter, SourceError};
 
 mod elb;
@@ -123,17 +124,100 @@ pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Sorts an SDK error into the kinds the reconcile loop treats differently.
+/// Where a client sends its calls, for the messages of its errors: the region, and the
+/// endpoint (`[aws] endpoint_url`, else the service's regional one).
+#[derive(Clone, Debug)]
+pub(crate) struct Place {
+    region: Option<String>,
+    endpoint: String,
+}
+
+impl Place {
+    pub(crate) fn of(sdk: &aws_config::SdkConfig, service: &str) -> Place {
+        let region = sdk.region().map(|r| r.to_string());
+        let endpoint = match (sdk.endpoint_url(), &region) {
+            (Some(url), _) => url.to_owned(),
+            (None, Some(region)) => format!("https://{service}.{region}.amazonaws.com"),
+            (None, None) => format!("{service} (no region, so no endpoint)"),
+        };
+        Place { region, endpoint }
+    }
+
+    pub(crate) fn region(&self) -> String {
+        self.region.clone().unwrap_or_else(|| "no region".into())
+    }
+}
+
+/// Sorts an SDK error into the kinds that are told apart: the reconcile loop treats them
+/// differently, and an operator fixes each in another place.
+#[derive(Debug, PartialEq, Eq)]
 enum Kind {
     NotFound,
+    NoBucket,
+    /// The bucket is in another region (the one S3 names, when it does).
+    WrongRegion(Option<String>),
     Throttled,
     Denied,
+    Reach(Reach),
     Other,
 }
 
-fn kind_of(code: Option<&str>, not_found: &[&str]) -> Kind {
+fn classify<E>(err: &SdkError<E, HttpResponse>, not_found: &[&str], place: &Place) -> Kind
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if let Some(tried) = credentials_failure(err) {
+        return Kind::Reach(Reach::NoCredentials { tried });
+    }
+    match err {
+        SdkError::ServiceError(service) => {
+            let raw = service.raw();
+            let header = raw.headers().get("x-amz-bucket-region").map(str::to_owned);
+            kind_of(
+                err.code(),
+                raw.status().as_u16(),
+                err.message(),
+                header,
+                not_found,
+            )
+        }
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
+            Kind::Reach(Reach::Unreachable {
+                endpoint: place.endpoint.clone(),
+                cause: causes(err)
+                    .trim_start_matches("dispatch failure: ")
+                    .to_owned(),
+            })
+        }
+        SdkError::TimeoutError(_) => Kind::Reach(Reach::Unreachable {
+            endpoint: place.endpoint.clone(),
+            cause: "no answer in time".into(),
+        }),
+        SdkError::ConstructionFailure(_) if place.region.is_none() => Kind::Reach(Reach::NoRegion),
+        _ => Kind::Other,
+    }
+}
+
+/// The kind of an error answer: its code, HTTP status, message and `x-amz-bucket-region`.
+fn kind_of(
+    code: Option<&str>,
+    status: u16,
+    message: Option<&str>,
+    bucket_region: Option<String>,
+    not_found: &[&str],
+) -> Kind {
     match code {
+        Some("NoSuchBucket") => Kind::NoBucket,
         Some(c) if not_found.contains(&c) => Kind::NotFound,
+        // S3 answers a request signed for the wrong region with a redirect (301, with the
+        // bucket's region in a header) or, from a regional endpoint, with
+        // AuthorizationHeaderMalformed "the region 'x' is wrong; expecting 'y'".
+        Some(
+            "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
+            | "IllegalLocationConstraintException",
+        ) => Kind::WrongRegion(bucket_region.or_else(|| expecting(message))),
+        _ if status == 301 => Kind::WrongRegion(bucket_region),
         Some(
             "ThrottlingException"
             | "Throttling"
@@ -149,13 +233,36 @@ fn kind_of(code: Option<&str>, not_found: &[&str]) -> Kind {
             | "SignatureDoesNotMatch"
             | "ExpiredToken",
         ) => Kind::Denied,
+        _ if status == 404 => Kind::NotFound,
+        _ if status == 503 => Kind::Throttled,
+        _ if status == 403 => Kind::Denied,
         _ => Kind::Other,
     }
+}
+
+/// The region in "...; expecting 'eu-west-1'".
+fn expecting(message: Option<&str>) -> Option<String> {
+    let rest = message?.split("expecting '").nth(1)?;
+    Some(rest.split('\'').next()?.to_owned())
+}
+
+/// The credential chain's report, on one line, when the call failed for want of credentials.
+fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<CredentialsError>().is_some() {
+            return Some(crate::reach::credential_chain_line(&causes(e)));
+        }
+        source = e.source();
+    }
+    None
 }
 
 pub struct SsmSource {
     client: aws_sdk_ssm::Client,
     name: String,
+    place: Place,
 }
 
 impl SsmSource {
@@ -164,6 +271,7 @@ impl SsmSource {
         Self {
             client: aws_sdk_ssm::Client::new(sdk),
             name: name.to_owned(),
+            place: Place::of(sdk, "ssm"),
         }
     }
 
@@ -189,34 +297,47 @@ impl SsmSource {
             .send()
             .await
             .map(|out| out.version())
-            .map_err(|e| self.error(e))
-    }
-
-    fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
-        &self,
-        err: aws_sdk_ssm::error::SdkError<E>,
-    ) -> SourceError {
-        self.error_for(&self.name, err)
+            .map_err(|e| self.error_for(&self.name, WRITE, e))
     }
 
     fn error_for<E: ProvideErrorMetadata + std::error::Error + 'static>(
         &self,
         name: &str,
+        (verb, action): (&'static str, &'static str),
         err: aws_sdk_ssm::error::SdkError<E>,
     ) -> SourceError {
         let name = name.to_owned();
         let message = describe(&err);
-        match kind_of(
-            err.code(),
-            &["ParameterNotFound", "ParameterVersionNotFound"],
-        ) {
-            Kind::NotFound => SourceError::NotFound { name },
-            Kind::Throttled => SourceError::Throttled { name, message },
-            Kind::Denied => SourceError::Denied { name, message },
-            Kind::Other => SourceError::Failed { name, message },
+        let not_found = ["ParameterNotFound", "ParameterVersionNotFound"];
+        match classify(&err, &not_found, &self.place) {
+            Kind::NotFound => SourceError::NotFound {
+                name,
+                region: self.place.region(),
+            },
+            Kind::Throttled => SourceError::Throttled {
+                name,
+                verb,
+                message,
+            },
+            Kind::Denied => SourceError::Denied {
+                name,
+                action,
+                message,
+            },
+            Kind::Reach(reach) => SourceError::Reach { name, verb, reach },
+            Kind::NoBucket | Kind::WrongRegion(_) | Kind::Other => SourceError::Failed {
+                name,
+                verb,
+                message,
+            },
         }
     }
 }
+
+/// What a call does, for its errors: the verb, and the IAM action it needs.
+const READ: (&str, &str) = ("reading", "ssm:GetParameter");
+const READ_PATH: (&str, &str) = ("reading", "ssm:GetParametersByPath");
+const WRITE: (&str, &str) = ("writing", "ssm:PutParameter");
 
 impl DesiredSource for SsmSource {
     async fn read(&self) -> Result<Parameter, SourceError> {
@@ -227,9 +348,10 @@ impl DesiredSource for SsmSource {
             .with_decryption(true)
             .send()
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error_for(&self.name, READ, e))?;
         let p = out.parameter().ok_or_else(|| SourceError::Failed {
             name: self.name.clone(),
+            verb: READ.0,
             message: "response has no parameter".into(),
         })?;
         Ok(Parameter {
@@ -255,7 +377,7 @@ impl DesiredSource for SsmSource {
             .send();
         let mut found = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error_for(path, e))?;
+            let page = page.map_err(|e| self.error_for(path, READ_PATH, e))?;
             for p in page.parameters() {
                 found.push(crate::environment::PathParameter {
                     name: p.name().unwrap_or_default().to_owned(),
@@ -300,6 +422,66 @@ mod tests {
             "AccessDenied (HTTP 403)"
         );
         assert_eq!(describe(&answer(404, None, "")), "HTTP 404");
+    }
+
+    #[test]
+    fn a_missing_bucket_a_wrong_region_and_a_refusal_are_told_apart() {
+        let nf = &["NoSuchKey", "NotFound"];
+        assert_eq!(
+            kind_of(Some("NoSuchBucket"), 404, None, None, nf),
+            Kind::NoBucket
+        );
+        assert_eq!(
+            kind_of(Some("NoSuchKey"), 404, None, None, nf),
+            Kind::NotFound
+        );
+        // HeadObject and HeadBucket answers have no body, so no code.
+        assert_eq!(kind_of(None, 404, None, None, nf), Kind::NotFound);
+        assert_eq!(
+            kind_of(None, 301, None, Some("eu-west-1".into()), nf),
+            Kind::WrongRegion(Some("eu-west-1".into()))
+        );
+        assert_eq!(
+            kind_of(
+                Some("AuthorizationHeaderMalformed"),
+                400,
+                Some("The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'eu-central-1'"),
+                None,
+                nf
+            ),
+            Kind::WrongRegion(Some("eu-central-1".into()))
+        );
+        assert_eq!(kind_of(None, 403, None, None, nf), Kind::Denied);
+        assert_eq!(
+            kind_of(Some("AccessDeniedException"), 400, None, None, nf),
+            Kind::Denied
+        );
+        assert_eq!(
+            kind_of(Some("SlowDown"), 503, None, None, nf),
+            Kind::Throttled
+        );
+        assert_eq!(
+            kind_of(Some("InternalError"), 500, None, None, nf),
+            Kind::Other
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_names_the_endpoint() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err: SdkError<GetParameterError> =
+            SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(io)));
+        let place = Place {
+            region: Some("eu-west-1".into()),
+            endpoint: "https://ssm.eu-west-1.amazonaws.com".into(),
+        };
+        match classify(&err, &[], &place) {
+            Kind::Reach(Reach::Unreachable { endpoint, cause }) => {
+                assert_eq!(endpoint, "https://ssm.eu-west-1.amazonaws.com");
+                assert!(cause.contains("connection refused"), "{cause}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

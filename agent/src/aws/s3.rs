@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 
-use super::{causes, describe, kind_of, Kind};
+use super::{causes, classify, describe, Kind, Place};
 use crate::config::Aws as AwsConfig;
 use crate::store::{ArtifactStore, Condition, ObjectBody, ObjectInfo, StoreError, Tagged};
 
@@ -19,20 +19,27 @@ pub fn s3_client(sdk: &aws_config::SdkConfig, cfg: &AwsConfig) -> aws_sdk_s3::Cl
     aws_sdk_s3::Client::from_conf(s3)
 }
 
+/// The IAM actions of the calls, named in their errors.
+const GET: &str = "s3:GetObject";
+const PUT: &str = "s3:PutObject";
+const LIST: &str = "s3:ListBucket";
+
 /// Cheap to clone: the client is shared.
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    place: Place,
     /// A body that sends nothing for this long counts as failed.
     stall_timeout: Duration,
 }
 
 impl S3Store {
-    pub fn new(client: aws_sdk_s3::Client, bucket: &str) -> Self {
+    pub fn new(sdk: &aws_config::SdkConfig, cfg: &AwsConfig, bucket: &str) -> Self {
         Self {
-            client,
+            client: s3_client(sdk, cfg),
             bucket: bucket.to_owned(),
+            place: Place::of(sdk, "s3"),
             stall_timeout: Duration::from_secs(60),
         }
     }
@@ -41,35 +48,65 @@ impl S3Store {
         &self.bucket
     }
 
+    /// `action` is the IAM action the call needs.
     fn error<E: ProvideErrorMetadata + std::error::Error + 'static>(
         &self,
+        action: &'static str,
         key: &str,
         err: aws_sdk_s3::error::SdkError<E>,
     ) -> StoreError {
         let (bucket, key) = (self.bucket.clone(), key.to_owned());
         let message = describe(&err);
-        let status = err.raw_response().map(|r| r.status().as_u16());
-        match (
-            kind_of(err.code(), &["NoSuchKey", "NotFound", "NoSuchBucket"]),
-            status,
-        ) {
-            (Kind::NotFound, _) | (_, Some(404)) => StoreError::NotFound { bucket, key },
-            (Kind::Throttled, _) | (_, Some(503)) => StoreError::Throttled {
+        match classify(&err, &["NoSuchKey", "NotFound"], &self.place) {
+            Kind::NotFound => StoreError::NotFound { bucket, key },
+            Kind::NoBucket => StoreError::NoBucket {
+                bucket,
+                region: self.place.region(),
+            },
+            Kind::WrongRegion(expected) => StoreError::WrongRegion {
+                bucket,
+                region: self.place.region(),
+                expected,
+            },
+            Kind::Throttled => StoreError::Throttled {
                 bucket,
                 key,
                 message,
             },
-            (Kind::Denied, _) | (_, Some(403)) => StoreError::Denied {
+            Kind::Denied => StoreError::Denied {
                 bucket,
                 key,
+                action,
                 message,
             },
-            (Kind::Other, _) => StoreError::Failed {
+            Kind::Reach(reach) => StoreError::Reach { bucket, key, reach },
+            Kind::Other => StoreError::Failed {
                 bucket,
                 key,
                 message,
             },
         }
+    }
+
+    /// Whether the bucket is there, in this region, and readable with these credentials: a
+    /// listing of at most one key under `prefix` (the release prefix, which the policies in
+    /// packaging/iam allow to list). An object's `HeadObject` cannot tell a missing bucket from
+    /// a missing object: both are a bare 404.
+    pub async fn check_bucket(&self, prefix: &str) -> Result<(), StoreError> {
+        (self.client.list_objects_v2())
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| match self.error(LIST, prefix, e) {
+                StoreError::NotFound { bucket, .. } => StoreError::NoBucket {
+                    bucket,
+                    region: self.place.region(),
+                },
+                other => other,
+            })
     }
 
     /// Whether an object exists (for `drover publish`, which never overwrites).
@@ -83,7 +120,7 @@ impl S3Store {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) => match self.error(key, e) {
+            Err(e) => match self.error(GET, key, e) {
                 StoreError::NotFound { .. } => Ok(false),
                 other => Err(other),
             },
@@ -127,7 +164,7 @@ impl S3Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| self.error(key, e))
+            .map_err(|e| self.error(PUT, key, e))
     }
 }
 
@@ -175,7 +212,7 @@ impl ArtifactStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| self.error(key, e))?;
+            .map_err(|e| self.error(GET, key, e))?;
         Ok(S3Body {
             len: out.content_length().and_then(|l| u64::try_from(l).ok()),
             etag: out.e_tag().map(str::to_owned),
@@ -192,7 +229,7 @@ impl ArtifactStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(|e| self.error(key, e))?;
+            .map_err(|e| self.error(GET, key, e))?;
         let failed = |message: &str| StoreError::Failed {
             bucket: self.bucket.clone(),
             key: key.to_owned(),
@@ -231,7 +268,7 @@ impl ArtifactStore for S3Store {
                     key: key.to_owned(),
                     etag: etag.to_owned(),
                 },
-                _ => self.error(key, e),
+                _ => self.error(GET, key, e),
             })?;
         let len = out.content_length().and_then(|l| u64::try_from(l).ok());
         if len != Some(range.end - range.start) {
@@ -291,7 +328,7 @@ impl ArtifactStore for S3Store {
                 match (status, e.code()) {
                     (Some(412 | 409), _)
                     | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => Ok(None),
-                    _ => Err(self.error(key, e)),
+                    _ => Err(self.error(PUT, key, e)),
                 }
             }
         }
@@ -310,7 +347,7 @@ impl ArtifactStore for S3Store {
                 .set_continuation_token(token)
                 .send()
                 .await
-                .map_err(|e| self.error(prefix, e))?;
+                .map_err(|e| self.error(LIST, prefix, e))?;
             keys.extend(
                 page.contents()
                     .iter()

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use layers::Layers;
+
 pub const DEFAULT_PATH: &str = "/etc/drover/config.toml";
 /// `[artifact] max_unpacked_size` when unset.
 pub const DEFAULT_MAX_UNPACKED_SIZE: u64 = 8 << 30;
@@ -200,28 +202,54 @@ pub struct AgentSection {
     pub state_dir: PathBuf,
 }
 
+/// The main file, its drop-ins and the command line's flags, merged.
+pub mod layers;
 /// The file as written, before defaults and checks.
 mod raw;
 /// One check per section, from the raw file to its section of [`Config`].
 mod sections;
 
 impl Config {
-    /// Reads the config at `path`, if only root (or the user running drover) can have written it
-    /// ([`crate::trusted`]), and checks it, also against this machine's users.
+    /// Reads the config at `path` and its drop-ins ([`layers`]), each only if only root (or the
+    /// user running drover) can have written it ([`crate::trusted`]), and checks it, also
+    /// against this machine's users.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        use crate::trusted::TrustError;
-        let text = crate::trusted::read_to_string(path).map_err(|e| match e {
-            TrustError::Io(source) => ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            },
-            untrusted => ConfigError::Untrusted {
-                path: path.to_owned(),
-                fix: untrusted.fix().unwrap_or_default(),
-                source: untrusted,
-            },
-        })?;
-        let config = Self::parse(&text, path)?;
+        Self::load_layers(path, None).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], with `flags` (the command line's `--bucket` and the like, as a config
+    /// table) merged last. With flags, the main file may be missing.
+    pub fn load_layers(
+        path: &Path,
+        flags: Option<toml::Table>,
+    ) -> Result<(Self, Layers), ConfigError> {
+        let mut layers = Layers::default();
+        match read_trusted(path) {
+            Ok(text) => {
+                layers.merged = layers::parse(&text, path)?;
+                layers.files.push(path.to_owned());
+            }
+            Err(ConfigError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && flags.is_some() => {}
+            Err(e) => return Err(e),
+        }
+        for dropin in layers::dropins(&layers::dropin_dir(path))? {
+            let table = layers::parse(&read_trusted(&dropin)?, &dropin)?;
+            layers::merge(&mut layers.merged, table);
+            layers.files.push(dropin);
+        }
+        if let Some(flags) = flags {
+            layers.flags = true;
+            layers::merge(&mut layers.merged, flags);
+        }
+        let origin = layers.origin(path);
+        let raw: raw::File = toml::Value::Table(layers.merged.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: origin.clone(),
+                message: e.to_string().trim_end().to_owned(),
+            })?;
+        let config = sections::from_raw(raw, &origin)?;
         // Names as well as numbers, now that the machine's users are at hand. A user that does
         // not exist yet is checked again when a hook runs.
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -231,11 +259,11 @@ impl Config {
             |spec| spec_uid(spec, &passwd),
         )
         .map_err(|reason| ConfigError::Invalid {
-            path: path.to_owned(),
+            path: origin,
             key: "hooks.user",
             reason,
         })?;
-        Ok(config)
+        Ok((config, layers))
     }
 
     /// Parses config text; `path` is only used to name the file in errors.
@@ -246,6 +274,22 @@ impl Config {
         })?;
         sections::from_raw(raw, path)
     }
+}
+
+/// A config file's text, if nobody but root or the running user could have written it.
+fn read_trusted(path: &Path) -> Result<String, ConfigError> {
+    use crate::trusted::TrustError;
+    crate::trusted::read_to_string(path).map_err(|e| match e {
+        TrustError::Io(source) => ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        untrusted => ConfigError::Untrusted {
+            path: path.to_owned(),
+            fix: untrusted.fix().unwrap_or_default(),
+            source: untrusted,
+        },
+    })
 }
 
 /// `[hooks] user` must not be root while `[release] owner` gives the release's files, its hooks

@@ -42,6 +42,15 @@ pub enum FetchFailure {
     Task(String),
 }
 
+impl crate::reach::Fix for FetchFailure {
+    fn fix(&self) -> Option<String> {
+        match self {
+            FetchFailure::Fetch(FetchError::Store(e)) => e.fix(),
+            _ => None,
+        }
+    }
+}
+
 /// What to do about a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {

@@ -175,7 +175,7 @@ impl<P: Parts> Agent<P> {
     ) -> Outcome {
         let disposition = error.disposition();
         let fetching = matches!(error, Error::Fetch(_));
-        let error = error.to_string();
+        let error = crate::reach::Fix::explained(&error);
         match disposition {
             Disposition::Wait => {
                 let message = format!("The artifact of {version} is not there yet: {error}");

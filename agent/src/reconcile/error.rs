@@ -49,6 +49,15 @@ pub enum Error {
     PreviousGone(String),
 }
 
+impl crate::reach::Fix for Error {
+    fn fix(&self) -> Option<String> {
+        match self {
+            Error::Fetch(failure) => failure.fix(),
+            _ => None,
+        }
+    }
+}
+
 impl Error {
     /// What the pass does about the error. Before the switch, `Reject` remembers the request
     /// as failed (the artifact is rejected, or the deploy aborted); after it, every error

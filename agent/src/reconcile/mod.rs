@@ -272,13 +272,14 @@ impl<P: Parts> Agent<P> {
         let parameter = match self.source.read().await {
             Ok(p) => p,
             Err(e) => {
+                let error = crate::reach::Fix::explained(&e);
                 emit(
                     Event::PollFailed,
                     &Fields {
-                        error: Some(&e.to_string()),
+                        error: Some(&error),
                         ..Fields::default()
                     },
-                    &format!("Reading the desired version failed: {e}"),
+                    &format!("Reading the desired version failed: {error}"),
                 );
                 return match e {
                     SourceError::NotFound { .. } => Outcome::Waiting,

@@ -2,178 +2,21 @@
 //! version into the parameter, `status` reads the instance's state from disk, `unpack` checks an
 //! artifact as an instance would.
 
-use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::aws::{S3Store, SsmSource};
 use crate::config::Config;
 use crate::digest::Sha256Digest;
+use crate::reach::Fix;
 use crate::releases::Layout;
 use crate::state::{State, StateFile};
-use crate::unpack::compression::Format;
 use crate::version::Version;
 
-/// Packs `path` (a directory, as `format`; or a ready `.tar.gz` or `.tar.zst`) and uploads it and its `.sha256` under the
-/// configured key, and with `sign` (a minisign secret key file) its `.minisig`. The tarball goes
-/// last, so that an agent that sees it also finds its digest and signature. Refuses to overwrite
-/// an existing version: published releases are immutable.
-pub async fn publish(
-    config: &Config,
-    store: &S3Store,
-    version: &str,
-    path: &Path,
-    sign: Option<&Path>,
-    format: Format,
-) -> Result<String, String> {
-    let version = Version::parse(version).map_err(|e| e.to_string())?;
-    // Read before anything is uploaded: a bad key uploads nothing.
-    let secret = sign
-        .map(|p| {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            crate::signature::SecretKey::parse(&text).map_err(|e| format!("{}: {e}", p.display()))
-        })
-        .transpose()?;
-    let key = config.artifact.key_for(&version);
-    let url = format!("s3://{}/{key}", store.bucket());
-    if store.exists(&key).await.map_err(|e| e.to_string())? {
-        return Err(format!(
-            "{url} already exists; published versions are never overwritten"
-        ));
-    }
-    let scratch = tempfile::Builder::new()
-        .prefix("drover-publish")
-        .tempdir()
-        .map_err(|e| format!("temporary directory: {e}"))?;
-    let tarball = if path.is_dir() {
-        let out = scratch.path().join("release.tar");
-        pack_dir(path, &out, format)?;
-        out
-    } else if path.is_file() {
-        path.to_owned()
-    } else {
-        return Err(format!(
-            "{} is neither a directory nor a file",
-            path.display()
-        ));
-    };
-    let (digest, prehash) = hash_file(&tarball, secret.is_some())?;
-    let unpacked = unpacked_size(&tarball)?;
-    let file_name = key.rsplit('/').next().unwrap_or(&key);
-    store
-        .put_bytes(
-            &format!("{key}.sha256"),
-            format!("{digest}  {file_name}\n").into_bytes(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut signed = String::new();
-    if let (Some(secret), Some(prehash)) = (&secret, &prehash) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let text = secret
-            .sign(prehash, &config.artifact.binding(&version), now)
-            .map_err(|e| e.to_string())?;
-        store
-            .put_bytes(&format!("{key}.minisig"), text.into_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        signed = format!(", signed by key {}", secret.key_id_hex());
-    }
-    store
-        .put_file(&key, &tarball, Some(unpacked))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(format!(
-        "published {url} sha256 {digest}{signed}, {unpacked} bytes unpacked"
-    ))
-}
-
-/// The sum of the archive's file sizes, announced with the object so that instances can check
-/// for room before they download it (`x-amz-meta-unpacked-size`).
-fn unpacked_size(path: &Path) -> Result<u64, String> {
-    let bad = |e: std::io::Error| format!("{}: not a readable tar archive: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let decoder = crate::unpack::compression::Decoder::new(std::io::BufReader::new(file))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut archive = tar::Archive::new(decoder);
-    let mut total = 0u64;
-    for entry in archive.entries().map_err(bad)? {
-        let entry = entry.map_err(bad)?;
-        if entry.header().entry_type().is_file() {
-            total = total.saturating_add(entry.header().size().map_err(bad)?);
-        }
-    }
-    Ok(total)
-}
-
-/// Packs `dir` into `out` as a tar stream compressed with `format`.
-fn pack_dir(dir: &Path, out: &Path, format: Format) -> Result<(), String> {
-    let failed = |e: std::io::Error| format!("{}: {e}", out.display());
-    let file = std::io::BufWriter::new(std::fs::File::create(out).map_err(failed)?);
-    let mut w = match format {
-        Format::Gzip => {
-            let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-            tar_dir(dir, gz)?.finish().map_err(failed)?
-        }
-        Format::Zstd => {
-            let zst = crate::unpack::compression::zstd_writer(file).map_err(failed)?;
-            tar_dir(dir, zst)?.finish().map_err(failed)?
-        }
-    };
-    w.flush().map_err(failed)
-}
-
-/// `dir` as a tar stream into `w`: deterministic headers, symlinks kept as links.
-fn tar_dir<W: Write>(dir: &Path, w: W) -> Result<W, String> {
-    let packing = |e: std::io::Error| format!("packing {}: {e}", dir.display());
-    let mut tar = tar::Builder::new(w);
-    tar.follow_symlinks(false);
-    tar.mode(tar::HeaderMode::Deterministic);
-    tar.append_dir_all(".", dir).map_err(packing)?;
-    tar.into_inner().map_err(packing)
-}
-
-/// The file's SHA-256, and with `prehash` its BLAKE2b-512 (what a minisign signature covers).
-fn hash_file(path: &Path, prehash: bool) -> Result<(Sha256Digest, Option<[u8; 64]>), String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut digests = crate::fetch::Digests::new(prehash);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(digests.finish()),
-            Ok(n) => digests.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        }
-    }
-}
-
-/// Puts `version` into the parameter, with `rollout` (its JSON, docs/FLEET.md) as a staged
-/// rollout when given; returns the parameter's new version number.
-pub async fn promote(
-    source: &SsmSource,
-    version: &str,
-    rollout: Option<&str>,
-) -> Result<i64, String> {
-    let value = promote_value(version, rollout)?;
-    source.put(&value).await.map_err(|e| e.to_string())
-}
-
-/// The parameter value `drover promote` puts: the bare version, or a JSON object with the
-/// rollout, checked as an instance will read it.
-pub fn promote_value(version: &str, rollout: Option<&str>) -> Result<String, String> {
-    Version::parse(version).map_err(|e| e.to_string())?;
-    let Some(rollout) = rollout else {
-        return Ok(version.to_owned());
-    };
-    let rollout: serde_json::Value =
-        serde_json::from_str(rollout).map_err(|e| format!("--rollout is not JSON: {e}"))?;
-    let value = serde_json::json!({ "version": version, "rollout": rollout }).to_string();
-    crate::value::parse_value(&value).map_err(|e| format!("--rollout: {e}"))?;
-    Ok(value)
-}
+mod promote;
+mod publish;
+pub use promote::{promote, promote_value, Promote};
+use publish::hash_file;
+pub use publish::{publish, Publish};
 
 /// `drover fleet status [VERSION]`: every instance's status object under `[fleet]
 /// status_prefix`, summed up for `version` (default: the one the parameter asks for).
@@ -192,7 +35,7 @@ pub async fn fleet_status(
         Ok(p) => crate::value::parse_value(&p.value)
             .ok()
             .map(|d| (d.version, p.version)),
-        Err(e) if version.is_none() => return Err(e.to_string()),
+        Err(e) if version.is_none() => return Err(e.explained()),
         Err(_) => None,
     };
     let version = match (version, &asked) {
