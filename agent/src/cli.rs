@@ -80,6 +80,10 @@ enum Command {
     Doctor,
     /// Print cloud-init user-data that installs drover on a new instance (reads no --config).
     UserData(UserDataArgs),
+    /// Print the drover.service drop-in that makes the config's release root, state directory
+    /// and environment file's directory, and lets the sandbox write them (for
+    /// /etc/systemd/system/drover.service.d/paths.conf).
+    SandboxPaths,
     /// Verify and unpack a local .tar.gz or .tar.zst exactly as an instance would, into the new
     /// DEST.
     Unpack(UnpackArgs),
@@ -189,6 +193,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(BAD_CONFIG);
         }
     };
+    // The agent's unit may not let it write the config's directories: say so once, and stay
+    // stopped (as for a bad config), rather than fail every pass.
+    if matches!(cli.command, Command::Run | Command::Once) {
+        if let Err(e) = crate::sandbox::check(&config) {
+            eprintln!("drover: {e}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -244,6 +256,13 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
                 })
         }
         Command::UserData(args) => Ok(user_data(&args)),
+        Command::SandboxPaths => Ok(match crate::sandbox::drop_in(&config, config_path) {
+            Ok(text) => write_stdout("sandbox-paths", &text),
+            Err(e) => {
+                eprintln!("drover sandbox-paths: {e}");
+                ExitCode::from(BAD_CONFIG)
+            }
+        }),
         Command::Unpack(args) => Ok(unpack(&args, config_path)),
         Command::Fleet(FleetCommand::Status { version, json }) => {
             let sdk = aws::sdk_config(&config.aws).await;
@@ -338,19 +357,23 @@ fn unpack_limits(
 
 /// `drover user-data`: bad input (flags, files, a config the agent would refuse) is a usage error.
 fn user_data(args: &UserDataArgs) -> ExitCode {
-    use std::io::Write;
-    let text = match render_user_data(args) {
-        Ok(text) => text,
+    match render_user_data(args) {
+        Ok(text) => write_stdout("user-data", &text),
         Err(e) => {
             eprintln!("drover user-data: {e}");
-            return ExitCode::from(BAD_CONFIG);
+            ExitCode::from(BAD_CONFIG)
         }
-    };
+    }
+}
+
+/// Prints what `drover COMMAND` rendered; a closed or full stdout fails the command.
+fn write_stdout(command: &str, text: &str) -> ExitCode {
+    use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("drover user-data: cannot write to stdout: {e}");
+            eprintln!("drover {command}: cannot write to stdout: {e}");
             ExitCode::from(FAILED)
         }
     }
