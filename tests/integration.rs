@@ -29,6 +29,7 @@ mod graviton;
 mod loadbalancer;
 mod packages;
 mod parts;
+mod sandbox;
 mod signing;
 mod smoke;
 mod static_binary;
