@@ -1,6 +1,7 @@
 # Make targets for the user-data template in cloud-init/; the top-level Makefile includes this file.
 #   make check-userdata   renders the template with the built binary's `drover user-data`, once
-#                         from flags and once from a config file with an app unit and a download
+#                         from flags and once from a config file (with its own release root and
+#                         state directory, so a drop-in for them) with an app unit and a download
 #                         CA, and validates each with `cloud-init schema` (also run by `make check`)
 #
 # The renderer refuses what cloud-init would misread (an unknown marker, an unsafe value, a
@@ -19,9 +20,9 @@ check-userdata: build
 	@set -eu; \
 	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	digest=$$(sha256sum $(DROVER_BIN) | cut -d' ' -f1); \
-	printf '[artifact]\nbucket = "my-releases"\n\n[service]\nunits = ["web.service"]\n' \
+	printf '[artifact]\nbucket = "my-releases"\n\n[release]\nroot = "/srv/web"\n\n[agent]\nstate_dir = "/srv/drover"\n\n[service]\nunits = ["web.service"]\n' \
 	    >"$$tmp/config.toml"; \
-	printf '[Unit]\nConditionPathExists=/opt/app/current\n\n[Service]\nExecStart=/opt/app/current/web\n\n[Install]\nWantedBy=multi-user.target\n' \
+	printf '[Unit]\nConditionPathExists=/srv/web/current\n\n[Service]\nExecStart=/srv/web/current/web\n\n[Install]\nWantedBy=multi-user.target\n' \
 	    >"$$tmp/web.service"; \
 	printf -- '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' >"$$tmp/ca.pem"; \
 	$(DROVER_BIN) user-data --source https://downloads.example.com/drover --sha256 "$$digest" \

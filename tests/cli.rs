@@ -188,6 +188,59 @@ fn bad_config_and_usage_exit_2_naming_the_key() {
     assert_eq!(host.drover(&["publish"]).status.code(), Some(2));
 }
 
+/// `drover sandbox-paths` prints drover.service's drop-in for the config's paths, and refuses
+/// (exit 2, naming the key) a path that cannot go into it as it is. The container test
+/// (`sandbox.rs`) installs what it prints.
+#[test]
+fn sandbox_paths_prints_the_drop_in_or_refuses_naming_the_key() {
+    let host = Host::new("sandboxpaths");
+    let config = host.world.dir().join("paths.toml");
+    let write = |text: &str| {
+        std::fs::write(&config, format!("[artifact]\nbucket = \"b\"\n{text}")).unwrap()
+    };
+    write("[release]\nroot = \"/srv/app\"\n[agent]\nstate_dir = \"/srv/state\"\n");
+    let out = drover_with(&config, &["sandbox-paths"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("for {} ", config.display())),
+        "{text}"
+    );
+    let settings: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        settings,
+        [
+            "[Service]",
+            "ExecStartPre=",
+            "ExecStartPre=+/usr/bin/mkdir -p -m 0755 /srv/app",
+            "ExecStartPre=+/usr/bin/mkdir -p -m 0700 /srv/state",
+            "StateDirectory=",
+            "ReadWritePaths=",
+            "ReadWritePaths=-/srv/app -/srv/state",
+        ]
+    );
+    for (text, says) in [
+        (
+            "[release]\nroot = \"/srv/my app\"\n",
+            "release.root \"/srv/my app\": ' ' cannot go into drover.service's drop-in",
+        ),
+        (
+            "[agent]\nstate_dir = \"/tmp/drover\"\n",
+            "agent.state_dir /tmp/drover: drover.service hides /tmp",
+        ),
+        (
+            "[release]\nroot = \"/srv/../etc\"\n",
+            "key release.root: /srv/../etc has a \"..\"",
+        ),
+    ] {
+        write(text);
+        let out = drover_with(&config, &["sandbox-paths"]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(stdout(&out).is_empty(), "{text}: printed {}", stdout(&out));
+        assert!(stderr(&out).contains(says), "{text}: {}", stderr(&out));
+    }
+}
+
 /// Issue 13, finding 7: whoever can change the config can deploy anything as root. A config
 /// that someone other than root could have written, or reached through a link, is refused by
 /// every command (exit 2), naming the file or directory at fault and the fix.

@@ -122,6 +122,15 @@ fn drover_user_data_from_flags_passes_cloud_init_schema() {
         Some("http://127.0.0.1:8080/health")
     );
     assert_eq!(yaml_query(&path, "mode", "/etc/drover/config.toml"), "0600");
+    // The flags set no path: the drop-in names the defaults, as the unit does.
+    let drop_in = yaml_query(&path, "file", drover::sandbox::DROP_IN_PATH);
+    assert!(
+        drop_in
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("\nReadWritePaths=\nReadWritePaths=-/opt/app\n"),
+        "{drop_in}"
+    );
     assert_eq!(
         yaml_query(&path, "runcmd", ""),
         serde_json::json!([[
@@ -140,8 +149,8 @@ fn drover_user_data_from_flags_passes_cloud_init_schema() {
 #[test]
 fn drover_user_data_embeds_a_config_file_an_app_unit_and_a_ca() {
     let tmp = temp_dir();
-    let config = "# ours\n[artifact]\nbucket = \"b\"\n\n[service]\nunits = [\"web.service\"]\n";
-    let unit = "[Unit]\nConditionPathExists=/opt/app/current\n\n[Service]\nExecStart=/opt/app/current/web\n\n[Install]\nWantedBy=multi-user.target\n";
+    let config = "# ours\n[artifact]\nbucket = \"b\"\n\n[release]\nroot = \"/srv/web\"\n\n[service]\nunits = [\"web.service\"]\n";
+    let unit = "[Unit]\nConditionPathExists=/srv/web/current\n\n[Service]\nExecStart=/srv/web/current/web\n\n[Install]\nWantedBy=multi-user.target\n";
     let ca = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
     let files = [
         ("config.toml", config),
@@ -183,6 +192,19 @@ fn drover_user_data_embeds_a_config_file_an_app_unit_and_a_ca() {
         yaml_query(&path, "file", drover::userdata::DOWNLOAD_CA_PATH),
         ca
     );
+    // The sandbox's drop-in follows the config's [release] root.
+    let parsed = drover::config::Config::parse(config, Path::new("/etc/drover/config.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let drop_in = drover::sandbox::drop_in(&parsed, Path::new("/etc/drover/config.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        drop_in.contains("\nReadWritePaths=-/srv/web\n"),
+        "{drop_in}"
+    );
+    assert_eq!(
+        yaml_query(&path, "file", drover::sandbox::DROP_IN_PATH),
+        drop_in
+    );
     assert_eq!(
         yaml_query(&path, "runcmd", ""),
         serde_json::json!([[
@@ -206,9 +228,16 @@ fn drover_user_data_refuses_bad_input_with_status_2() {
     )
     .unwrap_or_else(|e| panic!("write: {e}"));
     let bad_config = bad_config.to_string_lossy().into_owned();
+    let spaced = tmp.path().join("spaced.toml");
+    fs::write(
+        &spaced,
+        "[artifact]\nbucket = \"b\"\n[release]\nroot = \"/srv/my app\"\n",
+    )
+    .unwrap_or_else(|e| panic!("write: {e}"));
+    let spaced = spaced.to_string_lossy().into_owned();
     let digest = sha256_hex(b"x");
     let https = "https://example.com/drover";
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &[
                 "--source", "arm64=/x", "--sha256", "arm64=ab", "--bucket", "b",
@@ -274,6 +303,17 @@ fn drover_user_data_refuses_bad_input_with_status_2() {
             "cannot be used with",
         ),
         (&["--source", https, "--sha256", &digest], "--bucket"),
+        (
+            &[
+                "--source",
+                https,
+                "--sha256",
+                &digest,
+                "--config-file",
+                &spaced,
+            ],
+            "release.root \"/srv/my app\": ' ' cannot go into drover.service's drop-in",
+        ),
     ];
     for (args, says) in cases {
         let mut all = vec!["user-data"];

@@ -30,6 +30,7 @@ mod loadbalancer;
 mod operator;
 mod packages;
 mod parts;
+mod sandbox;
 mod signing;
 mod smoke;
 mod static_binary;

@@ -32,6 +32,7 @@ pub mod reconcile;
 pub mod releases;
 pub mod rfc3339;
 pub mod rollout;
+pub mod sandbox;
 pub mod service;
 pub mod signature;
 pub mod source;

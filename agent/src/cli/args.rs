@@ -95,6 +95,10 @@ pub(super) enum Command {
     },
     /// Print cloud-init user-data that installs drover on a new instance (reads no --config).
     UserData(UserDataArgs),
+    /// Print the drover.service drop-in that makes the config's release root, state directory
+    /// and environment file's directory, and lets the sandbox write them (for
+    /// /etc/systemd/system/drover.service.d/paths.conf).
+    SandboxPaths,
     /// Verify and unpack a local .tar.gz or .tar.zst exactly as an instance would, into the new
     /// DEST.
     Unpack(UnpackArgs),

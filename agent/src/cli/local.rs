@@ -65,19 +65,23 @@ fn unpack_limits(
 
 /// `drover user-data`: bad input (flags, files, a config the agent would refuse) is a usage error.
 pub(super) fn user_data(args: &UserDataArgs) -> ExitCode {
-    use std::io::Write;
-    let text = match render_user_data(args) {
-        Ok(text) => text,
+    match render_user_data(args) {
+        Ok(text) => write_stdout("user-data", &text),
         Err(e) => {
             eprintln!("drover user-data: {e}");
-            return ExitCode::from(BAD_CONFIG);
+            ExitCode::from(BAD_CONFIG)
         }
-    };
+    }
+}
+
+/// Prints what `drover COMMAND` rendered; a closed or full stdout fails the command.
+pub(super) fn write_stdout(command: &str, text: &str) -> ExitCode {
+    use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("drover user-data: cannot write to stdout: {e}");
+            eprintln!("drover {command}: cannot write to stdout: {e}");
             ExitCode::from(FAILED)
         }
     }

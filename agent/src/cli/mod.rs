@@ -70,6 +70,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(BAD_CONFIG);
         }
     };
+    // The agent's unit may not let it write the config's directories: say so once, and stay
+    // stopped (as for a bad config), rather than fail every pass.
+    if matches!(cli.command, Command::Run | Command::Once) {
+        if let Err(e) = crate::sandbox::check(&config) {
+            eprintln!("drover: {e}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,6 +157,13 @@ async fn dispatch(
             })
         }
         Command::UserData(args) => Ok(user_data(&args)),
+        Command::SandboxPaths => Ok(match crate::sandbox::drop_in(&config, config_path) {
+            Ok(text) => local::write_stdout("sandbox-paths", &text),
+            Err(e) => {
+                eprintln!("drover sandbox-paths: {e}");
+                ExitCode::from(BAD_CONFIG)
+            }
+        }),
         Command::Unpack(args) => Ok(unpack(&args, config_path)),
         Command::Fleet(FleetCommand::Status { version, json, .. }) => {
             let sdk = aws::sdk_config(&config.aws).await;

@@ -109,11 +109,31 @@ impl Check<'_> {
         }
     }
 
+    /// An absolute path, normalized (`//`, `/./` and a trailing `/` dropped), never `/` itself
+    /// and without `..`: drover.service's sandbox names these paths to systemd, which takes
+    /// only normalized ones, and a `..` means whatever the symlinks before it say.
     fn absolute(&self, key: &'static str, path: PathBuf) -> Result<PathBuf, ConfigError> {
-        match path.is_absolute() {
-            true => Ok(path),
-            false => Err(self.invalid(key, format!("{} is not an absolute path", path.display()))),
+        use std::path::Component;
+        if !path.is_absolute() {
+            return Err(self.invalid(key, format!("{} is not an absolute path", path.display())));
         }
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "{} has a \"..\" in it: write the path it stands for",
+                    path.display()
+                ),
+            ));
+        }
+        let path: PathBuf = path.components().collect();
+        if path.parent().is_none() {
+            return Err(self.invalid(
+                key,
+                "is the root directory \"/\": name a directory of its own",
+            ));
+        }
+        Ok(path)
     }
 }
 

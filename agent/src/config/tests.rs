@@ -320,6 +320,59 @@ fn errors_name_the_key() {
 }
 
 #[test]
+fn paths_are_absolute_normalized_and_not_the_root_directory() {
+    let c = parse(&format!(
+        "{MINIMAL}[release]\nroot = \"/srv//app/./\"\n[agent]\nstate_dir = \"/srv/state/\"\n\
+         [environment]\npath = \"/e\"\nfile = \"/etc/app//app.env\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.release.root, PathBuf::from("/srv/app"));
+    assert_eq!(c.agent.state_dir, PathBuf::from("/srv/state"));
+    assert_eq!(
+        c.environment.unwrap().file,
+        PathBuf::from("/etc/app/app.env")
+    );
+    for (text, key, says) in [
+        (
+            "[release]\nroot = \"/srv/../etc\"\n",
+            "release.root",
+            "\"..\"",
+        ),
+        (
+            "[release]\nroot = \"/\"\n",
+            "release.root",
+            "root directory",
+        ),
+        (
+            "[release]\nroot = \"//\"\n",
+            "release.root",
+            "root directory",
+        ),
+        (
+            "[agent]\nstate_dir = \"/var/lib/..\"\n",
+            "agent.state_dir",
+            "\"..\"",
+        ),
+        (
+            "[agent]\nstate_dir = \"var/lib/drover\"\n",
+            "agent.state_dir",
+            "absolute",
+        ),
+        (
+            "[environment]\npath = \"/e\"\nfile = \"/etc/app/../app.env\"\n",
+            "environment.file",
+            "\"..\"",
+        ),
+    ] {
+        let e = parse(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("key {key}:")) && e.contains(says),
+            "{text}: {e}"
+        );
+    }
+}
+
+#[test]
 fn unknown_keys_are_named_with_the_file() {
     let err = parse(&format!("{MINIMAL}[health]\nurll = \"x\""))
         .unwrap_err()

@@ -1,7 +1,8 @@
 //! Renders the cloud-init user-data that installs drover on an instance
 //! (`cloud-init/user-data.yaml.in`, embedded): where the binary comes from and its pinned digest,
-//! the agent's config, the repository's `systemd/drover.service`, and any extra files (credentials,
-//! the app's unit, a CA for the download). `drover user-data` prints it.
+//! the agent's config, the repository's `systemd/drover.service` with the drop-in that opens the
+//! config's paths in its sandbox ([`crate::sandbox`]), and any extra files (credentials, the
+//! app's unit, a CA for the download). `drover user-data` prints it.
 //!
 //! Template conventions: lines starting with `##` are notes for template readers and are dropped;
 //! a marker alone on its line (`@DROVER_CONFIG@`) is a block, replaced by a text indented to the
@@ -46,6 +47,11 @@ pub enum UserDataError {
     UnknownMarker { marker: String, line: String },
     #[error("generated config: {0}")]
     Config(String),
+    /// The config given for the instance does not load.
+    #[error("{0}")]
+    InstanceConfig(String),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("{0:?} is not an architecture drover is built for (x86_64, aarch64)")]
     Arch(String),
     #[error("{0}")]
@@ -83,6 +89,10 @@ impl UserData {
     /// The filled-in template: a `#cloud-config` document.
     pub fn render(&self) -> Result<String, UserDataError> {
         let binaries = pins::block(&self.binaries)?;
+        let config_path = Path::new(config::DEFAULT_PATH);
+        let config = Config::parse(&self.config_toml, config_path)
+            .map_err(|e| UserDataError::InstanceConfig(e.to_string()))?;
+        let paths = crate::sandbox::drop_in(&config, config_path)?;
         let mut files = self.extra_files.clone();
         if let Some(pem) = &self.download_ca {
             if !pem.contains("-----BEGIN CERTIFICATE-----") {
@@ -108,6 +118,7 @@ impl UserData {
         let blocks = [
             ("DROVER_CONFIG", self.config_toml.as_str()),
             ("DROVER_SERVICE", DROVER_SERVICE),
+            ("DROVER_PATHS", paths.as_str()),
             ("EXTRA_WRITE_FILES", extra.as_str()),
             ("APP_UNITS", units.as_str()),
             ("DROVER_BINARIES", binaries.as_str()),

@@ -9,7 +9,7 @@ fn sample() -> UserData {
             "/mnt/drover-dist/drover",
             &"ab".repeat(32),
         )],
-        config_toml: "[source]\nparameter = \"/x\"\n\n[aws]\nregion = \"us-east-1\"\n".into(),
+        config_toml: "[source]\nparameter = \"/x\"\n\n[artifact]\nbucket = \"b\"\n".into(),
         extra_files: vec![WriteFile {
             path: "/etc/default/drover".into(),
             mode: 0o600,
@@ -46,7 +46,9 @@ fn fills_every_marker_and_drops_template_notes() {
 fn indents_blocks_to_the_marker_column() {
     let text = render(&sample());
     assert!(
-        text.contains("    content: |\n      [source]\n      parameter = \"/x\"\n\n      [aws]\n"),
+        text.contains(
+            "    content: |\n      [source]\n      parameter = \"/x\"\n\n      [artifact]\n"
+        ),
         "{text}"
     );
     assert!(
@@ -59,6 +61,61 @@ fn indents_blocks_to_the_marker_column() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn writes_the_sandbox_drop_in_for_the_config_s_paths() {
+    let entry = |text: &str| {
+        let head = format!(
+            "  - path: {}\n    owner: root:root\n    permissions: '0644'\n    content: |\n",
+            crate::sandbox::DROP_IN_PATH
+        );
+        let start = text.find(&head).unwrap_or_else(|| panic!("{text}")) + head.len();
+        let body = &text[start..];
+        let end = body.find("\n  - path:").unwrap_or(body.len());
+        body[..end + 1]
+            .lines()
+            .map(|l| l.trim_start())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let text = render(&sample());
+    assert!(
+        entry(&text).ends_with("ExecStartPre=+/usr/bin/mkdir -p -m 0755 /opt/app\nReadWritePaths=\nReadWritePaths=-/opt/app"),
+        "{text}"
+    );
+    let data = UserData {
+        config_toml: "[artifact]\nbucket = \"b\"\n[release]\nroot = \"/srv/app\"\n".into(),
+        ..sample()
+    };
+    let text = render(&data);
+    assert!(
+        entry(&text).contains("/etc/drover/config.toml")
+            && entry(&text)
+                .ends_with("mkdir -p -m 0755 /srv/app\nReadWritePaths=\nReadWritePaths=-/srv/app"),
+        "{text}"
+    );
+    // A config that does not load, or whose paths cannot go into the drop-in, renders nothing.
+    let broken = UserData {
+        config_toml: "[release]\nroot = \"/srv/app\"\n".into(),
+        ..sample()
+    };
+    assert!(
+        matches!(broken.render(), Err(UserDataError::InstanceConfig(e)) if e.contains("artifact")),
+    );
+    let spaced = UserData {
+        config_toml: "[artifact]\nbucket = \"b\"\n[release]\nroot = \"/srv/my app\"\n".into(),
+        ..sample()
+    };
+    assert!(matches!(
+        spaced.render(),
+        Err(UserDataError::Sandbox(
+            crate::sandbox::SandboxError::Character {
+                key: "release.root",
+                ..
+            }
+        ))
+    ));
 }
 
 #[test]
