@@ -145,6 +145,53 @@ fn first_deploy_upgrade_automatic_revert_and_switch_back_without_download() {
     assert_eq!(instance.served(), "1.0.0");
     assert_eq!(current(&instance), "releases/1.0.0");
     instance.assert_staging_empty();
+
+    // The operator rolls back to the previous good release (2.0.0): each step's event names the
+    // release it goes to, and the one it leaves (issue 18: health_passed named 1.0.0).
+    let out = instance.exec(&["drover", "rollback"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    for event in ["switched", "unit_restarted", "health_passed"] {
+        let line = said
+            .lines()
+            .find(|l| l.contains(&format!("event=\"{event}\"")))
+            .unwrap_or_else(|| panic!("no {event} in: {said}"));
+        assert!(
+            line.contains("version=\"2.0.0\"") && line.contains("previous_version=\"1.0.0\""),
+            "{line}"
+        );
+    }
+    let undone = said
+        .lines()
+        .find(|l| l.contains("event=\"reverted\""))
+        .unwrap_or_default();
+    assert!(
+        undone.contains("version=\"1.0.0\"") && undone.contains("previous_version=\"2.0.0\""),
+        "{said}"
+    );
+    assert_eq!(instance.served(), "2.0.0");
+
+    // Every entry drover wrote to the journal has an EVENT.
+    let journal = instance.exec(&[
+        "journalctl",
+        "-u",
+        "drover.service",
+        "-o",
+        "json",
+        "--no-pager",
+    ]);
+    let entries: Vec<Value> = String::from_utf8_lossy(&journal.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &Value| field(e, "SYSLOG_IDENTIFIER") == "drover")
+        .collect();
+    assert!(entries.len() > 20, "{} entries", entries.len());
+    let without: Vec<&str> = entries
+        .iter()
+        .filter(|e| field(e, "EVENT").is_empty())
+        .map(|e| field(e, "MESSAGE"))
+        .collect();
+    assert!(without.is_empty(), "entries without EVENT: {without:?}");
 }
 
 #[test]

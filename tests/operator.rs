@@ -450,3 +450,46 @@ fn a_bucket_in_another_region_says_which() {
         stdout(&out)
     );
 }
+
+#[test]
+fn status_shows_what_the_parameter_asks_for_with_a_schema_and_rfc3339_times() {
+    let world = World::new("status_schema");
+    let endpoint = world.moto.endpoint();
+    let host = Host::with_config(
+        world,
+        &endpoint,
+        "[fleet]\nstatus_prefix = \"drover/status/\"\n",
+    );
+    host.world.release("1.0.0", true);
+    let out = host.drover(&["once"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    host.world.promote("2.0.0");
+
+    let status = host.status();
+    assert_eq!(status["schema"], 1);
+    assert_eq!(status["current"], "1.0.0");
+    assert_eq!(status["desired"]["version"], "2.0.0");
+    assert_eq!(status["desired"]["value"], "2.0.0");
+    assert_eq!(status["desired"]["parameter_version"], 2);
+    let at = status["last"]["at"].as_str().unwrap_or_default();
+    assert!(
+        drover::rfc3339::parse(at).is_some(),
+        "last.at {at:?} is not RFC 3339"
+    );
+    // Without [environment], no "environment" at all (README: left out, not null).
+    assert!(status.get("environment").is_none(), "{status}");
+    let text = stdout(&host.drover(&["status"]));
+    assert!(
+        text.starts_with("desired:  2.0.0 (parameter version 2)\ncurrent:  1.0.0\n"),
+        "{text}"
+    );
+
+    let fleet = host.drover(&["fleet", "status", "--json"]);
+    assert_eq!(code(&fleet), Some(0), "{}", stderr(&fleet));
+    let fleet: serde_json::Value = serde_json::from_slice(&fleet.stdout).unwrap();
+    assert_eq!(fleet["schema"], 1);
+
+    let version = stdout(&host.drover(&["--version"]));
+    let expected = format!("drover {} (commit ", crate::packages::cargo_version());
+    assert!(version.starts_with(&expected) && version.trim_end().ends_with(')'), "{version}");
+}

@@ -6,7 +6,7 @@
 //! `DURATION_MS` and `SLOTS` for the load balancer and the fleet's leases; `LIFECYCLE_HOOK` and
 //! `RESULT` for Auto Scaling). Fields that do not apply are left out rather than
 //! written empty. Errors log at `err`, reverts and failed notices at `warning`, the rest at
-//! `info`. [`crate::logging`] decides whether they go to journald or to stderr.
+//! `info`. The logging set-up decides whether they go to journald or to stderr.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -51,6 +51,44 @@ pub enum Event {
     LifecycleCompleted,
     /// A call about the lifecycle hook failed (`ERROR`); it is tried again.
     LifecycleFailed,
+    /// The artifact is being downloaded: its size, and in how many parts over how many connections.
+    DownloadStarted,
+    /// A ranged GET of a part failed and is tried again.
+    PartRetried,
+    /// The release is unpacked (and given to `[release] owner`).
+    Unpacked,
+    /// An old release was removed from disk (or could not be, with `ERROR`).
+    ReleasePruned,
+    /// A leftover of an interrupted fetch was removed from `.staging/` (or could not be).
+    StagingRemoved,
+    /// `current` could not be switched; it is unchanged.
+    SwitchFailed,
+    /// The state directory could not be locked, read or written (an unreadable file is set aside).
+    StateFailed,
+    /// An interrupted environment change was undone: the last good file is back.
+    EnvironmentRestored,
+    /// The app's environment file could not be written, kept or put back.
+    EnvironmentFailed,
+    /// No systemd to run a hook in a scope of its own: only its process group is killed.
+    HookUnscoped,
+    /// A hook an earlier drover left running is being stopped.
+    HookLeftRunning,
+    /// `[fleet]`: this instance's status object could not be written.
+    StatusWriteFailed,
+    /// `[fleet] max_in_flight`: a slot to leave service was taken.
+    LeaseTaken,
+    /// That slot was given back (or, with `ERROR`, left to expire).
+    LeaseReleased,
+    /// That slot could not be renewed, or another instance took it after it expired.
+    LeaseLost,
+    /// `[loadbalancer]`: the instance could not be put back into its target groups.
+    RegisterFailed,
+    /// `[autoscaling]`: a lifecycle hook's timeout was extended while a deploy runs.
+    LifecycleHeartbeat,
+    /// Detail shown with `--verbose` only.
+    Trace,
+    /// The command stopped with an error (`ERROR`): a config it cannot use, say.
+    StartFailed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +129,25 @@ impl Event {
             Event::LeaseWaiting => "lease_waiting",
             Event::LifecycleCompleted => "lifecycle_completed",
             Event::LifecycleFailed => "lifecycle_failed",
+            Event::DownloadStarted => "download_started",
+            Event::PartRetried => "part_retried",
+            Event::Unpacked => "unpacked",
+            Event::ReleasePruned => "release_pruned",
+            Event::StagingRemoved => "staging_removed",
+            Event::SwitchFailed => "switch_failed",
+            Event::StateFailed => "state_failed",
+            Event::EnvironmentRestored => "environment_restored",
+            Event::EnvironmentFailed => "environment_failed",
+            Event::HookUnscoped => "hook_unscoped",
+            Event::HookLeftRunning => "hook_left_running",
+            Event::StatusWriteFailed => "status_write_failed",
+            Event::LeaseTaken => "lease_taken",
+            Event::LeaseReleased => "lease_released",
+            Event::LeaseLost => "lease_lost",
+            Event::RegisterFailed => "register_failed",
+            Event::LifecycleHeartbeat => "lifecycle_heartbeat",
+            Event::Trace => "trace",
+            Event::StartFailed => "start_failed",
         }
     }
 
@@ -101,12 +158,21 @@ impl Event {
             | Event::HealthFailed
             | Event::RevertFailed
             | Event::HookFailed
-            | Event::DeployAborted => Severity::Error,
+            | Event::DeployAborted
+            | Event::SwitchFailed
+            | Event::StateFailed
+            | Event::EnvironmentFailed
+            | Event::RegisterFailed
+            | Event::StartFailed => Severity::Error,
             Event::Reverted
             | Event::NotifyFailed
             | Event::RolloutHalted
             | Event::VariablesRefused
-            | Event::LifecycleFailed => Severity::Warning,
+            | Event::LifecycleFailed
+            | Event::EnvironmentRestored
+            | Event::HookUnscoped
+            | Event::StatusWriteFailed
+            | Event::LeaseLost => Severity::Warning,
             _ => Severity::Info,
         }
     }

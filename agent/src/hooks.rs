@@ -175,7 +175,7 @@ pub async fn run(
     let confined = match scopes.confine(&scope, &description, pid).await {
         Ok(()) => Confined::Scope(scopes, scope, pid),
         Err(UnitError::Unreachable(why)) => {
-            tracing::warn!(target: "drover", hook = name, error = %why,
+            tracing::warn!(target: "drover", event = crate::events::Event::HookUnscoped.as_str(), hook = name, error = %why,
                 "No systemd to put the {name} hook in a scope of its own: only its process group \
                  is killed when it ends, which a process it starts can leave with setsid");
             Confined::Group(pid)
@@ -266,7 +266,7 @@ impl<C: Confinement> Confined<'_, C> {
         match self {
             Confined::Scope(scopes, scope, pgid) => {
                 if let Err(e) = scopes.kill_all(scope).await {
-                    tracing::error!(target: "drover", hook, error = %e,
+                    tracing::error!(target: "drover", event = crate::events::Event::HookFailed.as_str(), hook, error = %e,
                         "Killing what is left of the {hook} hook failed; killing its process group");
                     kill_group(*pgid);
                 }

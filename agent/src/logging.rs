@@ -20,6 +20,24 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
+/// An error that ends the command, before or after the agent's loop: a line on stderr for a
+/// terminal, an event with `EVENT=start_failed` and `ERROR` for the journal, where every entry
+/// of drover's carries an `EVENT`.
+pub fn fatal(message: &str) {
+    if stderr_is_journal() {
+        crate::events::emit(
+            crate::events::Event::StartFailed,
+            &crate::events::Fields {
+                error: Some(message),
+                ..crate::events::Fields::default()
+            },
+            &format!("drover stopped: {message}"),
+        );
+    } else {
+        eprintln!("drover: {message}");
+    }
+}
+
 pub fn init(verbose: bool) {
     let level = if verbose {
         tracing::level_filters::LevelFilter::DEBUG

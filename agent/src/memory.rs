@@ -101,7 +101,7 @@ fn unmap_read_only_image() {
         // loses nothing; the next access maps them again from the page cache.
         let done = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
         if done != 0 {
-            tracing::debug!(target: "drover", start, len,
+            tracing::debug!(target: "drover", event = crate::events::Event::Trace.as_str(), start, len,
                 "madvise(MADV_DONTNEED) of a read-only segment failed: {}",
                 std::io::Error::last_os_error());
         }

@@ -105,9 +105,51 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Seconds since the epoch kept as a number in memory, written as RFC 3339 text, and read as
+/// either (state files written before the text form have numbers): `#[serde(with = ...)]`.
+pub mod epoch_seconds {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    pub fn serialize<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format(UNIX_EPOCH + Duration::from_secs(*secs)))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(u64),
+            Text(String),
+        }
+        match <Either as serde::Deserialize>::deserialize(d)? {
+            Either::Number(n) => Ok(n),
+            Either::Text(t) => super::parse(&t)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {t:?}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_seconds_are_written_as_text_and_read_either_way() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct At {
+            #[serde(with = "epoch_seconds")]
+            at: u64,
+        }
+        let text = serde_json::to_string(&At { at: 1_796_000_000 }).unwrap_or_default();
+        assert_eq!(text, r#"{"at":"2026-11-30T00:53:20Z"}"#);
+        let back: Option<At> = serde_json::from_str(&text).ok();
+        assert_eq!(back, Some(At { at: 1_796_000_000 }));
+        let old: Option<At> = serde_json::from_str(r#"{"at":1796000000}"#).ok();
+        assert_eq!(old, Some(At { at: 1_796_000_000 }));
+        assert!(serde_json::from_str::<At>(r#"{"at":"yesterday"}"#).is_err());
+    }
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)

@@ -50,7 +50,8 @@ pub struct Record {
     pub version: Option<String>,
     pub request: Option<Request>,
     pub error: Option<String>,
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch; RFC 3339 in JSON.
+    #[serde(with = "crate::rfc3339::epoch_seconds")]
     pub at: u64,
 }
 

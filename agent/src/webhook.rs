@@ -74,7 +74,7 @@ impl Webhook {
                     }
                     Err(e) => last = plain_error(e),
                 }
-                tracing::debug!(target: "drover", host = %host, attempt = attempt + 1, error = %last, "webhook attempt failed");
+                tracing::debug!(target: "drover", event = crate::events::Event::Trace.as_str(), host = %host, attempt = attempt + 1, error = %last, "webhook attempt failed");
             }
             crate::events::emit(
                 Event::NotifyFailed,

@@ -13,10 +13,18 @@ pub(super) enum PackFormat {
     Zstd,
 }
 
+/// `drover --version`: the version and the commit it was built from (agent/build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DROVER_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "drover",
-    version,
+    version = VERSION,
     about = "Pull-based deployment agent: SSM version, S3 tarball, health-gated switch"
 )]
 pub(super) struct Cli {
@@ -39,6 +47,7 @@ pub(super) enum Command {
     Once,
     /// Current, previous and last outcome, from the state on disk.
     Status {
+        /// Print JSON (with "schema": 1) instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -190,6 +199,7 @@ pub(super) struct UnpackArgs {
     /// Most entries [default: [artifact] max_entries of the config if there is one, else 250000].
     #[arg(long, value_name = "N")]
     pub(super) max_entries: Option<u64>,
+    /// The artifact: a .tar.gz or .tar.zst.
     pub(super) archive: PathBuf,
     /// A directory that does not exist yet.
     pub(super) dest: PathBuf,
@@ -234,4 +244,35 @@ pub(super) struct UserDataArgs {
     /// PEM CAs of a private download server, trusted for the download instead of the system's.
     #[arg(long, value_name = "FILE")]
     pub(super) download_ca: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag and positional of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && !["help", "version"].contains(&arg.get_id().as_str())
+                {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &<Cli as clap::CommandFactory>::command(),
+            "drover",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

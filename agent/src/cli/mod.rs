@@ -66,7 +66,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(BAD_CONFIG);
         }
         Err(e) => {
-            eprintln!("drover: {e}");
+            logging::fatal(&e.to_string());
             return ExitCode::from(BAD_CONFIG);
         }
     };
@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
     // stopped (as for a bad config), rather than fail every pass.
     if matches!(cli.command, Command::Run | Command::Once) {
         if let Err(e) = crate::sandbox::check(&config) {
-            eprintln!("drover: {e}");
+            logging::fatal(&e.to_string());
             return ExitCode::from(BAD_CONFIG);
         }
     }
@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("drover: cannot start the runtime: {e}");
+            logging::fatal(&format!("cannot start the runtime: {e}"));
             return ExitCode::from(FAILED);
         }
     };
@@ -121,14 +121,23 @@ async fn dispatch(
         }
         Command::Run => run(config).await,
         Command::Once => once(config).await,
-        Command::Status { json } => operator::status(&config).map(|s| {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-            } else {
-                print!("{}", s.render());
+        Command::Status { json } => match operator::status(&config) {
+            Err(e) => Err(e),
+            Ok(mut s) => {
+                let sdk = aws::sdk_config(&config.aws).await;
+                let source = SsmSource::new(&sdk, &config.source.parameter);
+                match operator::desired(&source).await {
+                    Ok(desired) => s.desired = Some(desired),
+                    Err(e) => s.desired_error = Some(e),
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                } else {
+                    print!("{}", s.render());
+                }
+                Ok(ExitCode::SUCCESS)
             }
-            ExitCode::SUCCESS
-        }),
+        },
         Command::Rollback => rollback(config).await,
         Command::Publish {
             version,
@@ -173,9 +182,13 @@ async fn dispatch(
                 .await
                 .map(|summary| {
                     if json {
+                        let mut value = serde_json::to_value(&summary).unwrap_or_default();
+                        if let Some(object) = value.as_object_mut() {
+                            object.insert("schema".into(), 1.into());
+                        }
                         println!(
                             "{}",
-                            serde_json::to_string_pretty(&summary).unwrap_or_default()
+                            serde_json::to_string_pretty(&value).unwrap_or_default()
                         );
                     } else {
                         print!("{}", summary.render());
@@ -210,8 +223,8 @@ async fn dispatch(
     result.unwrap_or_else(|e| {
         // An error that knows its fix (crate::reach::Fix) says it on a line of its own.
         match e.split_once("; fix: ") {
-            Some((what, fix)) => eprintln!("drover: {what}\n  fix: {fix}"),
-            None => eprintln!("drover: {e}"),
+            Some((what, fix)) => logging::fatal(&format!("{what}\n  fix: {fix}")),
+            None => logging::fatal(&e),
         }
         ExitCode::from(FAILED)
     })

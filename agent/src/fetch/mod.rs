@@ -152,7 +152,7 @@ async fn fetch_into<S: ArtifactStore>(
     };
     if info.len > artifact.download_part_size {
         let parts = info.len.div_ceil(artifact.download_part_size);
-        tracing::info!(target: "drover", version = desired.version.as_str(), key = key.as_str(),
+        tracing::info!(target: "drover", event = crate::events::Event::DownloadStarted.as_str(), version = desired.version.as_str(), key = key.as_str(),
             bytes = info.len, parts, connections = artifact.download_connections,
             "Downloading s3://{}/{key}: {} bytes in {parts} parts over up to {} connections",
             artifact.bucket, info.len, artifact.download_connections);
@@ -212,6 +212,7 @@ async fn fetch_into<S: ArtifactStore>(
     .map_err(|e| FetchFailure::Task(e.to_string()))??;
     tracing::info!(
         target: "drover",
+        event = crate::events::Event::Unpacked.as_str(),
         version = desired.version.as_str(),
         files = stats.files,
         dirs = stats.dirs,
@@ -228,7 +229,7 @@ async fn fetch_into<S: ArtifactStore>(
         unpack::stripped_note(&stats)
     );
     if let (Some(given), Some(spec)) = (given, job.owner) {
-        tracing::info!(target: "drover", version = desired.version.as_str(), owner = %spec,
+        tracing::info!(target: "drover", event = crate::events::Event::Unpacked.as_str(), version = desired.version.as_str(), owner = %spec,
             entries = given, "Gave {given} entries of {} to {spec}", desired.version);
     }
     let _ = std::fs::remove_file(&tarball);

@@ -167,7 +167,7 @@ async fn fetch_part<S: ArtifactStore>(
                 e @ (FetchError::Part { .. }
                 | FetchError::Store(StoreError::Failed { .. } | StoreError::Throttled { .. })),
             ) if attempt < PART_ATTEMPTS => {
-                tracing::info!(target: "drover", key = job.key, start = range.start,
+                tracing::info!(target: "drover", event = crate::events::Event::PartRetried.as_str(), key = job.key, start = range.start,
                     attempt, "part failed, retrying: {e}");
                 let window = PART_BACKOFF.saturating_mul(1 << (attempt - 1));
                 tokio::time::sleep(window.mul_f64(crate::plan::random_unit())).await;

@@ -147,9 +147,16 @@ pub fn unpack_local(
     }
 }
 
-/// What `drover status` shows, read from disk only.
+/// What `drover status` shows: the state on disk, and what the parameter asks for now.
 #[derive(serde::Serialize)]
 pub struct Status {
+    /// The version of this JSON's layout; a field changes meaning only with a new number.
+    pub schema: u32,
+    /// What the parameter asks for, read now; `None` when it could not be read
+    /// (`desired_error` says why).
+    pub desired: Option<Desired>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired_error: Option<String>,
     pub current: Option<String>,
     pub good: Option<String>,
     pub previous: Option<String>,
@@ -158,7 +165,8 @@ pub struct Status {
     pub failed: Vec<crate::state::Request>,
     pub releases: Vec<String>,
     /// `[environment]`: the variables of the last good environment file as `NAME@version`
-    /// (names and parameter versions only, never values).
+    /// (names and parameter versions only, never values). Left out without `[environment]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub environment: Option<Vec<String>>,
     /// `[loadbalancer]`: target groups the instance left and is not back in yet (left out
     /// when empty).
@@ -172,6 +180,9 @@ pub fn status(config: &Config) -> Result<Status, String> {
         .load()
         .map_err(|e| e.to_string())?;
     Ok(Status {
+        schema: 1,
+        desired: None,
+        desired_error: None,
         current: layout.active().map_err(|e| e.to_string())?,
         good: state.good,
         previous: state.previous,
@@ -189,11 +200,49 @@ pub fn status(config: &Config) -> Result<Status, String> {
     })
 }
 
+/// The parameter's value as `drover status` shows it.
+#[derive(serde::Serialize)]
+pub struct Desired {
+    /// The value as written (a version, or JSON with a rollout).
+    pub value: String,
+    /// The version in it, if it is valid.
+    pub version: Option<String>,
+    pub parameter_version: i64,
+}
+
+/// What the parameter asks for, within a few seconds: status must answer when AWS does not.
+pub async fn desired(source: &SsmSource) -> Result<Desired, String> {
+    use crate::source::DesiredSource;
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), source.read());
+    match read.await {
+        Err(_) => Err("no answer within 5 s".into()),
+        Ok(Err(e)) => Err(e.explained()),
+        Ok(Ok(p)) => Ok(Desired {
+            version: crate::value::parse_value(&p.value)
+                .ok()
+                .map(|d| d.version.to_string()),
+            value: p.value,
+            parameter_version: p.version,
+        }),
+    }
+}
+
 impl Status {
     pub fn render(&self) -> String {
         let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let desired = match (&self.desired, &self.desired_error) {
+            (Some(d), _) => format!(
+                "{} (parameter version {})",
+                d.version
+                    .clone()
+                    .unwrap_or_else(|| format!("{:?}, not a valid value", d.value)),
+                d.parameter_version
+            ),
+            (None, Some(e)) => format!("? ({e})"),
+            (None, None) => "-".into(),
+        };
         let mut out = format!(
-            "current:  {}\ngood:     {}\nprevious: {}\n",
+            "desired:  {desired}\ncurrent:  {}\ngood:     {}\nprevious: {}\n",
             or_none(&self.current),
             or_none(&self.good),
             or_none(&self.previous)

@@ -139,14 +139,14 @@ impl<P: Parts> Agent<P> {
             new_environment.is_some(),
         );
         if let Err(e) = self.save(state) {
-            tracing::error!(target: "drover", error = %e, "cannot save state before the switch");
+            tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, "cannot save state before the switch");
             state.abort_switch();
             return Err(e.into());
         }
         failpoint::hit("after_pending_saved");
         if let Some(text) = &new_environment {
             if let Err(e) = self.write_environment(text) {
-                tracing::error!(target: "drover", error = %e, "cannot write the environment file; nothing switched");
+                tracing::error!(target: "drover", event = crate::events::Event::EnvironmentFailed.as_str(), error = %e, "cannot write the environment file; nothing switched");
                 state.abort_switch();
                 let _ = self.save(state);
                 return Err(e.into());
@@ -154,7 +154,7 @@ impl<P: Parts> Agent<P> {
         }
         if let Err(e) = self.layout.switch(version.as_str()) {
             // A new environment file stays pending: the next pass puts the good one back.
-            tracing::error!(target: "drover", error = %e, "switch failed; current is unchanged");
+            tracing::error!(target: "drover", event = crate::events::Event::SwitchFailed.as_str(), error = %e, "switch failed; current is unchanged");
             state.switch_failed();
             let _ = self.save(state);
             return Err(e.into());
@@ -337,9 +337,11 @@ impl<P: Parts> Agent<P> {
         for version in plan::prune_plan(&releases, self.config.release.keep, &protect) {
             match self.layout.discard(&version) {
                 Ok(()) => {
-                    tracing::info!(target: "drover", version = %version, "pruned old release")
+                    tracing::info!(target: "drover", event = crate::events::Event::ReleasePruned.as_str(), version = %version, "pruned old release")
                 }
-                Err(e) => tracing::warn!(target: "drover", error = %e, "pruning failed"),
+                Err(e) => {
+                    tracing::warn!(target: "drover", event = crate::events::Event::ReleasePruned.as_str(), error = %e, "pruning failed")
+                }
             }
         }
     }

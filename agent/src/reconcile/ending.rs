@@ -84,7 +84,7 @@ impl<P: Parts> Agent<P> {
             at: state::now(),
         });
         if let Err(e) = self.save(state) {
-            tracing::error!(target: "drover", error = %e, "cannot save state");
+            tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, "cannot save state");
         }
         let fields = match &error {
             Some(error) => fields.with_error(error),

@@ -191,7 +191,7 @@ impl<P: Parts> Agent<P> {
         let id = match self.instance_id().await {
             Ok(id) => id,
             Err(e) => {
-                tracing::warn!(target: "drover", error = %e, "cannot write the status object");
+                tracing::warn!(target: "drover", event = crate::events::Event::StatusWriteFailed.as_str(), error = %e, "cannot write the status object");
                 return;
             }
         };
@@ -221,7 +221,7 @@ impl<P: Parts> Agent<P> {
         for key in keys.into_iter().rev() {
             let put = self.store.put_small(&key, body.clone());
             if let Err(e) = bounded(&self.config.artifact.bucket, &key, put).await {
-                tracing::warn!(target: "drover", key = %key, error = %e, "cannot write the status object");
+                tracing::warn!(target: "drover", event = crate::events::Event::StatusWriteFailed.as_str(), key = %key, error = %e, "cannot write the status object");
                 return;
             }
         }

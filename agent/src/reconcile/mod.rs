@@ -256,14 +256,14 @@ impl<P: Parts> Agent<P> {
         let _lock = match lock_state(&self.config.agent.state_dir) {
             Ok(lock) => lock,
             Err(e) => {
-                tracing::error!(target: "drover", error = %e, "cannot lock the state directory");
+                tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, "cannot lock the state directory");
                 return Outcome::Retry;
             }
         };
         let mut state = match self.prepare().await {
             Ok(state) => state,
             Err(e) => {
-                tracing::error!(target: "drover", error = %e, "cannot prepare the release root or state");
+                tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, "cannot prepare the release root or state");
                 return Outcome::Retry;
             }
         };
@@ -309,7 +309,7 @@ impl<P: Parts> Agent<P> {
             active: active.as_deref(),
             on_disk: self.layout.has_release(desired.version.as_str()),
         });
-        tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
+        tracing::debug!(target: "drover", event = crate::events::Event::Trace.as_str(), ?step, version = %desired.version, "decided");
         let mut place = fleet_gate::Place::default();
         let (outcome, tried) = match step {
             Step::SkipFailed => {
@@ -364,16 +364,16 @@ impl<P: Parts> Agent<P> {
         self.layout.ensure()?;
         let (removed, left) = self.layout.clean_staging()?;
         for path in removed {
-            tracing::info!(target: "drover", path = %path.display(), "removed leftover staging");
+            tracing::info!(target: "drover", event = crate::events::Event::StagingRemoved.as_str(), path = %path.display(), "removed leftover staging");
         }
         for e in left {
-            tracing::warn!(target: "drover", error = %e, "cannot remove leftover staging");
+            tracing::warn!(target: "drover", event = crate::events::Event::StagingRemoved.as_str(), error = %e, "cannot remove leftover staging");
         }
         let mut state = match self.state_file.load() {
             Ok(s) => s,
             Err(e) => {
                 let aside = self.state_file.path().with_extension("json.corrupt");
-                tracing::error!(target: "drover", error = %e, aside = %aside.display(),
+                tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, aside = %aside.display(),
                     "state is unreadable; moving it aside and starting afresh");
                 std::fs::rename(self.state_file.path(), &aside).at("rename", &aside)?;
                 State::default()
@@ -401,9 +401,9 @@ impl<P: Parts> Agent<P> {
             return;
         };
         for scope in scopes {
-            tracing::warn!(target: "drover", scope = %scope, "stopping a hook left running by an earlier drover");
+            tracing::warn!(target: "drover", event = crate::events::Event::HookLeftRunning.as_str(), scope = %scope, "stopping a hook left running by an earlier drover");
             if let Err(e) = self.services.kill_all(&scope).await {
-                tracing::error!(target: "drover", scope = %scope, error = %e, "cannot stop the hook left running");
+                tracing::error!(target: "drover", event = crate::events::Event::HookLeftRunning.as_str(), scope = %scope, error = %e, "cannot stop the hook left running");
             }
         }
     }

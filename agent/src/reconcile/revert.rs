@@ -35,9 +35,10 @@ impl<P: Parts> Agent<P> {
             }
             return;
         };
+        // About the release returned to, and the deploy that was interrupted.
         let fields = Fields {
-            version: Some(&pending.version),
-            previous_version: Some(&good),
+            version: Some(&good),
+            previous_version: Some(&pending.version),
             parameter_version: pending.request.as_ref().map(|r| r.parameter_version),
             ..Fields::default()
         };
@@ -47,7 +48,7 @@ impl<P: Parts> Agent<P> {
                 pending.version
             );
             if let Err(e) = self.switch_back(&good, &fields, &why) {
-                tracing::error!(target: "drover", error = %e, "cannot switch back after an interrupted deploy");
+                tracing::error!(target: "drover", event = crate::events::Event::SwitchFailed.as_str(), error = %e, "cannot switch back after an interrupted deploy");
                 return;
             }
         }
@@ -62,11 +63,11 @@ impl<P: Parts> Agent<P> {
         state.environment_put_back();
         match self.restore_environment() {
             Ok(()) => {
-                tracing::warn!(target: "drover", "An environment change was interrupted; put the last good environment file back");
+                tracing::warn!(target: "drover", event = crate::events::Event::EnvironmentRestored.as_str(), "An environment change was interrupted; put the last good environment file back");
                 true
             }
             Err(e) => {
-                tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back");
+                tracing::error!(target: "drover", event = crate::events::Event::EnvironmentFailed.as_str(), error = %e, "cannot put the last good environment file back");
                 false
             }
         }
@@ -86,7 +87,7 @@ impl<P: Parts> Agent<P> {
         // Saved before switching back, so that an agent killed during the revert does not try
         // the failed version once more after it restarts.
         if let Err(e) = self.save(state) {
-            tracing::error!(target: "drover", error = %e, "cannot save state");
+            tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, "cannot save state");
         }
         failpoint::hit("after_failed_saved");
         let fields = Fields {
@@ -107,8 +108,14 @@ impl<P: Parts> Agent<P> {
             };
             return self.finish(state, ending, &fields);
         };
+        // The steps of the way back are about the release returned to.
+        let back = Fields {
+            version: Some(previous),
+            previous_version: Some(version.as_str()),
+            ..fields
+        };
         let why = format!("Switched current back to {previous}");
-        if let Err(e) = self.switch_back(previous, &fields, &why) {
+        if let Err(e) = self.switch_back(previous, &back, &why) {
             let ending = Ending {
                 result: Verdict::RevertFailed,
                 version,
@@ -121,10 +128,10 @@ impl<P: Parts> Agent<P> {
         failpoint::hit("after_revert_switch");
         if state.environment_pending {
             if let Err(e) = self.restore_environment() {
-                tracing::error!(target: "drover", error = %e, "cannot put the last good environment file back");
+                tracing::error!(target: "drover", event = crate::events::Event::EnvironmentFailed.as_str(), error = %e, "cannot put the last good environment file back");
             }
         }
-        let ending = match self.activate(state, previous, &fields).await {
+        let ending = match self.activate(state, previous, &back).await {
             Ok(()) => Ending {
                 result: Verdict::Reverted,
                 version,
@@ -158,6 +165,13 @@ impl<P: Parts> Agent<P> {
         if let Some(applied) = state.applied.clone() {
             state.remember_failed(applied);
         }
+        // The steps name the release they bring back, and the one it replaces; the `reverted`
+        // at the end names, as an automatic revert's does, the release undone and where to.
+        let steps = Fields {
+            version: Some(&target),
+            previous_version: current.as_deref(),
+            ..Fields::default()
+        };
         let fields = Fields {
             version: current.as_deref(),
             previous_version: Some(&target),
@@ -166,8 +180,8 @@ impl<P: Parts> Agent<P> {
         state.begin_switch(&target, None, false);
         self.save(&state)?;
         let why = format!("Switched current back to {target} (operator rollback)");
-        self.switch_back(&target, &fields, &why)?;
-        let healthy = self.activate(&mut state, &target, &fields).await;
+        self.switch_back(&target, &steps, &why)?;
+        let healthy = self.activate(&mut state, &target, &steps).await;
         state.rolled_back(&target);
         let from = current_version.map(|v| v.to_string()).unwrap_or_default();
         let ending = match &healthy {

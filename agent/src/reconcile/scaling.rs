@@ -220,7 +220,7 @@ impl<P: Parts> Agent<P> {
             // The hook timed out, someone else completed it, or the instance was never held
             // (drover started on an instance long in service): nothing to complete.
             Err(e) if e.to_string().contains("No active Lifecycle Action") => {
-                tracing::info!(target: "drover", hook = %hook, error = %e, "no lifecycle action to complete");
+                tracing::info!(target: "drover", event = crate::events::Event::LifecycleFailed.as_str(), hook = %hook, error = %e, "no lifecycle action to complete");
                 true
             }
             Err(e) => {
@@ -240,7 +240,7 @@ impl<P: Parts> Agent<P> {
         let mut state = self.state_file.load().unwrap_or_default();
         state.lifecycle_completed(target);
         if let Err(e) = self.save(&state) {
-            tracing::error!(target: "drover", error = %e, "cannot save state");
+            tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, "cannot save state");
         }
     }
 
@@ -295,10 +295,10 @@ async fn heartbeats<S: AutoScaling>(
             .await
         {
             Ok(()) => {
-                tracing::info!(target: "drover", hook = %held.hook, "sent a lifecycle heartbeat")
+                tracing::info!(target: "drover", event = crate::events::Event::LifecycleHeartbeat.as_str(), hook = %held.hook, "sent a lifecycle heartbeat")
             }
             Err(e) => {
-                tracing::warn!(target: "drover", error = %e, "cannot send a lifecycle heartbeat")
+                tracing::warn!(target: "drover", event = crate::events::Event::LifecycleFailed.as_str(), error = %e, "cannot send a lifecycle heartbeat")
             }
         }
     }

@@ -27,7 +27,7 @@ impl<P: Parts> Agent<P> {
                 let settings = Settings::from_parameters(&env.path, parameters);
                 if self.settings.as_ref().map(|s| &s.skipped) != Some(&settings.skipped) {
                     for (name, why) in &settings.skipped {
-                        tracing::warn!(target: "drover", parameter = %name,
+                        tracing::warn!(target: "drover", event = crate::events::Event::VariablesRefused.as_str(), parameter = %name,
                             "Leaving parameter {name} out of the environment file: {why}");
                     }
                 }
@@ -117,7 +117,7 @@ impl<P: Parts> Agent<P> {
                     environment::write(&good_copy(&env.file), &b).map_err(|e| e.to_string())
                 });
             if let Err(e) = copied {
-                tracing::error!(target: "drover", error = %e, "cannot keep a copy of the good environment file");
+                tracing::error!(target: "drover", event = crate::events::Event::EnvironmentFailed.as_str(), error = %e, "cannot keep a copy of the good environment file");
             }
         }
         state.environment_committed(settings.remembered());
@@ -169,7 +169,7 @@ impl<P: Parts> Agent<P> {
         }
         state.environment_staged();
         if let Err(e) = self.save(state) {
-            tracing::error!(target: "drover", error = %e, "cannot save state before writing the environment file");
+            tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, "cannot save state before writing the environment file");
             return Some(Outcome::Retry);
         }
         if let Err(e) = self.write_environment(&text) {

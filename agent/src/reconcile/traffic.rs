@@ -87,7 +87,7 @@ impl<P: Parts> Agent<P> {
             };
             match lease::take(&self.store, &leases, slots, lease, now).await {
                 Ok(Some(held)) => {
-                    tracing::info!(target: "drover", key = %held.key, "took a lease slot");
+                    tracing::info!(target: "drover", event = crate::events::Event::LeaseTaken.as_str(), key = %held.key, "took a lease slot");
                     self.lease = Some(held);
                     return Ok(());
                 }
@@ -116,9 +116,11 @@ impl<P: Parts> Agent<P> {
         if let Some(held) = self.lease.take() {
             let key = held.key.clone();
             match lease::release(&self.store, held).await {
-                Ok(()) => tracing::info!(target: "drover", key = %key, "gave the lease slot back"),
+                Ok(()) => {
+                    tracing::info!(target: "drover", event = crate::events::Event::LeaseReleased.as_str(), key = %key, "gave the lease slot back")
+                }
                 Err(e) => {
-                    tracing::warn!(target: "drover", error = %e, key = %key, "cannot give the lease slot back; it expires by itself")
+                    tracing::warn!(target: "drover", event = crate::events::Event::LeaseReleased.as_str(), error = %e, key = %key, "cannot give the lease slot back; it expires by itself")
                 }
             }
         }
@@ -271,7 +273,7 @@ impl<P: Parts> Agent<P> {
     /// effort: a failure is logged, and the next pass tries again.
     pub(super) async fn rejoin_if_left(&mut self, state: &mut State) {
         if let Err(e) = self.rejoin_service(state, &Fields::default()).await {
-            tracing::error!(target: "drover", error = %e, "cannot put the instance back into its target groups");
+            tracing::error!(target: "drover", event = crate::events::Event::RegisterFailed.as_str(), error = %e, "cannot put the instance back into its target groups");
         }
     }
 }
@@ -286,9 +288,11 @@ async fn renew<S: ArtifactStore>(store: &S, held: Option<&mut lease::Held>, ttl:
     match lease::renew(store, held, expires).await {
         Ok(true) => {}
         Ok(false) => {
-            tracing::error!(target: "drover", key = %held.key, "the lease slot expired and another instance took it")
+            tracing::error!(target: "drover", event = crate::events::Event::LeaseLost.as_str(), key = %held.key, "the lease slot expired and another instance took it")
         }
-        Err(e) => tracing::warn!(target: "drover", error = %e, "cannot renew the lease slot"),
+        Err(e) => {
+            tracing::warn!(target: "drover", event = crate::events::Event::LeaseLost.as_str(), error = %e, "cannot renew the lease slot")
+        }
     }
 }
 
