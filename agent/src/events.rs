@@ -51,6 +51,8 @@ pub enum Event {
     LifecycleCompleted,
     /// A call about the lifecycle hook failed (`ERROR`); it is tried again.
     LifecycleFailed,
+    /// `[metrics] textfile` could not be written (`ERROR`): said once, until a write works again.
+    MetricsFailed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +93,7 @@ impl Event {
             Event::LeaseWaiting => "lease_waiting",
             Event::LifecycleCompleted => "lifecycle_completed",
             Event::LifecycleFailed => "lifecycle_failed",
+            Event::MetricsFailed => "metrics_failed",
         }
     }
 
@@ -106,7 +109,8 @@ impl Event {
             | Event::NotifyFailed
             | Event::RolloutHalted
             | Event::VariablesRefused
-            | Event::LifecycleFailed => Severity::Warning,
+            | Event::LifecycleFailed
+            | Event::MetricsFailed => Severity::Warning,
             _ => Severity::Info,
         }
     }
