@@ -19,6 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::events::{emit, Event, Fields};
 use crate::fsutil::{IoContext, PathError};
 
+/// The textfile collector's directories `drover.service` lets drover write to (`ReadWritePaths=`):
+/// node_exporter's as its release is usually set up, and Debian's package's.
+pub const SANDBOX_DIRS: [&str; 2] = [
+    "/var/lib/node_exporter/textfile_collector",
+    "/var/lib/prometheus/node-exporter",
+];
+
 /// The timed phases of a deploy, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -576,6 +583,13 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<(), PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `drover doctor` says of these directories is what the unit file says.
+    #[test]
+    fn the_unit_lets_drover_write_to_the_sandbox_dirs() {
+        let line = format!("\nReadWritePaths=-{}\n", SANDBOX_DIRS.join(" -"));
+        assert!(crate::userdata::DROVER_SERVICE.contains(&line), "{line}");
+    }
 
     fn at(seconds: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
