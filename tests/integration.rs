@@ -27,6 +27,7 @@ mod faults;
 mod fleet;
 mod graviton;
 mod loadbalancer;
+mod metrics;
 mod operator;
 mod packages;
 mod parts;

@@ -491,5 +491,8 @@ fn status_shows_what_the_parameter_asks_for_with_a_schema_and_rfc3339_times() {
 
     let version = stdout(&host.drover(&["--version"]));
     let expected = format!("drover {} (commit ", crate::packages::cargo_version());
-    assert!(version.starts_with(&expected) && version.trim_end().ends_with(')'), "{version}");
+    assert!(
+        version.starts_with(&expected) && version.trim_end().ends_with(')'),
+        "{version}"
+    );
 }

@@ -23,7 +23,7 @@ const DEB_DIR_INSIDE: &str = "/mnt/drover-deb";
 /// Keys of the example config that are optional and have no default: left commented out when
 /// the test spells out every default.
 /// Keys without a default, or (`file`) meaningful only beside one of them.
-const NO_DEFAULT: [&str; 19] = [
+const NO_DEFAULT: [&str; 20] = [
     "trusted_keys",
     "owner",
     "url",
@@ -43,6 +43,7 @@ const NO_DEFAULT: [&str; 19] = [
     "launch_hook",
     "terminate_hook",
     "group",
+    "textfile",
 ];
 
 /// `$DROVER_DEB`, which must name an existing file.

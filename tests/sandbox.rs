@@ -100,7 +100,17 @@ fn the_sandbox_opens_the_configs_own_root_state_dir_and_environment_file() {
     let shown = instance.unit_property("drover.service", "ReadWritePaths");
     let mut shown: Vec<&str> = shown.split_whitespace().collect();
     shown.sort_unstable();
-    assert_eq!(shown, ["-/etc/app", "-/srv/app", "-/srv/drover-state"]);
+    assert_eq!(
+        shown,
+        [
+            "-/etc/app",
+            "-/srv/app",
+            "-/srv/drover-state",
+            // The textfile collector's, for [metrics], as the shipped unit has them.
+            "-/var/lib/node_exporter/textfile_collector",
+            "-/var/lib/prometheus/node-exporter",
+        ]
+    );
     assert_eq!(
         instance.unit_property("drover.service", "StateDirectory"),
         ""

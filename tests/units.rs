@@ -20,7 +20,10 @@ const SETTINGS: &[(&str, &str)] = &[
     ("CapabilityBoundingSet", "cap_chown cap_setgid cap_setuid"),
     ("AmbientCapabilities", ""),
     ("ProtectSystem", "strict"),
-    ("ReadWritePaths", "-/opt/app"),
+    (
+        "ReadWritePaths",
+        "-/opt/app -/var/lib/node_exporter/textfile_collector -/var/lib/prometheus/node-exporter",
+    ),
     ("StateDirectory", "drover"),
     ("StateDirectoryMode", "0700"),
     ("ProtectHome", "yes"),

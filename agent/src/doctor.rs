@@ -2,6 +2,7 @@
 //! to do about it. The checks are effects; turning their results into lines and an exit status
 //! is pure ([`Report`]).
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::aws::{S3Store, SsmSource};
@@ -127,6 +128,7 @@ pub async fn run(config: &Config, layers: &Layers, config_path: &std::path::Path
     check_disk(&mut report, config);
     check_owner(&mut report, config);
     check_state_dir(&mut report, config);
+    check_metrics(&mut report, config);
     check_health(&mut report, config).await;
     report
 }
@@ -462,6 +464,32 @@ fn check_state_dir(report: &mut Report, config: &Config) {
             ),
         },
     );
+}
+
+/// `[metrics] textfile`: the directory where node_exporter's textfile collector reads, and
+/// whether `drover.service`'s sandbox lets drover write there.
+fn check_metrics(report: &mut Report, config: &Config) {
+    let Some(path) = &config.metrics.textfile else {
+        return;
+    };
+    let dir = crate::fsutil::parent(path);
+    let fix = "set up node_exporter's textfile collector there, or point [metrics] textfile \
+        at its directory; then restart drover (its sandbox lets it write only to a directory \
+        that existed when it started)";
+    let sandboxed = (crate::metrics::SANDBOX_DIRS.iter()).any(|d| dir == Path::new(d));
+    let verdict = match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => fail(format!("{} is not a directory", dir.display()), fix),
+        Err(e) => fail(format!("{}: {e}", dir.display()), fix),
+        Ok(_) if sandboxed => Verdict::Ok(format!("{} exists", dir.display())),
+        Ok(_) => Verdict::Note(format!(
+            "{} exists, but drover.service writes only to {}: add a drop-in (systemctl edit \
+             drover) with ReadWritePaths=-{}",
+            dir.display(),
+            crate::metrics::SANDBOX_DIRS.join(" and "),
+            dir.display()
+        )),
+    };
+    report.add(format!("metrics {}", path.display()), verdict);
 }
 
 async fn check_health(report: &mut Report, config: &Config) {

@@ -89,6 +89,8 @@ pub enum Event {
     Trace,
     /// The command stopped with an error (`ERROR`): a config it cannot use, say.
     StartFailed,
+    /// `[metrics] textfile` could not be written (`ERROR`): said once, until a write works again.
+    MetricsFailed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +150,7 @@ impl Event {
             Event::LifecycleHeartbeat => "lifecycle_heartbeat",
             Event::Trace => "trace",
             Event::StartFailed => "start_failed",
+            Event::MetricsFailed => "metrics_failed",
         }
     }
 
@@ -172,7 +175,8 @@ impl Event {
             | Event::EnvironmentRestored
             | Event::HookUnscoped
             | Event::StatusWriteFailed
-            | Event::LeaseLost => Severity::Warning,
+            | Event::LeaseLost
+            | Event::MetricsFailed => Severity::Warning,
             _ => Severity::Info,
         }
     }

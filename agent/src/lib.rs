@@ -23,6 +23,7 @@ pub mod lease;
 pub mod lifecycle;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod notify;
 pub mod operator;
 pub mod owner;

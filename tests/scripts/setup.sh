@@ -23,7 +23,9 @@ ROOTFS_ARM64="$CACHE/rootfs-arm64"
 # static glibc, and qemu-user to run the result (binfmt_misc, where the kernel lets us register it).
 HOST_PACKAGES="systemd-container debootstrap cloud-init python3 python3-venv openssl curl wget minisign cmake
 gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static binfmt-support zstd"
-MOTO_REQUIREMENT='moto[server]==5.2.5'
+# The venv's packages, pinned: moto, and prometheus_client, whose text-format parser reads the
+# metrics an instance writes (tests/metrics.rs). The venv's stamp is this text.
+VENV_REQUIREMENTS='moto[server]==5.2.5 prometheus_client==0.26.0'
 
 # The root filesystem recipe. Any change here makes the next run rebuild the rootfs, because the
 # stamp written into it (ROOTFS_STAMP) is this text.
@@ -72,20 +74,30 @@ host_packages() {
 }
 
 python_venv() {
-    if [ "$(cat "$VENV/.drover-test-recipe" 2>/dev/null)" = "$MOTO_REQUIREMENT" ] \
+    if [ "$(cat "$VENV/.drover-test-recipe" 2>/dev/null)" = "$VENV_REQUIREMENTS" ] \
         && [ -x "$VENV/bin/moto_server" ]; then
         step "moto venv" "ok ($VENV)"
         return
     fi
-    step "moto venv" "creating $VENV with $MOTO_REQUIREMENT"
     started=$(date +%s)
-    rm -rf "$VENV"
-    # The system interpreter, not whatever python3 comes first on PATH (pyenv shims, ...).
-    /usr/bin/python3 -m venv "$VENV" || fail "python3 -m venv $VENV failed"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$MOTO_REQUIREMENT" \
-        || fail "pip install $MOTO_REQUIREMENT failed"
+    # A venv that works is brought up to the requirements where it is: a moto that tests of
+    # another checkout run from it meanwhile keeps its files. Only a broken one is made anew.
+    if "$VENV/bin/python3" -m pip --version >/dev/null 2>&1; then
+        step "moto venv" "installing $VENV_REQUIREMENTS into $VENV"
+    else
+        step "moto venv" "creating $VENV with $VENV_REQUIREMENTS"
+        rm -rf "$VENV"
+        # The system interpreter, not whatever python3 comes first on PATH (pyenv shims, ...).
+        /usr/bin/python3 -m venv "$VENV" || fail "python3 -m venv $VENV failed"
+    fi
+    # One word per requirement, and no globbing of moto[server].
+    set -f
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $VENV_REQUIREMENTS \
+        || fail "pip install $VENV_REQUIREMENTS failed"
+    set +f
     [ -x "$VENV/bin/moto_server" ] || fail "$VENV/bin/moto_server missing after pip install"
-    printf '%s\n' "$MOTO_REQUIREMENT" >"$VENV/.drover-test-recipe"
+    printf '%s\n' "$VENV_REQUIREMENTS" >"$VENV/.drover-test-recipe"
     step "moto venv" "done in $(($(date +%s) - started))s"
 }
 

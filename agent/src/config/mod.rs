@@ -58,6 +58,15 @@ pub struct Config {
     pub fleet: Fleet,
     pub loadbalancer: Option<LoadBalancer>,
     pub autoscaling: Option<AutoScaling>,
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: what the daemon has done, for Prometheus (`metrics.rs`).
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// A `.prom` file for node_exporter's textfile collector, written after each pass; `None`:
+    /// no metrics are written.
+    pub textfile: Option<PathBuf>,
 }
 
 /// `[autoscaling]`: the lifecycle hooks drover completes (`lifecycle.rs`).

@@ -28,6 +28,14 @@ pub struct File {
     pub fleet: Fleet,
     pub loadbalancer: Option<LoadBalancer>,
     pub autoscaling: Option<AutoScaling>,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub textfile: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::raw;
 use super::{
     check_hooks_user, is_unit_name, spec_uid, AgentSection, Artifact, AutoScaling, Aws, Config,
-    ConfigError, Environment, Fleet, Health, Hooks, LoadBalancer, Notify, Release, Service, Source,
-    DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_SIZE,
+    ConfigError, Environment, Fleet, Health, Hooks, LoadBalancer, Metrics, Notify, Release,
+    Service, Source, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_UNPACKED_SIZE,
 };
 use crate::lease::MaxInFlight;
 use crate::units::{parse_duration, parse_size};
@@ -32,6 +32,7 @@ pub(super) fn from_raw(raw: raw::File, path: &Path) -> Result<Config, ConfigErro
         .map(|lb| loadbalancer(&c, lb))
         .transpose()?;
     let autoscaling = raw.autoscaling.map(|a| autoscaling(&c, a)).transpose()?;
+    let metrics = metrics(&c, raw.metrics)?;
     Ok(Config {
         source,
         artifact,
@@ -46,6 +47,7 @@ pub(super) fn from_raw(raw: raw::File, path: &Path) -> Result<Config, ConfigErro
         fleet,
         loadbalancer,
         autoscaling,
+        metrics,
     })
 }
 
@@ -486,5 +488,30 @@ fn notify(c: &Check, raw: raw::Notify) -> Result<Notify, ConfigError> {
     }
     Ok(Notify {
         webhook_url: raw.webhook_url,
+    })
+}
+
+/// Whether the file's directory exists is left to each write: node_exporter may be installed
+/// after drover, and until then a `metrics_failed` event says what is missing.
+fn metrics(c: &Check, raw: raw::Metrics) -> Result<Metrics, ConfigError> {
+    let Some(textfile) = raw.textfile else {
+        return Ok(Metrics::default());
+    };
+    let textfile = c.absolute("metrics.textfile", PathBuf::from(textfile))?;
+    let name = textfile.file_name().map(|n| n.to_string_lossy());
+    if textfile.as_os_str().to_string_lossy().ends_with('/')
+        || !name.is_some_and(|n| n.len() > ".prom".len() && n.ends_with(".prom"))
+    {
+        return Err(c.invalid(
+            "metrics.textfile",
+            format!(
+                "{} is not a .prom file: node_exporter's textfile collector reads only those \
+                 (write it like /var/lib/node_exporter/textfile_collector/drover.prom)",
+                textfile.display()
+            ),
+        ));
+    }
+    Ok(Metrics {
+        textfile: Some(textfile),
     })
 }

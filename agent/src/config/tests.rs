@@ -384,3 +384,30 @@ fn unknown_keys_are_named_with_the_file() {
         .to_string();
     assert!(err.contains("healthh"), "{err}");
 }
+
+#[test]
+fn metrics_section() {
+    assert!(parse(MINIMAL).unwrap().metrics.textfile.is_none());
+    assert!(parse(&format!("{MINIMAL}[metrics]\n"))
+        .unwrap()
+        .metrics
+        .textfile
+        .is_none());
+    let path = "/var/lib/node_exporter/textfile_collector/drover.prom";
+    let c = parse(&format!("{MINIMAL}[metrics]\ntextfile = \"{path}\"\n")).unwrap();
+    assert_eq!(c.metrics.textfile, Some(PathBuf::from(path)));
+    // Its directory need not exist yet: node_exporter may come later (each write says so).
+    for bad in [
+        "drover.prom",
+        "/var/lib/node_exporter/textfile_collector/drover.txt",
+        "/var/lib/node_exporter/textfile_collector/",
+        "/var/lib/node_exporter/textfile_collector/.prom",
+    ] {
+        let e = parse(&format!("{MINIMAL}[metrics]\ntextfile = \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key metrics.textfile:"), "{bad}: {e}");
+    }
+    let e = parse(&format!("{MINIMAL}[metrics]\npath = \"/x.prom\"\n")).unwrap_err();
+    assert!(e.to_string().contains("unknown field `path`"), "{e}");
+}

@@ -3,10 +3,12 @@
 //! fault it is when it stops. The download itself, verified as it arrives, is [`download`].
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::config::Artifact;
 use crate::events::{emit, Event, Fields};
 use crate::fsutil::{IoContext, PathError};
+use crate::metrics::{Phase, Timings};
 use crate::releases::Layout;
 use crate::store::{ArtifactStore, StoreError};
 use crate::unpack::{self, Limits, UnpackError};
@@ -91,10 +93,15 @@ pub struct Job<'a> {
 
 /// Steps 2 and 3 of the flow, behind one call: the expected digest and signature, the download
 /// (verified as the bytes arrive), the unpack, `[release] owner`'s chown, one sync, and the
-/// rename into `releases/`. Whatever happens, nothing is left in the staging area.
-pub async fn release<S: ArtifactStore>(store: &S, job: &Job<'_>) -> Result<(), FetchFailure> {
+/// rename into `releases/`. Whatever happens, nothing is left in the staging area. How long the
+/// checks, the download and the unpack took goes to `timings`, for a fetch that fails too.
+pub async fn release<S: ArtifactStore>(
+    store: &S,
+    job: &Job<'_>,
+    timings: &mut Timings,
+) -> Result<(), FetchFailure> {
     let staging = job.layout.new_staging("fetch", &job.desired.version)?;
-    let result = fetch_into(store, job, &staging).await;
+    let result = fetch_into(store, job, &staging, timings).await;
     let _ = crate::tree::remove_tree(&staging);
     result
 }
@@ -103,6 +110,7 @@ async fn fetch_into<S: ArtifactStore>(
     store: &S,
     job: &Job<'_>,
     staging: &Path,
+    timings: &mut Timings,
 ) -> Result<(), FetchFailure> {
     let (desired, fields) = (job.desired, job.fields);
     let artifact = job.artifact;
@@ -114,33 +122,41 @@ async fn fetch_into<S: ArtifactStore>(
         .map(owner::lookup)
         .transpose()
         .map_err(FetchFailure::Owner)?;
-    let expected = expected_digest(store, &key, desired.sha256, artifact.download_timeout).await?;
-    // With trusted keys, the signature is read (and its key checked) before the download.
-    let signature = match artifact.trusted_keys.is_empty() {
-        true => None,
-        false => Some(
-            expected_signature(
-                store,
-                &key,
-                &artifact.trusted_keys,
-                artifact.download_timeout,
-            )
-            .await?,
-        ),
-    };
-    let info = store.head(&key).await.map_err(FetchError::from)?;
-    // Too large is the artifact's fault whatever the disk holds: refused before the space check,
-    // which would otherwise retry it for ever on a disk it does not fit.
-    if info.len > artifact.max_size {
-        return Err(FetchError::TooLarge {
-            key,
-            limit: artifact.max_size,
+    let started = Instant::now();
+    let checked = async {
+        let expected =
+            expected_digest(store, &key, desired.sha256, artifact.download_timeout).await?;
+        // With trusted keys, the signature is read (and its key checked) before the download.
+        let signature = match artifact.trusted_keys.is_empty() {
+            true => None,
+            false => Some(
+                expected_signature(
+                    store,
+                    &key,
+                    &artifact.trusted_keys,
+                    artifact.download_timeout,
+                )
+                .await?,
+            ),
+        };
+        let info = store.head(&key).await.map_err(FetchError::from)?;
+        // Too large is the artifact's fault whatever the disk holds: refused before the space
+        // check, which would otherwise retry it for ever on a disk it does not fit.
+        if info.len > artifact.max_size {
+            return Err(FetchError::TooLarge {
+                key: key.clone(),
+                limit: artifact.max_size,
+            }
+            .into());
         }
-        .into());
+        let partial = job.layout.partial(&desired.version);
+        job.layout.forget_partials_but(&desired.version)?;
+        space::check(job.layout.root(), &key, &info, &partial, artifact)?;
+        Ok::<_, FetchFailure>((expected, signature, info, partial))
     }
-    let partial = job.layout.partial(&desired.version);
-    job.layout.forget_partials_but(&desired.version)?;
-    space::check(job.layout.root(), &key, &info, &partial, artifact)?;
+    .await;
+    timings.since(Phase::Verify, started);
+    let (expected, signature, info, partial) = checked?;
     let transfer = Transfer {
         key: &key,
         expected,
@@ -157,11 +173,21 @@ async fn fetch_into<S: ArtifactStore>(
             "Downloading s3://{}/{key}: {} bytes in {parts} parts over up to {} connections",
             artifact.bucket, info.len, artifact.download_connections);
     }
-    let downloaded = download(store, &transfer, &info, &partial).await?;
+    let started = Instant::now();
+    let downloaded = download(store, &transfer, &info, &partial).await;
+    let took = started.elapsed();
+    timings.add(Phase::Download, took);
+    let downloaded = downloaded?;
+    timings.downloaded(crate::metrics::Download {
+        bytes: downloaded.len,
+        fetched: downloaded.len.saturating_sub(downloaded.resumed),
+        took,
+    });
     // Verified: out of the downloads and into this deploy's staging directory.
     let tarball = staging.join("artifact");
     std::fs::rename(&partial.data, &tarball).at("rename", &tarball)?;
     let _ = std::fs::remove_file(&partial.record);
+    let started = Instant::now();
     let signed_by = match &signature {
         None => String::new(),
         Some(sig) => {
@@ -171,8 +197,9 @@ async fn fetch_into<S: ArtifactStore>(
                 &artifact.binding(&desired.version),
                 &tarball,
                 &downloaded,
-            )?;
-            format!(", signed by key {signer}")
+            );
+            timings.since(Phase::Verify, started);
+            format!(", signed by key {}", signer?)
         }
     };
     let (digest, len) = (expected.to_string(), downloaded.len);
@@ -194,13 +221,30 @@ async fn fetch_into<S: ArtifactStore>(
     failpoint::hit("after_download");
 
     // 3. Unpack on a blocking thread, so the watchdog keeps being fed.
+    let started = Instant::now();
+    let installed = unpack_and_install(job, staging, &tarball, owner).await;
+    timings.since(Phase::Unpack, started);
+    installed?;
+    failpoint::hit("after_install");
+    Ok(())
+}
+
+/// 3: unpacks the verified `tarball`, gives the files to `[release] owner`, syncs them, and
+/// renames the result into `releases/`.
+async fn unpack_and_install(
+    job: &Job<'_>,
+    staging: &Path,
+    tarball: &Path,
+    owner: Option<owner::Owner>,
+) -> Result<(), FetchFailure> {
+    let (desired, artifact) = (job.desired, job.artifact);
     let unpacked: PathBuf = staging.join("release");
     std::fs::create_dir(&unpacked).at("create directory", &unpacked)?;
     let limits = Limits {
         max_unpacked_size: artifact.max_unpacked_size,
         max_entries: artifact.max_entries,
     };
-    let (src, dst) = (tarball.clone(), unpacked.clone());
+    let (src, dst) = (tarball.to_path_buf(), unpacked.clone());
     let (stats, given) = tokio::task::spawn_blocking(move || -> Result<_, FetchFailure> {
         let stats = unpack::unpack(&src, &dst, &limits)?;
         let given = owner.map(|o| crate::tree::give_tree(&dst, o)).transpose()?;
@@ -232,10 +276,9 @@ async fn fetch_into<S: ArtifactStore>(
         tracing::info!(target: "drover", event = crate::events::Event::Unpacked.as_str(), version = desired.version.as_str(), owner = %spec,
             entries = given, "Gave {given} entries of {} to {spec}", desired.version);
     }
-    let _ = std::fs::remove_file(&tarball);
+    let _ = std::fs::remove_file(tarball);
     failpoint::hit("after_unpack");
     job.layout.install(&unpacked, &desired.version)?;
-    failpoint::hit("after_install");
     Ok(())
 }
 

@@ -9,12 +9,14 @@ use crate::events::{emit, Event, Fields};
 use crate::fetch::{self, Disposition};
 use crate::health::{self, Policy};
 use crate::hooks::Hook;
+use crate::metrics::{Phase, Timings};
 use crate::plan;
 use crate::service::ServiceManager;
 use crate::state::{Request, State, Verdict};
 use crate::value::Desired;
 use crate::version::Version;
 use crate::{failpoint, notify};
+use std::time::Instant;
 
 impl<P: Parts> Agent<P> {
     pub(super) async fn deploy(
@@ -41,6 +43,7 @@ impl<P: Parts> Agent<P> {
             },
         );
         notify::status(&format!("deploying {version}"));
+        self.timings = Timings::started();
 
         // 2 and 3. Fetch, verify and unpack.
         if download {
@@ -51,7 +54,7 @@ impl<P: Parts> Agent<P> {
                 desired: &desired,
                 fields: &fields,
             };
-            if let Err(failure) = fetch::release(&self.store, &job).await {
+            if let Err(failure) = fetch::release(&self.store, &job, &mut self.timings).await {
                 return self.stopped_before_switch(
                     state,
                     request,
@@ -94,7 +97,10 @@ impl<P: Parts> Agent<P> {
         failpoint::hit("after_switch");
 
         // 5 and 6. Restart and health, then the new release's validate hook (smoke tests).
-        match (self.activate_and_validate(state, version.as_str(), &fields)).await {
+        let activated = (self.activate_and_validate(state, version.as_str(), &fields)).await;
+        // A revert's restart and health gate are not this deploy's phases.
+        self.timings.close();
+        match activated {
             Ok(()) => {
                 // 7. Commit.
                 failpoint::hit("before_commit");
@@ -247,9 +253,15 @@ impl<P: Parts> Agent<P> {
         hook: Option<Hook>,
     ) -> Result<(), Error> {
         self.leave_service(state, fields).await?;
-        self.restart_units(fields).await?;
+        let started = Instant::now();
+        let restarted = self.restart_units(fields).await;
+        self.timings.since(Phase::Restart, started);
+        restarted?;
         failpoint::hit("after_restart");
-        match self.health_gate().await {
+        let started = Instant::now();
+        let healthy = self.health_gate().await;
+        self.timings.since(Phase::Health, started);
+        match healthy {
             Ok(()) => emit(
                 Event::HealthPassed,
                 fields,

@@ -13,6 +13,7 @@ mod ending;
 mod error;
 mod fleet_gate;
 mod hook_steps;
+mod observe;
 mod outcome;
 mod revert;
 mod scaling;
@@ -92,6 +93,7 @@ pub struct Sections {
     pub fleet: config::Fleet,
     pub loadbalancer: Option<config::LoadBalancer>,
     pub autoscaling: Option<config::AutoScaling>,
+    pub metrics: config::Metrics,
 }
 
 impl From<Config> for Sections {
@@ -107,6 +109,7 @@ impl From<Config> for Sections {
             fleet,
             loadbalancer,
             autoscaling,
+            metrics,
             source: _,
             aws: _,
             notify: _,
@@ -122,6 +125,7 @@ impl From<Config> for Sections {
             fleet,
             loadbalancer,
             autoscaling,
+            metrics,
         }
     }
 }
@@ -153,6 +157,10 @@ pub struct Agent<P: Parts> {
     lease: Option<crate::lease::Held>,
     /// `[autoscaling]`: what was learnt of the group and its hooks.
     lifecycle: scaling::Known,
+    /// `[metrics]`: what the daemon has done, written after each pass.
+    metrics: crate::metrics::Recorder,
+    /// The phases of the deploy under way.
+    timings: crate::metrics::Timings,
 }
 
 impl<S, A, M, H, B, C> Agent<(S, A, M, H, B, C)>
@@ -169,7 +177,10 @@ where
         outside: Outside<S, A, M, H, B, C>,
         mode: Mode,
     ) -> Self {
-        let config = config.into();
+        let config: Sections = config.into();
+        let textfile = (mode == Mode::Daemon)
+            .then(|| config.metrics.textfile.clone())
+            .flatten();
         let Outside {
             source,
             store,
@@ -197,6 +208,8 @@ where
             identity: None,
             reported_status: None,
             lease: None,
+            metrics: crate::metrics::Recorder::new(textfile, std::time::SystemTime::now()),
+            timings: crate::metrics::Timings::default(),
         }
     }
 }
@@ -269,7 +282,9 @@ impl<P: Parts> Agent<P> {
         };
 
         // 1. Desired version.
-        let parameter = match self.source.read().await {
+        let read = self.source.read().await;
+        self.metrics.polled(observe::poll(&read));
+        let parameter = match read {
             Ok(p) => p,
             Err(e) => {
                 let error = crate::reach::Fix::explained(&e);
@@ -296,7 +311,9 @@ impl<P: Parts> Agent<P> {
             value: parameter.value,
             parameter_version: parameter.version,
         };
-        let desired = match crate::value::parse_value(&request.value) {
+        let desired = crate::value::parse_value(&request.value);
+        self.observe_desired(&request, desired.as_ref().ok());
+        let desired = match desired {
             Ok(d) => d,
             Err(e) => return self.invalid(&mut state, request, &e.to_string()),
         };
@@ -337,6 +354,7 @@ impl<P: Parts> Agent<P> {
             }
         };
         self.give_lease_back().await;
+        self.observe_ending(outcome, tried, &desired.version);
         self.report(&state, &request, &desired, &place, outcome, tried)
             .await;
         if tried {

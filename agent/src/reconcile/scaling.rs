@@ -45,8 +45,15 @@ enum Stage {
 }
 
 impl<P: Parts> Agent<P> {
-    /// One pass, inside the lifecycle hook that holds the instance if one does.
+    /// One pass, inside the lifecycle hook that holds the instance if one does; then the
+    /// metrics, if they are written.
     pub async fn pass(&mut self) -> Outcome {
+        let outcome = self.staged_pass().await;
+        self.write_metrics(outcome);
+        outcome
+    }
+
+    async fn staged_pass(&mut self) -> Outcome {
         match self.stage().await {
             Stage::Free => self.reconcile().await,
             Stage::Launching(held) => {

@@ -533,3 +533,39 @@ async fn a_load_balancer_call_that_fails_stops_the_deploy_before_the_switch_and_
     );
     assert!(w.state().out_of_service.is_empty());
 }
+
+/// `[metrics] textfile`, written after each pass of the daemon: the requests, the endings and the
+/// last deploy's phases (the Prometheus text itself is `crate::metrics`'s to test).
+#[tokio::test(start_paused = true)]
+async fn metrics_count_the_passes_and_endings_of_the_daemon() {
+    let collector = tempfile::tempdir().unwrap();
+    let path = collector.path().join("drover.prom");
+    let extra = format!("[metrics]\ntextfile = \"{}\"\n", path.display());
+    let mut w = World::with_config(&[("1", true), ("2", false)], &extra);
+    let read = || std::fs::read_to_string(&path).unwrap();
+    w.put("1");
+    assert_eq!(w.agent.pass().await, Outcome::Deployed);
+    let text = read();
+    assert!(text.contains("drover_deploys_total{result=\"deployed\"} 1\n"));
+    assert!(text.contains("drover_current_version_info{version=\"1\"} 1\n"));
+    assert!(text.contains("drover_last_success_timestamp_seconds "));
+    for phase in ["download", "verify", "unpack", "restart", "health"] {
+        assert!(text.contains(&format!("{{phase=\"{phase}\"}}")), "{text}");
+    }
+    w.put("2");
+    assert_eq!(w.agent.pass().await, Outcome::Reverted);
+    assert_eq!(w.agent.pass().await, Outcome::Skipped);
+    let text = read();
+    for line in [
+        "drover_desired_version_info{version=\"2\",parameter_version=\"2\"} 1\n",
+        "drover_current_version_info{version=\"1\"} 1\n",
+        "drover_polls_total 3\n",
+        "drover_deploys_total{result=\"deployed\"} 1\n",
+        "drover_deploys_total{result=\"reverted\"} 1\n",
+        "drover_last_deploy_info{version=\"2\",result=\"reverted\"} 1\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    // Passes that try no deploy count none.
+    assert!(text.contains("drover_environment_changes_total{result=\"reverted\"} 0\n"));
+}

@@ -193,6 +193,25 @@ pub fn drop_in(config: &Config, source: &Path) -> Result<String, SandboxError> {
     if !opened.is_empty() {
         text.push_str(&format!("ReadWritePaths={}\n", opened.join(" ")));
     }
+    // Not made here (they are node_exporter's), writable if they exist: the unit's textfile
+    // collector directories, which the reset above drops, and `[metrics] textfile`'s own.
+    let mut collectors: Vec<PathBuf> = crate::metrics::SANDBOX_DIRS.map(PathBuf::from).to_vec();
+    if let Some(file) = &config.metrics.textfile {
+        let dir = crate::fsutil::parent(file).to_owned();
+        check_path(&Writable {
+            key: "metrics.textfile",
+            path: file.clone(),
+            dir: dir.clone(),
+            mode: 0o755,
+        })?;
+        if !collectors.contains(&dir) {
+            collectors.push(dir);
+        }
+    }
+    let collectors: Vec<String> = (collectors.iter())
+        .map(|d| format!("-{}", d.display()))
+        .collect();
+    text.push_str(&format!("ReadWritePaths={}\n", collectors.join(" ")));
     Ok(text)
 }
 

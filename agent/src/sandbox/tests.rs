@@ -16,10 +16,35 @@ fn settings(extra: &str) -> Vec<String> {
     assert!(text.starts_with(&format!(
         "# drover.service's writable directories for {SOURCE} "
     )));
-    (text.lines())
+    let mut lines: Vec<String> = (text.lines())
         .filter(|l| !l.starts_with('#'))
         .map(str::to_owned)
-        .collect()
+        .collect();
+    // The textfile collector's directories close every drop-in (tested below).
+    assert_eq!(lines.pop().as_deref(), Some(COLLECTORS), "{text}");
+    lines
+}
+
+const COLLECTORS: &str =
+    "ReadWritePaths=-/var/lib/node_exporter/textfile_collector -/var/lib/prometheus/node-exporter";
+
+#[test]
+fn the_textfile_collector_s_directories_stay_writable_and_metrics_adds_its_own() {
+    let text = drop_in(
+        &config("[metrics]\ntextfile = \"/srv/metrics/drover.prom\"\n"),
+        Path::new(SOURCE),
+    )
+    .unwrap();
+    assert!(
+        text.ends_with(&format!("{COLLECTORS} -/srv/metrics\n")),
+        "{text}"
+    );
+    let text = drop_in(
+        &config("[metrics]\ntextfile = \"/var/lib/prometheus/node-exporter/drover.prom\"\n"),
+        Path::new(SOURCE),
+    )
+    .unwrap();
+    assert!(text.ends_with(&format!("{COLLECTORS}\n")), "{text}");
 }
 
 #[test]

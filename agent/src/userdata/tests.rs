@@ -81,7 +81,7 @@ fn writes_the_sandbox_drop_in_for_the_config_s_paths() {
     };
     let text = render(&sample());
     assert!(
-        entry(&text).ends_with("ExecStartPre=+/usr/bin/mkdir -p -m 0755 /opt/app\nReadWritePaths=\nReadWritePaths=-/opt/app"),
+        entry(&text).ends_with("ExecStartPre=+/usr/bin/mkdir -p -m 0755 /opt/app\nReadWritePaths=\nReadWritePaths=-/opt/app\nReadWritePaths=-/var/lib/node_exporter/textfile_collector -/var/lib/prometheus/node-exporter"),
         "{text}"
     );
     let data = UserData {
@@ -92,7 +92,7 @@ fn writes_the_sandbox_drop_in_for_the_config_s_paths() {
     assert!(
         entry(&text).contains("/etc/drover/config.toml")
             && entry(&text)
-                .ends_with("mkdir -p -m 0755 /srv/app\nReadWritePaths=\nReadWritePaths=-/srv/app"),
+                .ends_with("mkdir -p -m 0755 /srv/app\nReadWritePaths=\nReadWritePaths=-/srv/app\nReadWritePaths=-/var/lib/node_exporter/textfile_collector -/var/lib/prometheus/node-exporter"),
         "{text}"
     );
     // A config that does not load, or whose paths cannot go into the drop-in, renders nothing.
