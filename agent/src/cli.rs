@@ -12,7 +12,7 @@ use crate::reconcile::{Agent, Mode, Outcome, Outside};
 use crate::systemd::Systemd;
 use crate::unpack::compression::Format;
 use crate::userdata::{self, ConfigFlags, UserData};
-use crate::{logging, notify, operator, plan};
+use crate::{history, logging, notify, operator, pause, plan};
 
 /// How `drover publish` packs a directory.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -51,6 +51,23 @@ enum Command {
     },
     /// Switch back to the previous good release now.
     Rollback,
+    /// The last outcomes on this instance (deploys, reverts, rejections...), newest first.
+    History {
+        #[arg(long)]
+        json: bool,
+        #[arg(short = 'n', value_name = "N", default_value_t = 20)]
+        n: usize,
+    },
+    /// Hold this instance on what it runs: polls go on, no new version is deployed.
+    Pause {
+        /// When it lapses: an RFC 3339 time or a duration from now (2h) [default: never].
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// End `drover pause`: the next pass deploys what the parameter asks for.
+    Resume,
     /// Pack PATH (a directory, or take a .tar.gz or .tar.zst) and upload it with its .sha256
     /// (and, with --sign, its .minisig).
     Publish {
@@ -224,6 +241,9 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
             ExitCode::SUCCESS
         }),
         Command::Rollback => rollback(config).await,
+        Command::History { json, n } => printed(history::show(&config.agent.state_dir, n, json)),
+        Command::Pause { until, reason } => printed(pause::here(&config, until, reason)),
+        Command::Resume => printed(pause::resume_here(&config)),
         Command::Publish {
             version,
             sign,
@@ -280,6 +300,14 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
     result.unwrap_or_else(|e| {
         eprintln!("drover: {e}");
         ExitCode::from(FAILED)
+    })
+}
+
+/// A command's text on stdout.
+fn printed(text: Result<String, String>) -> Result<ExitCode, String> {
+    text.map(|text| {
+        print!("{text}");
+        ExitCode::SUCCESS
     })
 }
 

@@ -14,6 +14,8 @@ mod error;
 mod fleet_gate;
 mod hook_steps;
 mod outcome;
+mod pause;
+mod record;
 mod revert;
 mod scaling;
 mod settings;
@@ -33,7 +35,7 @@ use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
 use crate::service::{Confinement, ServiceManager};
 use crate::source::{DesiredSource, SourceError};
-use crate::state::{Request, State, StateError, StateFile};
+use crate::state::{Request, State, StateError, StateFile, Verdict};
 use crate::store::ArtifactStore;
 use crate::version::Version;
 use crate::webhook::Webhook;
@@ -153,6 +155,10 @@ pub struct Agent<P: Parts> {
     lease: Option<crate::lease::Held>,
     /// `[autoscaling]`: what was learnt of the group and its hooks.
     lifecycle: scaling::Known,
+    /// `drover pause`: the pause the last pass found in force.
+    pause: Option<crate::pause::Pause>,
+    /// `drover history`: when this pass began, and how many outcomes were recorded.
+    clock: record::Clock,
 }
 
 impl<S, A, M, H, B, C> Agent<(S, A, M, H, B, C)>
@@ -197,6 +203,8 @@ where
             identity: None,
             reported_status: None,
             lease: None,
+            pause: None,
+            clock: record::Clock::default(),
         }
     }
 }
@@ -253,6 +261,7 @@ impl<P: Parts> Agent<P> {
 
     /// One reconcile pass, holding the state lock throughout.
     pub async fn reconcile(&mut self) -> Outcome {
+        self.begin_pass();
         let _lock = match lock_state(&self.config.agent.state_dir) {
             Ok(lock) => lock,
             Err(e) => {
@@ -310,7 +319,9 @@ impl<P: Parts> Agent<P> {
         });
         tracing::debug!(target: "drover", ?step, version = %desired.version, "decided");
         let mut place = fleet_gate::Place::default();
+        let paused = self.held_by_pause(&request, &desired.version, step, active.as_deref());
         let (outcome, tried) = match step {
+            _ if paused => (Outcome::Paused, false),
             Step::SkipFailed => {
                 let skipped = self.skip(&request, &desired.version);
                 (
@@ -418,8 +429,16 @@ impl<P: Parts> Agent<P> {
                 },
                 &format!("Ignoring the parameter's value: {error}"),
             );
+            let again = state.last_of(&request).map(|last| last.result);
             state.invalid(request, error);
             let _ = self.save(state);
+            if let Some(last) = state
+                .last
+                .as_ref()
+                .filter(|_| again != Some(Verdict::Invalid))
+            {
+                self.record_history(last);
+            }
         }
         Outcome::Invalid
     }

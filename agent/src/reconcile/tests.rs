@@ -533,3 +533,5 @@ async fn a_load_balancer_call_that_fails_stops_the_deploy_before_the_switch_and_
     );
     assert!(w.state().out_of_service.is_empty());
 }
+
+mod pause_and_history;
