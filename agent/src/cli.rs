@@ -12,7 +12,7 @@ use crate::reconcile::{Agent, Mode, Outcome, Outside};
 use crate::systemd::Systemd;
 use crate::unpack::compression::Format;
 use crate::userdata::{self, ConfigFlags, UserData};
-use crate::{history, logging, notify, operator, pause, plan};
+use crate::{fleet_history, history, logging, notify, operator, pause, plan};
 
 /// How `drover publish` packs a directory.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -108,6 +108,12 @@ enum FleetCommand {
     /// many run it, wait for their turn, halted, failed.
     Status {
         version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What each instance did with VERSION: deployed, reverted, rejected, held, when, why.
+    History {
+        version: String,
         #[arg(long)]
         json: bool,
     },
@@ -244,6 +250,9 @@ async fn dispatch(command: Command, config: Config, config_path: &std::path::Pat
         Command::History { json, n } => printed(history::show(&config.agent.state_dir, n, json)),
         Command::Pause { until, reason } => printed(pause::here(&config, until, reason)),
         Command::Resume => printed(pause::resume_here(&config)),
+        Command::Fleet(FleetCommand::History { version, json }) => {
+            printed(fleet_history::command(&config, &version, json).await)
+        }
         Command::Publish {
             version,
             sign,

@@ -16,6 +16,7 @@ pub mod events;
 pub mod failpoint;
 pub mod fetch;
 pub mod fleet;
+pub mod fleet_history;
 pub mod fsutil;
 pub mod health;
 pub mod history;
