@@ -217,6 +217,7 @@ fn sandbox_paths_prints_the_drop_in_or_refuses_naming_the_key() {
             "StateDirectory=",
             "ReadWritePaths=",
             "ReadWritePaths=-/srv/app -/srv/state",
+            "ReadWritePaths=-/var/lib/node_exporter/textfile_collector -/var/lib/prometheus/node-exporter",
         ]
     );
     for (text, says) in [

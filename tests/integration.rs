@@ -26,6 +26,7 @@ mod e2e;
 mod faults;
 mod fleet;
 mod graviton;
+mod history;
 mod loadbalancer;
 mod metrics;
 mod operator;

@@ -4,9 +4,10 @@
 //! `PREVIOUS_VERSION`, `PARAMETER_VERSION`, `UNIT`, `SHA256`, `ERROR`; `HOOK` for hooks and
 //! `VARIABLES` for the app's environment; `POSITION` and `FAILURES` for rollouts; `TARGET_GROUPS`,
 //! `DURATION_MS` and `SLOTS` for the load balancer and the fleet's leases; `LIFECYCLE_HOOK` and
-//! `RESULT` for Auto Scaling). Fields that do not apply are left out rather than
-//! written empty. Errors log at `err`, reverts and failed notices at `warning`, the rest at
-//! `info`. The logging set-up decides whether they go to journald or to stderr.
+//! `RESULT` for Auto Scaling; `UNTIL` and `REASON` for `drover pause`). Fields that do not apply
+//! are left out rather than written empty. Errors log at `err`, reverts, failed notices and
+//! deploys held by a pause at `warning`, the rest at `info`.
+//! The logging set-up decides whether they go to journald or to stderr.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -91,6 +92,11 @@ pub enum Event {
     StartFailed,
     /// `[metrics] textfile` could not be written (`ERROR`): said once, until a write works again.
     MetricsFailed,
+    /// `drover pause` holds the instance: the request asks for a version it does not deploy
+    /// (`UNTIL`, `REASON`). Once per request.
+    DeployPaused,
+    /// The pause this agent saw ended (`drover resume`, or its `UNTIL` passed).
+    DeployResumed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +157,8 @@ impl Event {
             Event::Trace => "trace",
             Event::StartFailed => "start_failed",
             Event::MetricsFailed => "metrics_failed",
+            Event::DeployPaused => "deploy_paused",
+            Event::DeployResumed => "deploy_resumed",
         }
     }
 
@@ -176,7 +184,8 @@ impl Event {
             | Event::HookUnscoped
             | Event::StatusWriteFailed
             | Event::LeaseLost
-            | Event::MetricsFailed => Severity::Warning,
+            | Event::MetricsFailed
+            | Event::DeployPaused => Severity::Warning,
             _ => Severity::Info,
         }
     }
@@ -208,6 +217,9 @@ pub struct Fields<'a> {
     /// `LIFECYCLE_HOOK` and `RESULT` (`CONTINUE`, `ABANDON`): an Auto Scaling lifecycle hook.
     pub lifecycle_hook: Option<&'a str>,
     pub result: Option<&'a str>,
+    /// `UNTIL` and `REASON`: when a pause lapses (RFC 3339) and why it was asked for.
+    pub until: Option<&'a str>,
+    pub reason: Option<&'a str>,
 }
 
 impl<'a> Fields<'a> {
@@ -240,6 +252,8 @@ macro_rules! event_at {
             slots = $f.slots,
             lifecycle_hook = $f.lifecycle_hook,
             result = $f.result,
+            until = $f.until,
+            reason = $f.reason,
             "{}",
             $message
         )

@@ -35,6 +35,13 @@ pub struct Report {
     pub error: Option<String>,
     /// RFC 3339, UTC.
     pub at: String,
+    /// `drover pause` holds the instance (since, until, reason); left out otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<crate::pause::Pause>,
+    /// The instance's last few recorded outcomes (`drover history`), newest first, for
+    /// `drover fleet history`; left out by agents that keep none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<crate::history::Entry>,
 }
 
 impl Report {
@@ -55,6 +62,8 @@ pub enum Status {
     Waiting,
     /// Holding: too many instances failed the request.
     Halted,
+    /// Holding: `drover pause`.
+    Paused,
     Reverted,
     /// Failed with nothing to go back to.
     Failed,
@@ -86,6 +95,7 @@ impl Status {
             Status::Unhealthy => "unhealthy",
             Status::Waiting => "waiting",
             Status::Halted => "halted",
+            Status::Paused => "paused",
             Status::Reverted => "reverted",
             Status::Failed => "failed",
             Status::RevertFailed => "revert_failed",
@@ -119,7 +129,15 @@ pub fn instance_key(prefix: &str, instance: &str) -> String {
 }
 
 pub fn failures_prefix(prefix: &str, version: &str, parameter_version: i64) -> String {
-    format!("{}failures/{version}/{parameter_version}/", dir(prefix))
+    format!(
+        "{}{parameter_version}/",
+        version_failures_prefix(prefix, version)
+    )
+}
+
+/// The failure objects of every request for `version` (`drover fleet history`).
+pub fn version_failures_prefix(prefix: &str, version: &str) -> String {
+    format!("{}failures/{version}/", dir(prefix))
 }
 
 pub fn failure_key(prefix: &str, version: &str, parameter_version: i64, instance: &str) -> String {
@@ -206,6 +224,8 @@ pub struct Summary {
     pub waiting: usize,
     /// Asked for `version`, holding because too many instances failed it.
     pub halted: usize,
+    /// Asked for `version`, held by `drover pause`.
+    pub paused: Vec<Report>,
     /// Failed `version` (and went back, or not).
     pub failed: Vec<Report>,
     /// Have not reported on `version` yet.
@@ -235,6 +255,8 @@ impl Summary {
                 s.failed.push(r.clone());
             } else if asked && r.outcome == Status::Halted {
                 s.halted += 1;
+            } else if asked && r.outcome == Status::Paused {
+                s.paused.push(r.clone());
             } else if asked && r.outcome == Status::Waiting {
                 s.waiting += 1;
             } else {
@@ -258,6 +280,7 @@ impl Summary {
             ("on it", self.on_version),
             ("waiting for their turn", self.waiting),
             ("halted", self.halted),
+            ("paused", self.paused.len()),
             ("failed", self.failed.len()),
             ("not reported yet", self.not_reported),
         ] {
@@ -280,6 +303,14 @@ impl Summary {
             }
         }
         // Any instance may write any status object (docs/IAM.md): their text is escaped.
+        for r in &self.paused {
+            let pause = r.paused.as_ref().map(|p| p.describe()).unwrap_or_default();
+            out.push_str(&format!(
+                "  {} paused {}\n",
+                r.instance.escape_debug(),
+                pause.escape_debug()
+            ));
+        }
         for r in &self.failed {
             out.push_str(&format!(
                 "  {} {} at {}: {}\n",
@@ -317,6 +348,8 @@ mod tests {
             turn_at: None,
             error: None,
             at: "2026-12-01T10:00:00Z".into(),
+            paused: None,
+            recent: Vec::new(),
         }
     }
 
@@ -390,5 +423,32 @@ mod tests {
         let back: Report =
             serde_json::from_str(&serde_json::to_string(&reports[1]).unwrap()).unwrap();
         assert_eq!(back, reports[1]);
+    }
+
+    #[test]
+    fn paused_instances_are_named_with_their_pause_and_old_objects_still_read() {
+        let mut paused = report("i-1", "1", "2", Status::Paused);
+        paused.paused = Some(crate::pause::Pause {
+            since: "2026-12-01T09:00:00Z".into(),
+            until: Some("2026-12-01T18:00:00Z".into()),
+            reason: Some("freeze\n".into()),
+        });
+        let in_sync = report("i-2", "2", "2", Status::Paused);
+        let s = Summary::of("2", None, &[paused.clone(), in_sync]);
+        assert_eq!((s.paused.len(), s.on_version, s.not_reported), (1, 1, 0));
+        let text = s.render();
+        assert!(
+            text.contains("i-1 paused until 2026-12-01T18:00:00Z (freeze\\n)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&paused).unwrap();
+        assert_eq!(json["outcome"], "paused");
+        assert_eq!(json["paused"]["reason"], "freeze\n");
+        assert!(json.get("recent").is_none(), "left out when empty");
+        // What an agent before pauses and history wrote.
+        let old = r#"{"instance":"i-3","running":"1","desired":"1","parameter_version":2,
+                      "outcome":"in_sync","at":"2026-12-01T10:00:00Z"}"#;
+        let old: Report = serde_json::from_str(old).unwrap();
+        assert_eq!((old.paused, old.recent.len()), (None, 0));
     }
 }

@@ -53,6 +53,26 @@ pub(super) enum Command {
     },
     /// Switch back to the previous good release now.
     Rollback,
+    /// The last outcomes on this instance (deploys, reverts, rejections...), newest first.
+    History {
+        /// Print JSON (with "schema": 1) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// How many outcomes to show.
+        #[arg(short = 'n', value_name = "N", default_value_t = 20)]
+        n: usize,
+    },
+    /// Hold this instance on what it runs: polls go on, no new version is deployed.
+    Pause {
+        /// When it lapses: an RFC 3339 time or a duration from now (2h) [default: never].
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Why, for `status` and the fleet's status objects.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// End `drover pause`: the next pass deploys what the parameter asks for.
+    Resume,
     /// Pack PATH (a directory, or take a .tar.gz or .tar.zst) and upload it with its .sha256
     /// (and, with --sign, its .minisig).
     Publish {
@@ -125,6 +145,14 @@ pub(super) enum FleetCommand {
         json: bool,
         #[command(flatten)]
         target: Target,
+    },
+    /// What each instance did with VERSION: deployed, reverted, rejected, held, when, why.
+    History {
+        /// The version to look for.
+        version: String,
+        /// Print JSON (with "schema": 1) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -7,7 +7,7 @@ use clap::Parser;
 use crate::aws::{self, S3Store, SsmSource};
 use crate::config::{self, Config};
 use crate::unpack::compression::Format;
-use crate::{logging, operator};
+use crate::{fleet_history, history, logging, operator, pause};
 
 mod args;
 mod daemon;
@@ -139,6 +139,12 @@ async fn dispatch(
             }
         },
         Command::Rollback => rollback(config).await,
+        Command::History { json, n } => printed(history::show(&config.agent.state_dir, n, json)),
+        Command::Pause { until, reason } => printed(pause::here(&config, until, reason)),
+        Command::Resume => printed(pause::resume_here(&config)),
+        Command::Fleet(FleetCommand::History { version, json }) => {
+            printed(fleet_history::command(&config, &version, json).await)
+        }
         Command::Publish {
             version,
             sign,
@@ -227,6 +233,14 @@ async fn dispatch(
             None => logging::fatal(&e),
         }
         ExitCode::from(FAILED)
+    })
+}
+
+/// A command's text on stdout.
+fn printed(text: Result<String, String>) -> Result<ExitCode, String> {
+    text.map(|text| {
+        print!("{text}");
+        ExitCode::SUCCESS
     })
 }
 

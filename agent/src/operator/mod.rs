@@ -172,6 +172,9 @@ pub struct Status {
     /// when empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub out_of_service: Vec<String>,
+    /// `drover pause`: since, until and reason while a pause holds (left out otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<crate::pause::Pause>,
 }
 
 pub fn status(config: &Config) -> Result<Status, String> {
@@ -191,6 +194,8 @@ pub fn status(config: &Config) -> Result<Status, String> {
         failed: state.failed,
         environment: state.environment,
         out_of_service: state.out_of_service,
+        paused: crate::pause::PauseFile::new(&config.agent.state_dir)
+            .in_force(std::time::SystemTime::now()),
         releases: layout
             .list()
             .map_err(|e| e.to_string())?
@@ -249,6 +254,9 @@ impl Status {
         );
         if let Some(p) = &self.pending {
             out += &format!("pending:  {p} (a switch was interrupted)\n");
+        }
+        if let Some(pause) = &self.paused {
+            out += &format!("paused:   {}\n", pause.describe().escape_debug());
         }
         match &self.last {
             None => out += "last:     -\n",

@@ -86,6 +86,9 @@ impl<P: Parts> Agent<P> {
         if let Err(e) = self.save(state) {
             tracing::error!(target: "drover", event = crate::events::Event::StateFailed.as_str(), error = %e, "cannot save state");
         }
+        if let Some(last) = &state.last {
+            self.record_history(last);
+        }
         let fields = match &error {
             Some(error) => fields.with_error(error),
             None => *fields,

@@ -36,6 +36,9 @@ pub(super) struct Written {
     turn_at: Option<SystemTime>,
     /// Whole days since the epoch: a new day writes it again.
     day: u64,
+    /// `drover pause`, and how many outcomes were recorded: each change writes it again.
+    paused: Option<crate::pause::Pause>,
+    recorded: u64,
 }
 
 impl<P: Parts> Agent<P> {
@@ -184,6 +187,8 @@ impl<P: Parts> Agent<P> {
             day: now
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() / REWRITE_AFTER.as_secs()),
+            paused: self.pause.clone(),
+            recorded: self.clock.recorded(),
         };
         if self.reported_status.as_ref() == Some(&remembered) {
             return;
@@ -206,6 +211,8 @@ impl<P: Parts> Agent<P> {
             turn_at: place.turn_at.map(crate::rfc3339::format),
             error,
             at: crate::rfc3339::format(now),
+            paused: self.pause.clone(),
+            recent: self.recent_history(),
         };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let mut keys = vec![fleet::instance_key(&prefix, &id)];

@@ -15,6 +15,8 @@ mod fleet_gate;
 mod hook_steps;
 mod observe;
 mod outcome;
+mod pause;
+mod record;
 mod revert;
 mod scaling;
 mod settings;
@@ -34,7 +36,7 @@ use crate::plan::{self, Facts, Step};
 use crate::releases::Layout;
 use crate::service::{Confinement, ServiceManager};
 use crate::source::{DesiredSource, SourceError};
-use crate::state::{Request, State, StateError, StateFile};
+use crate::state::{Request, State, StateError, StateFile, Verdict};
 use crate::store::ArtifactStore;
 use crate::version::Version;
 use crate::webhook::Webhook;
@@ -161,6 +163,10 @@ pub struct Agent<P: Parts> {
     metrics: crate::metrics::Recorder,
     /// The phases of the deploy under way.
     timings: crate::metrics::Timings,
+    /// `drover pause`: the pause the last pass found in force.
+    pause: Option<crate::pause::Pause>,
+    /// `drover history`: when this pass began, and how many outcomes were recorded.
+    clock: record::Clock,
 }
 
 impl<S, A, M, H, B, C> Agent<(S, A, M, H, B, C)>
@@ -210,6 +216,8 @@ where
             lease: None,
             metrics: crate::metrics::Recorder::new(textfile, std::time::SystemTime::now()),
             timings: crate::metrics::Timings::default(),
+            pause: None,
+            clock: record::Clock::default(),
         }
     }
 }
@@ -266,6 +274,7 @@ impl<P: Parts> Agent<P> {
 
     /// One reconcile pass, holding the state lock throughout.
     pub async fn reconcile(&mut self) -> Outcome {
+        self.begin_pass();
         let _lock = match lock_state(&self.config.agent.state_dir) {
             Ok(lock) => lock,
             Err(e) => {
@@ -328,7 +337,9 @@ impl<P: Parts> Agent<P> {
         });
         tracing::debug!(target: "drover", event = crate::events::Event::Trace.as_str(), ?step, version = %desired.version, "decided");
         let mut place = fleet_gate::Place::default();
+        let paused = self.held_by_pause(&request, &desired.version, step, active.as_deref());
         let (outcome, tried) = match step {
+            _ if paused => (Outcome::Paused, false),
             Step::SkipFailed => {
                 let skipped = self.skip(&request, &desired.version);
                 (
@@ -437,8 +448,16 @@ impl<P: Parts> Agent<P> {
                 },
                 &format!("Ignoring the parameter's value: {error}"),
             );
+            let again = state.last_of(&request).map(|last| last.result);
             state.invalid(request, error);
             let _ = self.save(state);
+            if let Some(last) = state
+                .last
+                .as_ref()
+                .filter(|_| again != Some(Verdict::Invalid))
+            {
+                self.record_history(last);
+            }
         }
         Outcome::Invalid
     }

@@ -38,7 +38,8 @@ fn deploy_result(outcome: Outcome) -> Option<DeployResult> {
         | Outcome::EnvironmentApplied
         | Outcome::AwaitingTurn
         | Outcome::Halted
-        | Outcome::AwaitingSlot => return None,
+        | Outcome::AwaitingSlot
+        | Outcome::Paused => return None,
     })
 }
 

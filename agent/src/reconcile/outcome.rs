@@ -33,6 +33,8 @@ pub enum Outcome {
     Halted,
     /// `[fleet] max_in_flight` instances are out of service already: this one waits for a slot.
     AwaitingSlot,
+    /// `drover pause` holds the instance: nothing new is deployed or applied.
+    Paused,
 }
 
 impl Outcome {
@@ -55,6 +57,7 @@ impl Outcome {
             Outcome::AwaitingTurn => "waiting for this instance's turn in the rollout",
             Outcome::Halted => "rollout halted: too many instances failed the version",
             Outcome::AwaitingSlot => "waiting for a slot to leave service",
+            Outcome::Paused => "paused (drover resume ends it)",
         }
     }
 
@@ -73,6 +76,7 @@ impl Outcome {
             Outcome::Unhealthy => Status::Unhealthy,
             Outcome::AwaitingTurn | Outcome::AwaitingSlot => Status::Waiting,
             Outcome::Halted => Status::Halted,
+            Outcome::Paused => Status::Paused,
             Outcome::Skipped
             | Outcome::Invalid
             | Outcome::Waiting

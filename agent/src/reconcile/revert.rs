@@ -153,6 +153,7 @@ impl<P: Parts> Agent<P> {
     /// `drover rollback`: back to the previous good release now, remembering the request that
     /// brought the current one as failed. Returns whether the previous release is healthy.
     pub async fn rollback(&mut self) -> Result<bool, Error> {
+        self.begin_pass();
         let _lock = lock_state(&self.config.agent.state_dir)?;
         let mut state = self.prepare().await?;
         let target = state.previous.clone().ok_or(Error::NothingToRollBack)?;

@@ -283,6 +283,7 @@ fn launch_verdict(outcome: Outcome, good_running: bool) -> Option<Action> {
         | Outcome::AwaitingTurn
         | Outcome::AwaitingSlot
         | Outcome::Halted
+        | Outcome::Paused
         | Outcome::Retry
         | Outcome::Throttled
         | Outcome::Invalid => None,

@@ -569,3 +569,5 @@ async fn metrics_count_the_passes_and_endings_of_the_daemon() {
     // Passes that try no deploy count none.
     assert!(text.contains("drover_environment_changes_total{result=\"reverted\"} 0\n"));
 }
+
+mod pause_and_history;
