@@ -197,6 +197,20 @@ fn operator_commands_need_no_config_file_given_flags() {
         stderr(&out)
     );
 
+    // doctor reports the missing config as its failed check, with what to do.
+    let out = std::process::Command::new(drover_tests::drover_bin())
+        .arg("doctor")
+        .env("DROVER_CONFIG", world.dir().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("FAIL  config: cannot read config") && said.contains("absent.toml"),
+        "{said}"
+    );
+    assert!(said.contains("fix: write it"), "{said}");
+
     // Flags win over the file.
     let host = Host::with_artifact_keys(World::new("flags_win"), &endpoint, "", "");
     let text = std::fs::read_to_string(&host.config).unwrap();

@@ -34,14 +34,20 @@ impl<P: Parts> Agent<P> {
             parameter_version: Some(request.parameter_version),
             ..Fields::default()
         };
-        emit(
-            Event::DeployStarted,
-            &fields,
-            &match &previous {
-                Some(p) => format!("Deploying {version} (running {p})"),
-                None => format!("Deploying {version}"),
-            },
-        );
+        // An artifact that is not there yet is said once per request, not every poll: its
+        // deploy_started too (the daemon only).
+        let waited = self.mode == super::Mode::Daemon
+            && self.reported.as_ref() == Some(&(request.clone(), Event::PollFailed));
+        if !waited {
+            emit(
+                Event::DeployStarted,
+                &fields,
+                &match &previous {
+                    Some(p) => format!("Deploying {version} (running {p})"),
+                    None => format!("Deploying {version}"),
+                },
+            );
+        }
         notify::status(&format!("deploying {version}"));
         self.timings = Timings::started();
 
@@ -172,7 +178,7 @@ impl<P: Parts> Agent<P> {
     /// release's pre-activate hook failed): wait, retry later, or remember the request as
     /// failed, as [`Error::disposition`] says. `current` was not touched.
     pub(super) fn stopped_before_switch(
-        &self,
+        &mut self,
         state: &mut State,
         request: Request,
         version: &Version,
@@ -184,11 +190,17 @@ impl<P: Parts> Agent<P> {
         let error = crate::reach::Fix::explained(&error);
         match disposition {
             Disposition::Wait => {
-                let message = format!("The artifact of {version} is not there yet: {error}");
-                emit(Event::PollFailed, &fields.with_error(&error), &message);
+                if self.should_report(&request, Event::PollFailed) {
+                    let message = format!("The artifact of {version} is not there yet: {error}");
+                    emit(Event::PollFailed, &fields.with_error(&error), &message);
+                }
                 Outcome::Waiting
             }
             Disposition::Retry => {
+                // Another failure came between: a missing artifact is news again after it.
+                if self.reported.as_ref() == Some(&(request.clone(), Event::PollFailed)) {
+                    self.reported = None;
+                }
                 let message = match fetching {
                     true => format!("Fetching {version} failed, will retry: {error}"),
                     false => format!(
