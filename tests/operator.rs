@@ -510,3 +510,38 @@ fn status_shows_what_the_parameter_asks_for_with_a_schema_and_rfc3339_times() {
         "{version}"
     );
 }
+
+/// A version forced into the parameter before its artifact exists: the daemon says so once (one
+/// `deploy_started`, one `poll_failed`) however often it polls, and deploys once it is there.
+#[test]
+fn a_missing_artifact_is_said_once_per_request_not_every_poll() {
+    let host = Host::new("said_once");
+    let world = &host.world;
+    world.promote("5.0.0");
+    let log = world.dir().join("daemon.log");
+    let mut daemon = host
+        .command(&["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // poll_interval is 1 s: five polls or so.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let said = text();
+    assert_eq!(
+        said.matches("event=\"deploy_started\"").count(),
+        1,
+        "{said}"
+    );
+    assert_eq!(said.matches("event=\"poll_failed\"").count(), 1, "{said}");
+    let tarball = world.app_tarball("5.0.0", true);
+    let out = host.drover(&["publish", "--version", "5.0.0", &tarball.to_string_lossy()]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    drover_tests::wait_until(std::time::Duration::from_secs(20), "5.0.0 deployed", || {
+        text().contains("event=\"deployed\"")
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(host.current(), "releases/5.0.0");
+}
