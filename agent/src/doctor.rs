@@ -364,12 +364,7 @@ async fn check_artifact(
 /// object's `HeadObject` answers a bare 404 for a missing bucket too. Whether the objects in it
 /// are worth checking.
 async fn check_bucket(report: &mut Report, config: &Config, store: &S3Store) -> bool {
-    let prefix = config
-        .artifact
-        .key
-        .split("{version}")
-        .next()
-        .unwrap_or_default();
+    let prefix = config.artifact.prefix();
     let name = format!("bucket {}", config.artifact.bucket);
     let checked = store.check_bucket(prefix).await;
     let there = matches!(checked, Ok(()) | Err(StoreError::Denied { .. }));

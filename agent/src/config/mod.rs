@@ -123,6 +123,11 @@ impl Artifact {
         self.key.replace("{version}", version.as_str())
     }
 
+    /// The keys' common prefix, up to `{version}` (`releases/`): what may be listed.
+    pub fn prefix(&self) -> &str {
+        self.key.split("{version}").next().unwrap_or_default()
+    }
+
     /// What `version`'s signature must be bound to: its key, its version, and whether the key's
     /// file name tells versions apart (`{version}` in the template's last segment).
     pub fn binding(&self, version: &crate::version::Version) -> crate::signature::Binding {

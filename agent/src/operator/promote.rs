@@ -81,12 +81,7 @@ async fn unpublished(
     let key = config.artifact.key_for(version);
     let url = |key: &str| format!("s3://{}/{key}", store.bucket());
     // The bucket first: a missing one, or one in another region, is not a missing object.
-    let prefix = config
-        .artifact
-        .key
-        .split("{version}")
-        .next()
-        .unwrap_or_default();
+    let prefix = config.artifact.prefix();
     store
         .check_bucket(prefix)
         .await

@@ -125,7 +125,7 @@ pub async fn publish(
     };
 
     // The bucket itself, before the object: a missing bucket or another region says so.
-    let prefix = artifact.key.split("{version}").next().unwrap_or_default();
+    let prefix = artifact.prefix();
     store
         .check_bucket(prefix)
         .await
