@@ -182,6 +182,19 @@ fn operator_commands_need_no_config_file_given_flags() {
         world.moto.get_parameter(&world.parameter),
         Some(("3.1.0".into(), 1))
     );
+    let out = flags(&[
+        "fleet",
+        "status",
+        "--status-prefix",
+        "drover/status/",
+        "--json",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let fleet: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&fleet["schema"], &fleet["version"]),
+        (&1.into(), &"3.1.0".into())
+    );
 
     // Without --bucket there is nothing to go on: a usage error that says what to give.
     let out = std::process::Command::new(drover_tests::drover_bin())

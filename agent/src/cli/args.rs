@@ -144,7 +144,7 @@ pub(super) enum FleetCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        target: Target,
+        fleet: FleetTarget,
     },
     /// What each instance did with VERSION: deployed, reverted, rejected, held, when, why.
     History {
@@ -153,6 +153,8 @@ pub(super) enum FleetCommand {
         /// Print JSON (with "schema": 1) instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetTarget,
     },
 }
 
@@ -180,26 +182,39 @@ pub(super) struct Target {
     pub(super) endpoint_url: Option<String>,
 }
 
+/// [`Target`], and where the fleet's status objects are.
+#[derive(Args, Clone, Default)]
+pub(super) struct FleetTarget {
+    #[command(flatten)]
+    pub(super) target: Target,
+    /// Key prefix of the instances' status objects in the bucket [default: [fleet]
+    /// status_prefix].
+    #[arg(long, value_name = "PREFIX")]
+    pub(super) status_prefix: Option<String>,
+}
+
+/// Sets `[section] key = value` in a config layer.
+fn set(layer: &mut toml::Table, section: &str, key: &str, value: &Option<String>) {
+    if let Some(value) = value {
+        let table = layer
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(table) = table {
+            table.insert(key.into(), toml::Value::String(value.clone()));
+        }
+    }
+}
+
 impl Target {
-    /// The flags given, as a config layer; `None` when there are none.
-    pub(super) fn layer(&self) -> Option<toml::Table> {
+    /// The flags given, as a config layer (empty when there are none).
+    fn layer(&self) -> toml::Table {
         let mut layer = toml::Table::new();
-        let mut set = |section: &str, key: &str, value: &Option<String>| {
-            if let Some(value) = value {
-                let table = layer
-                    .entry(section)
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                if let toml::Value::Table(table) = table {
-                    table.insert(key.into(), toml::Value::String(value.clone()));
-                }
-            }
-        };
-        set("artifact", "bucket", &self.bucket);
-        set("artifact", "key", &self.key);
-        set("source", "parameter", &self.parameter);
-        set("aws", "region", &self.region);
-        set("aws", "endpoint_url", &self.endpoint_url);
-        (!layer.is_empty()).then_some(layer)
+        set(&mut layer, "artifact", "bucket", &self.bucket);
+        set(&mut layer, "artifact", "key", &self.key);
+        set(&mut layer, "source", "parameter", &self.parameter);
+        set(&mut layer, "aws", "region", &self.region);
+        set(&mut layer, "aws", "endpoint_url", &self.endpoint_url);
+        layer
     }
 }
 
@@ -207,11 +222,24 @@ impl Command {
     /// The flags that stand in for the config file, for the commands that take them.
     pub(super) fn target(&self) -> Option<&Target> {
         match self {
-            Command::Publish { target, .. }
-            | Command::Promote { target, .. }
-            | Command::Fleet(FleetCommand::Status { target, .. }) => Some(target),
+            Command::Publish { target, .. } | Command::Promote { target, .. } => Some(target),
+            Command::Fleet(
+                FleetCommand::Status { fleet, .. } | FleetCommand::History { fleet, .. },
+            ) => Some(&fleet.target),
             _ => None,
         }
+    }
+
+    /// Those flags as a config layer, merged over the config file; `None` when none are given.
+    pub(super) fn layer(&self) -> Option<toml::Table> {
+        let mut layer = self.target()?.layer();
+        if let Command::Fleet(
+            FleetCommand::Status { fleet, .. } | FleetCommand::History { fleet, .. },
+        ) = self
+        {
+            set(&mut layer, "fleet", "status_prefix", &fleet.status_prefix);
+        }
+        (!layer.is_empty()).then_some(layer)
     }
 }
 

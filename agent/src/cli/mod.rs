@@ -13,7 +13,7 @@ mod args;
 mod daemon;
 mod local;
 
-use args::{Cli, Command, FleetCommand, PackFormat, Target};
+use args::{Cli, Command, FleetCommand, PackFormat};
 use daemon::{once, rollback, run};
 use local::{unpack, user_data};
 
@@ -39,7 +39,7 @@ pub fn main() -> ExitCode {
     if let Command::Unpack(args) = &cli.command {
         return unpack(args, &cli.config);
     }
-    let flags = cli.command.target().and_then(Target::layer);
+    let flags = cli.command.layer();
     if flags.is_some()
         && !cli.config.exists()
         && cli.command.target().is_some_and(|t| t.bucket.is_none())
@@ -142,7 +142,7 @@ async fn dispatch(
         Command::History { json, n } => printed(history::show(&config.agent.state_dir, n, json)),
         Command::Pause { until, reason } => printed(pause::here(&config, until, reason)),
         Command::Resume => printed(pause::resume_here(&config)),
-        Command::Fleet(FleetCommand::History { version, json }) => {
+        Command::Fleet(FleetCommand::History { version, json, .. }) => {
             printed(fleet_history::command(&config, &version, json).await)
         }
         Command::Publish {
