@@ -125,10 +125,10 @@ fn drover_user_data_from_flags_passes_cloud_init_schema() {
     // The flags set no path: the drop-in names the defaults, as the unit does.
     let drop_in = yaml_query(&path, "file", drover::sandbox::DROP_IN_PATH);
     assert!(
-        drop_in
-            .as_str()
-            .unwrap_or_default()
-            .ends_with("\nReadWritePaths=\nReadWritePaths=-/opt/app\n"),
+        drop_in.as_str().unwrap_or_default().ends_with(
+            "\nReadWritePaths=\nReadWritePaths=-/opt/app\nReadWritePaths=\
+                 -/var/lib/node_exporter/textfile_collector -/var/lib/prometheus/node-exporter\n"
+        ),
         "{drop_in}"
     );
     assert_eq!(

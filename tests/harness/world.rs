@@ -233,6 +233,18 @@ endpoint_url = "{endpoint}"
         );
     }
 
+    /// The archive at `path` and its true `.sha256`, put straight into the bucket as `version`:
+    /// what someone with write access to the bucket can do around `drover publish`, which
+    /// would refuse an archive an instance rejects.
+    pub fn upload(&self, version: &str, path: &Path) {
+        let bytes =
+            std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let key = format!("releases/{version}.tar.gz");
+        self.moto.put_object(&self.bucket, &key, &bytes);
+        let sums = format!("{}  {version}.tar.gz\n", crate::sha256_hex(&bytes));
+        (self.moto).put_object(&self.bucket, &format!("{key}.sha256"), sums.as_bytes());
+    }
+
     /// `drover promote VERSION --force`; panics when it fails. Forced: tests put the
     /// parameter before, without or after the artifact on purpose (a missing artifact, an
     /// upload racing a deploy); the guardrail itself is tested in tests/operator.rs.
