@@ -53,15 +53,19 @@ fn runs_in_an_empty_chroot() {
     };
     let version = run(&["--version"]);
     assert!(version.status.success(), "{version:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("drover {}", agent_version())
+    let said = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        said.starts_with(&format!("drover {} (commit ", agent_version())),
+        "{said}"
     );
-    // A command that reads the config and the disk: nothing but the binary is needed.
+    // A command that reads the config and the disk: nothing but the binary is needed. With no
+    // region and no network, what the parameter asks for is unknown, and said why.
     let status = run(&["--config", "/config.toml", "status", "--json"]);
     assert!(status.status.success(), "{status:?}");
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json["current"], serde_json::Value::Null);
+    assert_eq!(json["desired"], serde_json::Value::Null);
+    assert!(json["desired_error"].is_string(), "{json}");
     let entries: Vec<_> = std::fs::read_dir(root.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
