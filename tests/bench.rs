@@ -454,7 +454,7 @@ impl Bench {
 
     /// 4: `drover run` idle, then after 20 deployments, with every feature of issue 15
     /// configured: lease slots, a target group, a launch hook (the instance is in no target group
-    /// and no action is pending, so each is asked about and nothing waits). 5: promote to
+    /// and no action is pending, so each is asked about and nothing waits); and `[metrics]`. 5: promote to
     /// healthy, 100 MB.
     fn daemon_figures(&mut self, moto: &drover_tests::Moto) {
         use drover_tests::faultproxy::{FaultProxy, Front};
@@ -475,10 +475,15 @@ impl Bench {
         );
         let group =
             drover_tests::elb::create_target_group("bench", std::time::Duration::from_secs(30));
+        // And issue 18's: the textfile metrics written after every pass.
+        let metrics = self.dir.join("metrics");
+        fs::create_dir_all(&metrics).unwrap();
         let features = format!(
             "[fleet]\nstatus_prefix = \"fleet/\"\nmax_in_flight = 1\n\
              [loadbalancer]\ntarget_groups = [\"{group}\"]\nport = 8080\n\
-             [autoscaling]\nlaunch_hook = \"launch\"\n"
+             [autoscaling]\nlaunch_hook = \"launch\"\n\
+             [metrics]\ntextfile = \"{}\"\n",
+            metrics.join("drover.prom").display()
         );
         let agent = self.agent("idle", moto, bucket, &features);
         let text = fs::read_to_string(&agent.config).unwrap();
