@@ -547,7 +547,7 @@ impl Bench {
         let rss_20 = daemon.rss_kib();
         drop(daemon);
         let line = format!(
-            "\n`drover run` with [fleet] max_in_flight, [loadbalancer] and [autoscaling], \
+            "\n`drover run` with [fleet] max_in_flight, [loadbalancer], [autoscaling] and [metrics], \
              poll_interval 1s, idle {idle} s: {polls} polls, {calls} GetParameter \
              calls, CPU {cpu:.3} % of one core, RSS {:.1} MiB (peak {:.1} MiB; anonymous {:.1}, \
              the binary's pages {:.1})\n\
