@@ -155,6 +155,59 @@ pub fn is_machine_fault(e: &io::Error) -> bool {
     }
 }
 
+/// Replaces `path` with `text` whole, mode 0644: a temporary file in the same directory (a
+/// hidden name, which a collector of `*.prom` files does not read) renamed over it, so that a
+/// scrape sees the old file or the new one. Everything is done through one descriptor of the
+/// directory, opened without following a link: its owner (node_exporter's user, say) cannot
+/// send root's create, rename or unlink elsewhere by swapping names, and the temporary name is
+/// new each time (`O_EXCL`), so nothing put in its way is followed or blocks the write. Not
+/// synced to disk: after a crash the next pass writes it again, and a sync after every poll
+/// would cost more than it saves.
+pub fn write_textfile(path: &Path, text: &str) -> Result<(), PathError> {
+    use rustix::fs::{Mode, OFlags};
+    let dir_path = crate::fsutil::parent(path);
+    let io = |e: rustix::io::Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+    let dir = rustix::fs::open(
+        dir_path,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io)
+    .at("open directory", dir_path)?;
+    let name = path.file_name().unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = format!(
+        ".{}.{}.{nanos}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    );
+    let tmp_path = dir_path.join(&tmp);
+    let fd = rustix::fs::openat(
+        &dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(io)
+    .at("create", &tmp_path)?;
+    let mut file = std::fs::File::from(fd);
+    let written = rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644))
+        .map_err(io)
+        .at("chmod", &tmp_path)
+        .and_then(|()| std::io::Write::write_all(&mut file, text.as_bytes()).at("write", &tmp_path))
+        .and_then(|()| {
+            rustix::fs::renameat(&dir, tmp.as_str(), &dir, name)
+                .map_err(io)
+                .at("rename into place", path)
+        });
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), rustix::fs::AtFlags::empty());
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,15 +9,15 @@
 //!
 //! [`Recorder`] holds the numbers, [`Recorder::render`] is the text format (a few lines of it,
 //! written by hand rather than with a crate: the binary's size is budgeted), and
-//! [`write_textfile`] replaces the file whole. A failed write never fails a pass: it is reported
+//! [`crate::fsutil::write_textfile`] replaces the file whole. A failed write never fails a pass: it is reported
 //! once as a `metrics_failed` event, and again only after a write has worked in between.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::events::{emit, Event, Fields};
-use crate::fsutil::{IoContext, PathError};
+use crate::fsutil::write_textfile;
 
 /// The textfile collector's directories `drover.service` lets drover write to (`ReadWritePaths=`):
 /// node_exporter's as its release is usually set up, and Debian's package's.
@@ -549,37 +549,6 @@ fn escape_label_value(out: &mut String, value: &str) {
     }
 }
 
-/// Replaces `path` with `text` whole, mode 0644: a temporary file in the same directory (a
-/// hidden name without `.prom`, which the collector does not read) renamed over it, so that a
-/// scrape sees the old file or the new one. Not synced to disk: after a crash the next pass
-/// writes it again, and a sync after every poll would cost more than it saves.
-pub fn write_textfile(path: &Path, text: &str) -> Result<(), PathError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = crate::fsutil::parent(path).join(format!(".{name}.tmp"));
-    // A leftover of a write cut short; `create_new` below never follows a link put in its place.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at("remove", &tmp),
-        _ => {}
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .at("create", &tmp)?;
-    let written = file
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .at("chmod", &tmp)
-        .and_then(|()| file.write_all(text.as_bytes()).at("write", &tmp))
-        .and_then(|()| std::fs::rename(&tmp, path).at("rename into place", path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,10 +727,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("drover.prom");
-        // A link where the temporary file goes, to a file that must stay as it is.
+        // A link where a temporary file might be guessed to go, to a file that must stay as it
+        // is, and a directory made to block a fixed name: neither is followed or in the way.
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "keep").unwrap();
         std::os::unix::fs::symlink(&victim, dir.path().join(".drover.prom.tmp")).unwrap();
+        std::fs::create_dir(dir.path().join(".drover.prom.1.0.tmp")).unwrap();
         write_textfile(&path, "a 1\n").unwrap();
         write_textfile(&path, "b 2\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "b 2\n");
@@ -773,10 +744,25 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["drover.prom", "victim"]);
+        assert_eq!(
+            names,
+            [
+                ".drover.prom.1.0.tmp",
+                ".drover.prom.tmp",
+                "drover.prom",
+                "victim"
+            ]
+        );
         let missing = dir.path().join("no/such/dir/drover.prom");
         let error = write_textfile(&missing, "").unwrap_err().to_string();
-        assert!(error.contains("no/such/dir/.drover.prom.tmp"), "{error}");
+        assert!(
+            error.contains("open directory") && error.contains("no/such/dir"),
+            "{error}"
+        );
+        // Nor is a link in place of the directory.
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(dir.path(), &linked).unwrap();
+        assert!(write_textfile(&linked.join("drover.prom"), "").is_err());
     }
 
     /// A failing write is reported once, not every pass; a failure of another kind, or the next
@@ -811,10 +797,7 @@ mod tests {
         ]) {
             assert!(event.contains("event=metrics_failed"), "{event}");
             assert!(event.contains(error), "{error}: {event}");
-            assert!(
-                event.contains("textfile_collector/.drover.prom.tmp"),
-                "{event}"
-            );
+            assert!(event.contains("textfile_collector"), "{event}");
         }
     }
 

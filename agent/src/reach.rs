@@ -8,6 +8,10 @@ pub enum Reach {
     /// The SDK's credential chain found nothing; `tried` is what each source said, on one line.
     #[error("no AWS credentials were found (tried: {tried})")]
     NoCredentials { tried: String },
+    /// Credentials were found and sent, and AWS refused them as such (expired, unknown, or
+    /// signed wrong): not a question of what they may do.
+    #[error("the AWS credentials were refused: {message}")]
+    BadCredentials { message: String },
     #[error("no AWS region is set")]
     NoRegion,
     /// A connection, or an answer, never came.
@@ -21,6 +25,10 @@ impl Reach {
             Reach::NoCredentials { .. } => "on EC2, attach an instance profile whose role has \
                 drover's policy (docs/IAM.md); elsewhere set AWS_PROFILE, or AWS_ACCESS_KEY_ID \
                 and AWS_SECRET_ACCESS_KEY"
+                .into(),
+            Reach::BadCredentials { .. } => "the credentials drover found are expired, unknown \
+                or wrong: renew them (an instance profile's renew by themselves), check \
+                AWS_PROFILE or AWS_ACCESS_KEY_ID, and that this machine's clock is right"
                 .into(),
             Reach::NoRegion => "set [aws] region in the config (or --region, or AWS_REGION); on \
                 EC2 the instance metadata service gives it"

@@ -111,7 +111,11 @@ pub mod epoch_seconds {
     use std::time::{Duration, UNIX_EPOCH};
 
     pub fn serialize<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format(UNIX_EPOCH + Duration::from_secs(*secs)))
+        // A number too large for a time (a file tampered with) is written as the largest one.
+        let at = UNIX_EPOCH.checked_add(Duration::from_secs(*secs));
+        s.serialize_str(&super::format(
+            at.unwrap_or(UNIX_EPOCH + Duration::from_secs(253_402_300_799)),
+        ))
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

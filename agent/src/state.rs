@@ -50,8 +50,9 @@ pub struct Record {
     pub version: Option<String>,
     pub request: Option<Request>,
     pub error: Option<String>,
-    /// Seconds since the Unix epoch; RFC 3339 in JSON.
-    #[serde(with = "crate::rfc3339::epoch_seconds")]
+    /// Seconds since the Unix epoch. Kept a number in `state.json`, which an older drover (a
+    /// package downgraded) must still read; `drover status` shows it as RFC 3339. Read either.
+    #[serde(deserialize_with = "crate::rfc3339::epoch_seconds::deserialize")]
     pub at: u64,
 }
 

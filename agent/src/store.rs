@@ -74,6 +74,16 @@ impl crate::reach::Fix for StoreError {
                  get-bucket-location` names it"
                     .into(),
             ),
+            // Listing is allowed on the bucket, for a prefix; reading, on the object.
+            StoreError::Denied {
+                bucket,
+                key,
+                action: action @ "s3:ListBucket",
+                ..
+            } => Some(format!(
+                "allow {action} on arn:aws:s3:::{bucket} with the condition s3:prefix = \
+                 \"{key}*\" to the role or user drover runs as (docs/IAM.md)"
+            )),
             StoreError::Denied {
                 bucket,
                 key,

@@ -134,6 +134,22 @@ const MAX_LINKS: usize = 40;
 
 /// Reads `path` if nobody but root or the running user could have written it or the way to it.
 pub fn read_to_string(path: &Path) -> Result<String, TrustError> {
+    let fd = open_trusted(path, false)?;
+    let mut text = String::new();
+    std::fs::File::from(fd).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Whether the directory `path` (a config's drop-ins, say) is one nobody but root or the running
+/// user could have changed, nor the way to it: whoever could would decide which files are in it,
+/// removing one as surely as adding one.
+pub fn check_dir(path: &Path) -> Result<(), TrustError> {
+    open_trusted(path, true).map(drop)
+}
+
+/// `path`, opened step by step from `/` and each step judged: a regular file, or with `dir` a
+/// directory, at the end.
+fn open_trusted(path: &Path, dir_wanted: bool) -> Result<OwnedFd, TrustError> {
     let absolute = match path.is_absolute() {
         true => path.to_owned(),
         false => std::env::current_dir()?.join(path),
@@ -153,14 +169,14 @@ pub fn read_to_string(path: &Path) -> Result<String, TrustError> {
     while let Some(name) = rest.pop() {
         let last = rest.is_empty();
         if last {
+            let kind = match dir_wanted {
+                true => OFlags::DIRECTORY,
+                false => OFlags::NONBLOCK | OFlags::NOCTTY,
+            };
             let fd = rustix::fs::openat(
                 &dir,
                 name.as_os_str(),
-                OFlags::RDONLY
-                    | OFlags::NOFOLLOW
-                    | OFlags::NONBLOCK
-                    | OFlags::NOCTTY
-                    | OFlags::CLOEXEC,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | kind,
                 Mode::empty(),
             );
             at.push(&name);
@@ -175,10 +191,9 @@ pub fn read_to_string(path: &Path) -> Result<String, TrustError> {
                 }
                 other => other.map_err(std::io::Error::from)?,
             };
-            check(&at, seen(&fd)?, true)?;
-            let mut text = String::new();
-            std::fs::File::from(fd).read_to_string(&mut text)?;
-            return Ok(text);
+            // A directory is judged as a step on the way is (O_DIRECTORY made sure it is one).
+            check(&at, seen(&fd)?, !dir_wanted)?;
+            return Ok(fd);
         }
         let fd = rustix::fs::openat(
             &dir,

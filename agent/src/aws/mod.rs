@@ -158,6 +158,8 @@ enum Kind {
     WrongRegion(Option<String>),
     Throttled,
     Denied,
+    /// The credentials themselves were refused.
+    BadCredentials,
     Reach(Reach),
     Other,
 }
@@ -173,13 +175,13 @@ where
         SdkError::ServiceError(service) => {
             let raw = service.raw();
             let header = raw.headers().get("x-amz-bucket-region").map(str::to_owned);
-            kind_of(
-                err.code(),
-                raw.status().as_u16(),
-                err.message(),
-                header,
-                not_found,
-            )
+            let status = raw.status().as_u16();
+            match kind_of(err.code(), status, err.message(), header, not_found) {
+                Kind::BadCredentials => Kind::Reach(Reach::BadCredentials {
+                    message: describe(err),
+                }),
+                kind => kind,
+            }
         }
         SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
             Kind::Reach(Reach::Unreachable {
@@ -225,14 +227,15 @@ fn kind_of(
             | "SlowDown"
             | "RequestLimitExceeded",
         ) => Kind::Throttled,
+        Some("AccessDenied" | "AccessDeniedException") => Kind::Denied,
         Some(
-            "AccessDenied"
-            | "AccessDeniedException"
-            | "UnrecognizedClientException"
+            "UnrecognizedClientException"
             | "InvalidAccessKeyId"
+            | "InvalidClientTokenId"
             | "SignatureDoesNotMatch"
-            | "ExpiredToken",
-        ) => Kind::Denied,
+            | "ExpiredToken"
+            | "ExpiredTokenException",
+        ) => Kind::BadCredentials,
         _ if status == 404 => Kind::NotFound,
         _ if status == 503 => Kind::Throttled,
         _ if status == 403 => Kind::Denied,
@@ -325,11 +328,13 @@ impl SsmSource {
                 message,
             },
             Kind::Reach(reach) => SourceError::Reach { name, verb, reach },
-            Kind::NoBucket | Kind::WrongRegion(_) | Kind::Other => SourceError::Failed {
-                name,
-                verb,
-                message,
-            },
+            Kind::NoBucket | Kind::WrongRegion(_) | Kind::BadCredentials | Kind::Other => {
+                SourceError::Failed {
+                    name,
+                    verb,
+                    message,
+                }
+            }
         }
     }
 }
@@ -459,6 +464,10 @@ mod tests {
         assert_eq!(
             kind_of(Some("SlowDown"), 503, None, None, nf),
             Kind::Throttled
+        );
+        assert_eq!(
+            kind_of(Some("ExpiredToken"), 400, None, None, nf),
+            Kind::BadCredentials
         );
         assert_eq!(
             kind_of(Some("InternalError"), 500, None, None, nf),

@@ -80,7 +80,8 @@ impl S3Store {
                 message,
             },
             Kind::Reach(reach) => StoreError::Reach { bucket, key, reach },
-            Kind::Other => StoreError::Failed {
+            // Not returned by classify, which makes it a Reach.
+            Kind::Other | Kind::BadCredentials => StoreError::Failed {
                 bucket,
                 key,
                 message,

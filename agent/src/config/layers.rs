@@ -34,8 +34,28 @@ pub fn dropin_dir(main: &Path) -> PathBuf {
     main.with_extension("d")
 }
 
-/// The `*.toml` files of `dir` in name order; none when it does not exist.
+/// The `*.toml` files of `dir` in name order; none when it does not exist. The directory must be
+/// as safe as the config itself ([`crate::trusted::check_dir`]), even empty: whoever could write
+/// it could take a drop-in away (one that sets `trusted_keys`, say) as well as add one.
 pub fn dropins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    use crate::trusted::TrustError;
+    match crate::trusted::check_dir(dir) {
+        Ok(()) => {}
+        Err(TrustError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(TrustError::Io(source)) => {
+            return Err(ConfigError::Read {
+                path: dir.to_owned(),
+                source,
+            })
+        }
+        Err(untrusted) => {
+            return Err(ConfigError::Untrusted {
+                path: dir.to_owned(),
+                fix: untrusted.fix().unwrap_or_default(),
+                source: untrusted,
+            })
+        }
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -117,6 +137,24 @@ mod tests {
         .to_string();
         assert!(err.contains("/etc/drover/config.d/10-x.toml"), "{err}");
         assert!(err.contains("bukket"), "{err}");
+    }
+
+    #[test]
+    fn a_drop_in_directory_others_can_write_is_refused_even_empty() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dropins_dir = dir.path().join("config.d");
+        std::fs::create_dir(&dropins_dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(dropins(&dropins_dir)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty());
+        std::fs::set_permissions(&dropins_dir, std::fs::Permissions::from_mode(0o777))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = dropins(&dropins_dir).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains("config.d") && err.contains("not safe to act on"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct Status {
     pub good: Option<String>,
     pub previous: Option<String>,
     pub pending: Option<String>,
+    /// As the state keeps it, with `at` in RFC 3339.
+    #[serde(serialize_with = "last_with_rfc3339")]
     pub last: Option<crate::state::Record>,
     pub failed: Vec<crate::state::Request>,
     pub releases: Vec<String>,
@@ -203,6 +205,22 @@ pub fn status(config: &Config) -> Result<Status, String> {
             .map(|(name, _)| name)
             .collect(),
     })
+}
+
+fn last_with_rfc3339<S: serde::Serializer>(
+    last: &Option<crate::state::Record>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error;
+    let Some(record) = last else {
+        return s.serialize_none();
+    };
+    let mut shown = serde_json::to_value(record).map_err(S::Error::custom)?;
+    let at = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(record.at));
+    if let (Some(object), Some(at)) = (shown.as_object_mut(), at) {
+        object.insert("at".into(), crate::rfc3339::format(at).into());
+    }
+    serde::Serialize::serialize(&shown, s)
 }
 
 /// The parameter's value as `drover status` shows it.

@@ -42,13 +42,31 @@ const HIDDEN: &[(&str, &str)] = &[
 ];
 
 /// What must stay read-only to the agent: its config, its credentials, its unit and its binary.
-/// A writable directory at or above one of these would let the agent rewrite its own sandbox.
+/// A writable directory at, above or under one of these would let the agent rewrite its own
+/// sandbox (`/etc/systemd/system/drover.service.d`) or binary (`/usr/local/bin`).
 const PROTECTED: &[&str] = &[
     "/etc/drover",
     "/etc/default",
     "/etc/systemd",
     "/usr",
     "/lib/systemd",
+];
+
+/// And what the agent must not write in at all: units and their drop-ins
+/// (`/etc/systemd/system/drover.service.d`), credentials, its config and drop-ins, and the
+/// directories its binary is installed in.
+const NOT_UNDER: &[&str] = &[
+    "/etc/drover",
+    "/etc/default",
+    "/etc/systemd",
+    "/lib/systemd",
+    "/usr/lib/systemd",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+    "/usr/bin",
+    "/usr/sbin",
+    "/bin",
+    "/sbin",
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,8 +94,8 @@ pub enum SandboxError {
         setting: &'static str,
     },
     #[error(
-        "{key} {path}: drover.service would make {dir} writable to the agent, and {protected} \
-         with it; give it a directory of its own"
+        "{key} {path}: drover.service would make {dir} writable to the agent, which is, holds \
+         or is under {protected}; give it a directory of its own"
     )]
     Exposes {
         key: &'static str,
@@ -172,7 +190,8 @@ pub fn drop_in(config: &Config, source: &Path) -> Result<String, SandboxError> {
          # \"+\" commands too, before they have made the directories.\n\
          [Service]\n\
          ExecStartPre=\n",
-        source.display()
+        // A line break in the name would start a line of the unit.
+        source.display().to_string().replace(char::is_control, "?")
     );
     for w in &made {
         text.push_str(&format!(
@@ -248,7 +267,9 @@ fn check_path(w: &Writable) -> Result<(), SandboxError> {
             setting,
         });
     }
-    if let Some(protected) = PROTECTED.iter().find(|p| Path::new(p).starts_with(&w.dir)) {
+    let above = PROTECTED.iter().find(|p| Path::new(p).starts_with(&w.dir));
+    let under = NOT_UNDER.iter().find(|p| w.dir.starts_with(p));
+    if let Some(protected) = above.or(under) {
         return Err(SandboxError::Exposes {
             key,
             path: path.clone(),

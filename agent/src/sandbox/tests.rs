@@ -236,9 +236,26 @@ fn paths_the_sandbox_hides_or_that_would_open_it_are_refused() {
             "{extra}: {e:?}"
         );
     }
+    // Under the agent's own config, units, credentials or binary: refused too.
+    for (extra, dir) in [
+        (
+            "[agent]\nstate_dir = \"/etc/drover/state\"\n",
+            "/etc/drover/state",
+        ),
+        (
+            "[agent]\nstate_dir = \"/etc/systemd/system/drover.service.d\"\n",
+            "/etc/systemd/system/drover.service.d",
+        ),
+        ("[release]\nroot = \"/usr/local/bin\"\n", "/usr/local/bin"),
+    ] {
+        let e = refusal(extra);
+        assert!(
+            matches!(&e, SandboxError::Exposes { dir: d, .. } if d == Path::new(dir)),
+            "{extra}: {e:?}"
+        );
+    }
     // Beside them is fine.
     settings("[release]\nroot = \"/etc/app\"\n[agent]\nstate_dir = \"/usr/local/drover\"\n");
-    settings("[agent]\nstate_dir = \"/etc/drover/state\"\n");
 }
 
 #[test]
