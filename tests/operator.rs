@@ -157,6 +157,20 @@ fn publish_refuses_what_an_instance_would_reject_and_uploads_nothing() {
     let out = host.drover(&["publish", "--version", "1.0.1", &good.to_string_lossy()]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     assert_eq!(uploaded(world, "1.0.1").len(), 2);
+
+    // Another publish of 1.0.2 got its digest in first (a CI job run twice): this one stops at
+    // its first upload instead of putting its tarball beside the other's digest.
+    world
+        .moto
+        .put_object(&world.bucket, "releases/1.0.2.tar.gz.sha256", b"theirs");
+    let out = host.drover(&["publish", "--version", "1.0.2", &good.to_string_lossy()]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another publish of 1.0.2 got there first"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(uploaded(world, "1.0.2"), ["releases/1.0.2.tar.gz.sha256"]);
 }
 
 #[test]
@@ -406,6 +420,24 @@ fn access_denied_names_the_action_and_resource() {
     );
     assert!(said.contains("fix: allow ssm:PutParameter"), "{said}");
     no_debug_dump(&said);
+
+    // A publisher that may put the parameter but not read it: refused, unless forced.
+    proxy.clear();
+    proxy.inject_always(Match::ssm("GetParameter"), Fault::Denied);
+    let out = host.drover(&["promote", "1.0.0"]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("access denied: ssm:GetParameter"),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.drover(&["promote", "1.0.0", "--force"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(": unknown (access denied: ssm:GetParameter"),
+        "{}",
+        stdout(&out)
+    );
 
     proxy.clear();
     proxy.inject_always(Match::s3_get(".tar.gz"), Fault::Denied);

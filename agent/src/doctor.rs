@@ -477,11 +477,11 @@ fn check_metrics(report: &mut Report, config: &Config) {
         Err(e) => fail(format!("{}: {e}", dir.display()), fix),
         Ok(_) if sandboxed => Verdict::Ok(format!("{} exists", dir.display())),
         Ok(_) => Verdict::Note(format!(
-            "{} exists, but drover.service writes only to {}: add a drop-in (systemctl edit \
-             drover) with ReadWritePaths=-{}",
+            "{} exists; the shipped drover.service writes only to {}: the drop-in of `drover \
+             sandbox-paths` (in /etc/systemd/system/drover.service.d/paths.conf; user-data \
+             writes it) adds this one",
             dir.display(),
             crate::metrics::SANDBOX_DIRS.join(" and "),
-            dir.display()
         )),
     };
     report.add(format!("metrics {}", path.display()), verdict);

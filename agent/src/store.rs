@@ -39,6 +39,9 @@ pub enum StoreError {
         key: String,
         reach: crate::reach::Reach,
     },
+    /// A write that creates only found an object at the key already.
+    #[error("s3://{bucket}/{key} already exists")]
+    Exists { bucket: String, key: String },
     /// A read pinned to an entity tag (`If-Match`) found another object at the key: it was
     /// replaced since the download began.
     #[error("s3://{bucket}/{key} was replaced during the download (its ETag is no longer {etag})")]
@@ -95,6 +98,7 @@ impl crate::reach::Fix for StoreError {
             )),
             StoreError::Reach { reach, .. } => Some(reach.fix()),
             StoreError::NotFound { .. }
+            | StoreError::Exists { .. }
             | StoreError::Throttled { .. }
             | StoreError::Changed { .. }
             | StoreError::Failed { .. } => None,

@@ -128,8 +128,10 @@ impl S3Store {
         }
     }
 
-    /// Uploads an artifact, with the unpacked size it announces to instances' space check.
-    pub async fn put_file(
+    /// Uploads an artifact, with the unpacked size it announces to instances' space check, only
+    /// if nothing is at `key` yet (`If-None-Match: *`): two publishes of one version that both
+    /// found it absent cannot leave one's tarball beside the other's digest.
+    pub async fn put_file_new(
         &self,
         key: &str,
         path: &std::path::Path,
@@ -142,11 +144,16 @@ impl S3Store {
                 key: key.to_owned(),
                 message: format!("{}: {e}", path.display()),
             })?;
-        self.put(key, body, unpacked_size).await
+        self.put(key, body, unpacked_size, true).await
+    }
+
+    /// A small object, only if nothing is at `key` yet (a release's digest and signature).
+    pub async fn put_bytes_new(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.put(key, ByteStream::from(bytes), None, true).await
     }
 
     pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.put(key, ByteStream::from(bytes), None).await
+        self.put(key, ByteStream::from(bytes), None, false).await
     }
 
     async fn put(
@@ -154,18 +161,32 @@ impl S3Store {
         key: &str,
         body: ByteStream,
         unpacked_size: Option<u64>,
+        create_only: bool,
     ) -> Result<(), StoreError> {
         let metadata = unpacked_size.map(|n| (crate::store::UNPACKED_SIZE_METADATA, n.to_string()));
-        self.client
-            .put_object()
+        let put = (self.client.put_object())
             .bucket(&self.bucket)
             .key(key)
             .body(body)
             .set_metadata(metadata.map(|(k, v)| [(k.to_owned(), v)].into()))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(PUT, key, e))
+            .set_if_none_match(create_only.then(|| "*".to_owned()));
+        match put.send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // 412: something is there; 409: a write to the same key raced this one.
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                match (create_only, status, e.code()) {
+                    (true, Some(412 | 409), _)
+                    | (true, _, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
+                        Err(StoreError::Exists {
+                            bucket: self.bucket.clone(),
+                            key: key.to_owned(),
+                        })
+                    }
+                    _ => Err(self.error(PUT, key, e)),
+                }
+            }
+        }
     }
 }
 

@@ -30,9 +30,11 @@ pub async fn promote(
     let value = promote_value(job.version, job.rollout)?;
     let version = Version::parse(job.version).map_err(|e| e.to_string())?;
     let parameter = &config.source.parameter;
+    // What it replaces; with --force, a parameter that cannot be read does not stop the write.
     let before = match source.read().await {
-        Ok(p) => Some(p),
+        Ok(p) => Some(Ok(p)),
         Err(SourceError::NotFound { .. }) => None,
+        Err(e) if job.force => Some(Err(e.explained())),
         Err(e) => return Err(e.explained()),
     };
     if !job.force {
@@ -46,7 +48,8 @@ pub async fn promote(
         }
     }
     let from = match &before {
-        Some(p) => format!(
+        Some(Err(e)) => format!("unknown ({e})"),
+        Some(Ok(p)) => format!(
             "{} (parameter version {})",
             crate::value::parse_value(&p.value)
                 .map(|d| d.version.to_string())

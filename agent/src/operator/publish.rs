@@ -9,6 +9,7 @@ use crate::aws::S3Store;
 use crate::config::Config;
 use crate::digest::Sha256Digest;
 use crate::reach::Fix;
+use crate::store::StoreError;
 use crate::unpack::compression::Format;
 use crate::version::Version;
 
@@ -60,7 +61,11 @@ pub async fn publish(
         pack_dir(job.path, &out, job.format)?;
         out
     } else if job.path.is_file() {
-        job.path.to_owned()
+        // A copy, so that what is checked, hashed and uploaded is one file however the
+        // original changes meanwhile.
+        let copy = scratch.path().join("release.tar");
+        std::fs::copy(job.path, &copy).map_err(|e| format!("{}: {e}", job.path.display()))?;
+        copy
     } else {
         return Err(format!(
             "{} is neither a directory nor a file",
@@ -145,24 +150,33 @@ pub async fn publish(
             "would publish {what}; nothing uploaded (--dry-run)"
         ));
     }
+    // Each upload creates or fails: a publish of the same version that got there first (a CI
+    // job run twice) stops this one, and no tarball lands beside another run's digest.
+    let raced = |e: StoreError| match e {
+        StoreError::Exists { .. } => format!(
+            "{e}: another publish of {version} got there first; published versions are never \
+             overwritten"
+        ),
+        e => e.explained(),
+    };
     let file_name = key.rsplit('/').next().unwrap_or(&key);
     store
-        .put_bytes(
+        .put_bytes_new(
             &format!("{key}.sha256"),
             format!("{digest}  {file_name}\n").into_bytes(),
         )
         .await
-        .map_err(|e| e.explained())?;
+        .map_err(raced)?;
     if let Some((text, _)) = signature {
         store
-            .put_bytes(&format!("{key}.minisig"), text.into_bytes())
+            .put_bytes_new(&format!("{key}.minisig"), text.into_bytes())
             .await
-            .map_err(|e| e.explained())?;
+            .map_err(raced)?;
     }
     store
-        .put_file(&key, &tarball, Some(unpacked))
+        .put_file_new(&key, &tarball, Some(unpacked))
         .await
-        .map_err(|e| e.explained())?;
+        .map_err(raced)?;
     Ok(format!("published {what}"))
 }
 
