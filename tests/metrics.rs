@@ -269,7 +269,7 @@ fn doctor_checks_the_collector_directory() {
         text.contains(&format!(
             "note  metrics {}/drover.prom",
             collector.display()
-        )) && text.contains(&format!("ReadWritePaths=-{}\n", collector.display())),
+        )) && text.contains("the drop-in of `drover sandbox-paths`"),
         "{text}"
     );
 }
