@@ -432,6 +432,21 @@ fn publish_and_promote_refuse_what_trusted_keys_would_reject() {
         "{}",
         stderr(&out)
     );
+    // 1.0.0's own signature, copied beside 2.0.0: signed by a trusted key, but bound to 1.0.0.
+    let signed = world
+        .moto
+        .get_object(&world.bucket, "releases/1.0.0.tar.gz.minisig")
+        .unwrap();
+    world
+        .moto
+        .put_object(&world.bucket, "releases/2.0.0.tar.gz.minisig", &signed);
+    let out = host.drover(&["promote", "2.0.0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not bind the signature to releases/2.0.0.tar.gz"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         world.moto.get_parameter(&world.parameter).map(|(v, _)| v),
         Some("1.0.0".into())

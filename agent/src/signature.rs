@@ -201,6 +201,18 @@ impl Signature {
         if !key.verify(signed, &self.signature) {
             return Err(SignatureError::Mismatch);
         }
+        self.verify_comment(keys, binding)
+    }
+
+    /// What can be checked without the artifact: a trusted key made it, its trusted comment is
+    /// the one signed, and that comment binds it to the artifact `binding` names (`drover
+    /// promote`, before the parameter names a version whose signature instances would refuse).
+    pub fn verify_comment<'k>(
+        &self,
+        keys: &'k [PublicKey],
+        binding: &Binding,
+    ) -> Result<&'k PublicKey, SignatureError> {
+        let key = self.signer(keys)?;
         let mut global_message = self.signature.to_vec();
         global_message.extend_from_slice(self.trusted_comment.as_bytes());
         if !key.verify(&global_message, &self.global) {

@@ -51,6 +51,18 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::from(BAD_CONFIG);
     }
+    // Without the instances' config, the checks of publish and promote use the defaults: say so
+    // (trusted_keys and the limits are the instances', and unknown here).
+    if flags.is_some()
+        && !cli.config.exists()
+        && matches!(cli.command, Command::Publish { .. } | Command::Promote { .. })
+    {
+        eprintln!(
+            "drover: note: no config at {}: checked with the default limits and without \
+             [artifact] trusted_keys; instances check with their own",
+            cli.config.display()
+        );
+    }
     let (config, layers) = match Config::load_layers(&cli.config, flags) {
         Ok(loaded) => loaded,
         // No other check runs on a config that is not to be trusted: it names the endpoints

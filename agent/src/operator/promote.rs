@@ -101,8 +101,9 @@ async fn unpublished(
         match crate::store::get_small(store, &sig, 64 << 10).await {
             Ok(body) => {
                 let text = String::from_utf8_lossy(&body);
+                let binding = config.artifact.binding(version);
                 let signer = crate::signature::Signature::parse(&text)
-                    .and_then(|s| s.signer(trusted).map(|_| ()));
+                    .and_then(|s| s.verify_comment(trusted, &binding).map(|_| ()));
                 if let Err(e) = signer {
                     missing.push(format!("{}: {e}", url(&sig)));
                 }
