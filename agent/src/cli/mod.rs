@@ -55,7 +55,10 @@ pub fn main() -> ExitCode {
     // (trusted_keys and the limits are the instances', and unknown here).
     if flags.is_some()
         && !cli.config.exists()
-        && matches!(cli.command, Command::Publish { .. } | Command::Promote { .. })
+        && matches!(
+            cli.command,
+            Command::Publish { .. } | Command::Promote { .. }
+        )
     {
         eprintln!(
             "drover: note: no config at {}: checked with the default limits and without \
