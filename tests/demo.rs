@@ -297,7 +297,10 @@ fn show_app_version(instance: &Instance, expected: &str) -> Result<(), String> {
 }
 
 fn show_status(instance: &Instance, expect: &Expect) -> Result<(), String> {
-    on_instance(instance, "drover status", &["drover", "status"])?;
+    // With the agent's credentials (an EC2 shell has the instance profile's; this instance has
+    // them only in the agent's environment file), so that `desired:` shows the parameter.
+    let command = "env $(cat /etc/default/drover) drover status";
+    on_instance(instance, command, &["sh", "-c", command])?;
     let status = instance.status_json();
     let current = status["current"].as_str().unwrap_or("-");
     let last = status["last"]["result"].as_str().unwrap_or("-");
