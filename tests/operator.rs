@@ -359,6 +359,18 @@ fn a_missing_bucket_is_not_a_missing_object() {
     let out = host.drover(&["once"]);
     assert_eq!(code(&out), Some(1));
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    // With the digest in the parameter, its first call is a HeadObject, whose bare 404 a
+    // listing tells apart.
+    let digest = "0".repeat(64);
+    let value = format!("{{\"version\":\"1.0.0\",\"sha256\":\"{digest}\"}}");
+    host.world.moto.put_parameter(&host.world.parameter, &value);
+    let out = host.drover(&["once"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(
+        stderr(&out).contains("bucket drover-no-such-bucket does not exist"),
+        "{}",
+        stderr(&out)
+    );
     let out = host.drover(&["doctor"]);
     let said = stdout(&out);
     assert!(

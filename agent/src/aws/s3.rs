@@ -246,12 +246,25 @@ impl ArtifactStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
-        let out = (self.client.head_object())
+        let out = match (self.client.head_object())
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| self.error(GET, key, e))?;
+        {
+            Ok(out) => out,
+            Err(e) => {
+                return Err(match self.error(GET, key, e) {
+                    // A bare 404 is a missing object or a missing bucket: a listing tells which
+                    // (when it may list; else it stays a missing object).
+                    not_found @ StoreError::NotFound { .. } => match self.check_bucket(key).await {
+                        Err(no_bucket @ StoreError::NoBucket { .. }) => no_bucket,
+                        _ => not_found,
+                    },
+                    other => other,
+                });
+            }
+        };
         let failed = |message: &str| StoreError::Failed {
             bucket: self.bucket.clone(),
             key: key.to_owned(),
