@@ -83,10 +83,12 @@ fn the_aarch64_binary_runs_in_an_empty_chroot() {
     )
     .unwrap();
     let chrooted = |args: &[&str]| {
-        run(Command::new("chroot")
-            .arg(root.path())
-            .arg("/drover")
-            .args(args))
+        drover_tests::output_of_fresh_binary(
+            Command::new("chroot")
+                .arg(root.path())
+                .arg("/drover")
+                .args(args),
+        )
     };
     let version = chrooted(&["--version"]);
     assert!(version.status.success(), "{version:?}");

@@ -44,12 +44,12 @@ fn runs_in_an_empty_chroot() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        Command::new("chroot")
-            .arg(root.path())
-            .arg("/drover")
-            .args(args)
-            .output()
-            .expect("run chroot")
+        drover_tests::output_of_fresh_binary(
+            Command::new("chroot")
+                .arg(root.path())
+                .arg("/drover")
+                .args(args),
+        )
     };
     let version = run(&["--version"]);
     assert!(version.status.success(), "{version:?}");

@@ -200,3 +200,20 @@ pub fn unique_name(label: &str) -> String {
     let clean = clean.trim_matches('-');
     format!("{}-{n}", if clean.is_empty() { "t" } else { clean })
 }
+
+/// `cmd`'s output, run again (up to 50 times, 20 ms apart) while it fails with "Text file busy".
+/// For a binary this test process has just copied: a child that another test thread forks while
+/// the copy's file is open holds that descriptor until its own exec, and the kernel refuses to
+/// run a file open for writing (ETXTBSY), whether `cmd` execs it or a `chroot` in between does.
+pub fn output_of_fresh_binary(cmd: &mut std::process::Command) -> std::process::Output {
+    for _ in 0..50 {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(26) => {}
+            Err(e) => panic!("cannot run {cmd:?}: {e}"),
+            Ok(out) if String::from_utf8_lossy(&out.stderr).contains("Text file busy") => {}
+            Ok(out) => return out,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{cmd:?}: still \"Text file busy\" after 50 tries")
+}
