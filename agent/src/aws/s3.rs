@@ -172,22 +172,24 @@ impl S3Store {
             .set_if_none_match(create_only.then(|| "*".to_owned()));
         match put.send().await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                // 412: something is there; 409: a write to the same key raced this one.
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                match (create_only, status, e.code()) {
-                    (true, Some(412 | 409), _)
-                    | (true, _, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
-                        Err(StoreError::Exists {
-                            bucket: self.bucket.clone(),
-                            key: key.to_owned(),
-                        })
-                    }
-                    _ => Err(self.error(PUT, key, e)),
-                }
-            }
+            Err(e) if create_only && condition_failed(&e) => Err(StoreError::Exists {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+            }),
+            Err(e) => Err(self.error(PUT, key, e)),
         }
     }
+}
+
+/// Whether a conditional write was refused for its condition: 412, or 409 when a write to the
+/// same key raced it.
+fn condition_failed<E: ProvideErrorMetadata>(e: &aws_sdk_s3::error::SdkError<E>) -> bool {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    matches!(status, Some(412 | 409))
+        || matches!(
+            e.code(),
+            Some("PreconditionFailed" | "ConditionalRequestConflict")
+        )
 }
 
 pub struct S3Body {
@@ -357,15 +359,8 @@ impl ArtifactStore for S3Store {
         };
         match put.send().await {
             Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_owned())),
-            Err(e) => {
-                // 412: the condition failed; 409: a write to the same key raced this one.
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                match (status, e.code()) {
-                    (Some(412 | 409), _)
-                    | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => Ok(None),
-                    _ => Err(self.error(PUT, key, e)),
-                }
-            }
+            Err(e) if condition_failed(&e) => Ok(None),
+            Err(e) => Err(self.error(PUT, key, e)),
         }
     }
 
