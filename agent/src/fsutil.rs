@@ -253,4 +253,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         sync_filesystem(dir.path()).unwrap();
     }
+
+    #[test]
+    fn the_file_is_replaced_whole_with_mode_0644_through_no_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drover.prom");
+        // A link where a temporary file might be guessed to go, to a file that must stay as it
+        // is, and a directory made to block a fixed name: neither is followed or in the way.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(".drover.prom.tmp")).unwrap();
+        std::fs::create_dir(dir.path().join(".drover.prom.1.0.tmp")).unwrap();
+        write_textfile(&path, "a 1\n").unwrap();
+        write_textfile(&path, "b 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b 2\n");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o644);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ".drover.prom.1.0.tmp",
+                ".drover.prom.tmp",
+                "drover.prom",
+                "victim"
+            ]
+        );
+        let missing = dir.path().join("no/such/dir/drover.prom");
+        let error = write_textfile(&missing, "").unwrap_err().to_string();
+        assert!(
+            error.contains("open directory") && error.contains("no/such/dir"),
+            "{error}"
+        );
+        // Nor is a link in place of the directory.
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(dir.path(), &linked).unwrap();
+        assert!(write_textfile(&linked.join("drover.prom"), "").is_err());
+    }
 }

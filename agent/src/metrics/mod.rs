@@ -7,17 +7,20 @@
 //! and `drover rollback` write nothing, so that a one-off run never puts its own small counts in
 //! place of the daemon's.
 //!
-//! [`Recorder`] holds the numbers, [`Recorder::render`] is the text format (a few lines of it,
-//! written by hand rather than with a crate: the binary's size is budgeted), and
+//! [`Recorder`] holds the numbers, [`Recorder::render`] says them in the text format (`text.rs`:
+//! a few lines of it, written by hand rather than with a crate: the binary's size is budgeted),
+//! and
 //! [`crate::fsutil::write_textfile`] replaces the file whole. A failed write never fails a pass: it is reported
 //! once as a `metrics_failed` event, and again only after a write has worked in between.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::events::{emit, Event, Fields};
 use crate::fsutil::write_textfile;
+
+mod text;
+use text::Text;
 
 /// The textfile collector's directories `drover.service` lets drover write to (`ReadWritePaths=`):
 /// node_exporter's as its release is usually set up, and Debian's package's.
@@ -472,83 +475,6 @@ fn seconds(at: SystemTime) -> f64 {
     since.as_millis() as f64 / 1000.0
 }
 
-/// The text being written; the name of the family being written, for its samples.
-#[derive(Default)]
-struct Text(String, &'static str);
-
-impl Text {
-    fn family(&mut self, name: &'static str, kind: &str, help: &str) {
-        debug_assert!(!help.contains(['\\', '\n']), "{name}'s help needs escaping");
-        let _ = write!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        self.1 = name;
-    }
-
-    fn counter(&mut self, name: &'static str, help: &str, value: u64) {
-        self.family(name, "counter", help);
-        self.sample(&[], value);
-    }
-
-    fn sample(&mut self, labels: &[(&str, &str)], value: impl Value) {
-        self.0.push_str(self.1);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (name, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{name}=\"");
-                escape_label_value(&mut self.0, value);
-                self.0.push('"');
-            }
-            self.0.push('}');
-        }
-        self.0.push(' ');
-        value.write(&mut self.0);
-        self.0.push('\n');
-    }
-}
-
-/// A sample's value as the format writes it.
-trait Value {
-    fn write(&self, out: &mut String);
-}
-
-impl Value for u64 {
-    fn write(&self, out: &mut String) {
-        let _ = write!(out, "{self}");
-    }
-}
-
-impl Value for i32 {
-    fn write(&self, out: &mut String) {
-        let _ = write!(out, "{self}");
-    }
-}
-
-impl Value for f64 {
-    /// Go's spellings for the values Rust writes otherwise; finite ones in plain decimal.
-    fn write(&self, out: &mut String) {
-        let _ = match *self {
-            v if v.is_nan() => write!(out, "NaN"),
-            v if v == f64::INFINITY => write!(out, "+Inf"),
-            v if v == f64::NEG_INFINITY => write!(out, "-Inf"),
-            v => write!(out, "{v}"),
-        };
-    }
-}
-
-/// A label value as the format wants it between double quotes: `\`, `"` and line feeds escaped.
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,18 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn values_as_the_format_spells_them() {
-        let spelled = |v: f64| {
-            let mut out = String::new();
-            v.write(&mut out);
-            out
-        };
-        assert_eq!(spelled(f64::NAN), "NaN");
-        assert_eq!(spelled(f64::INFINITY), "+Inf");
-        assert_eq!(spelled(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(spelled(0.000_000_1), "0.0000001");
-        assert_eq!(spelled(2.0), "2");
-        assert_eq!(spelled(1e21), "1000000000000000000000");
+    fn a_download_that_took_no_time_has_no_rate() {
         let instant = Download {
             bytes: 1,
             fetched: 1,
@@ -720,49 +635,6 @@ mod tests {
         assert!(text.contains("drover_last_deploy_phase_seconds{phase=\"restart\"} 1\n"));
         assert!(!text.contains("phase=\"download\""), "{text}");
         assert!(!text.contains("drover_last_download"), "{text}");
-    }
-
-    #[test]
-    fn the_file_is_replaced_whole_with_mode_0644_through_no_link() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("drover.prom");
-        // A link where a temporary file might be guessed to go, to a file that must stay as it
-        // is, and a directory made to block a fixed name: neither is followed or in the way.
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, "keep").unwrap();
-        std::os::unix::fs::symlink(&victim, dir.path().join(".drover.prom.tmp")).unwrap();
-        std::fs::create_dir(dir.path().join(".drover.prom.1.0.tmp")).unwrap();
-        write_textfile(&path, "a 1\n").unwrap();
-        write_textfile(&path, "b 2\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b 2\n");
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o7777, 0o644);
-        let mut names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                ".drover.prom.1.0.tmp",
-                ".drover.prom.tmp",
-                "drover.prom",
-                "victim"
-            ]
-        );
-        let missing = dir.path().join("no/such/dir/drover.prom");
-        let error = write_textfile(&missing, "").unwrap_err().to_string();
-        assert!(
-            error.contains("open directory") && error.contains("no/such/dir"),
-            "{error}"
-        );
-        // Nor is a link in place of the directory.
-        let linked = dir.path().join("linked");
-        std::os::unix::fs::symlink(dir.path(), &linked).unwrap();
-        assert!(write_textfile(&linked.join("drover.prom"), "").is_err());
     }
 
     /// A failing write is reported once, not every pass; a failure of another kind, or the next
