@@ -324,6 +324,35 @@ impl Summary {
     }
 }
 
+/// How many status objects are read at once: a fleet of 10,000 is 10,000 small GETs.
+const IN_FLIGHT: usize = 32;
+/// The largest status object read.
+const MAX_OBJECT: usize = 64 << 10;
+
+/// The objects at `keys`, [`IN_FLIGHT`] GETs at a time, in the keys' order; one that cannot be
+/// read or is not a status object is skipped with a warning.
+pub async fn read_reports<S: crate::store::ArtifactStore>(
+    store: &S,
+    keys: Vec<String>,
+) -> Vec<Report> {
+    use futures_util::StreamExt;
+    let reads = futures_util::stream::iter(keys).map(|key| async move {
+        let body = crate::store::get_small(store, &key, MAX_OBJECT)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice::<Report>(&body).map_err(|e| format!("{key}: {e}"))
+    });
+    let read: Vec<Result<Report, String>> = reads.buffered(IN_FLIGHT).collect().await;
+    let mut reports = Vec::new();
+    for report in read {
+        match report {
+            Ok(report) => reports.push(report),
+            Err(e) => eprintln!("drover: skipping a status object: {}", e.escape_debug()),
+        }
+    }
+    reports
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

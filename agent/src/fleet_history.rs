@@ -15,11 +15,6 @@ use crate::state::Verdict;
 use crate::store::ArtifactStore;
 use crate::version::Version;
 
-/// How many status objects are read at once.
-const IN_FLIGHT: usize = 32;
-/// The largest status object read.
-const MAX_OBJECT: usize = 64 << 10;
-
 /// What the fleet says about one version.
 #[derive(Debug, Serialize)]
 pub struct FleetHistory {
@@ -184,30 +179,9 @@ pub async fn read<S: ArtifactStore>(
     let failures_prefix = fleet::version_failures_prefix(prefix, version);
     let failures =
         (store.list_keys(&failures_prefix, usize::MAX).await).map_err(|e| e.to_string())?;
-    let reports = read_reports(store, instances).await;
-    let failures = read_reports(store, failures).await;
+    let reports = fleet::read_reports(store, instances).await;
+    let failures = fleet::read_reports(store, failures).await;
     Ok(FleetHistory::of(version, &reports, &failures))
-}
-
-/// The objects at `keys`, [`IN_FLIGHT`] GETs at a time, in the keys' order; one that cannot be
-/// read or is not a status object is skipped with a warning.
-async fn read_reports<S: ArtifactStore>(store: &S, keys: Vec<String>) -> Vec<Report> {
-    use futures_util::StreamExt;
-    let reads = futures_util::stream::iter(keys).map(|key| async move {
-        let body = crate::store::get_small(store, &key, MAX_OBJECT)
-            .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice::<Report>(&body).map_err(|e| format!("{key}: {e}"))
-    });
-    let read: Vec<Result<Report, String>> = reads.buffered(IN_FLIGHT).collect().await;
-    let mut reports = Vec::new();
-    for report in read {
-        match report {
-            Ok(report) => reports.push(report),
-            Err(e) => eprintln!("drover: skipping a status object: {}", e.escape_debug()),
-        }
-    }
-    reports
 }
 
 #[cfg(test)]

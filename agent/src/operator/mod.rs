@@ -66,32 +66,8 @@ pub async fn fleet_status(
         .list_keys(&crate::fleet::instances_prefix(prefix), usize::MAX)
         .await
         .map_err(|e| e.to_string())?;
-    // 32 at a time: a fleet of 10,000 is 10,000 small GETs. Kept in the listing's order, which
-    // is the instance ids'.
-    let mut read: Vec<Option<crate::fleet::Report>> = vec![None; keys.len()];
-    let mut keys = keys.into_iter().enumerate();
-    let mut reading = tokio::task::JoinSet::new();
-    loop {
-        while reading.len() < 32 {
-            let Some((i, key)) = keys.next() else { break };
-            let store = store.clone();
-            reading.spawn(async move {
-                let report = match crate::store::get_small(&store, &key, 64 << 10).await {
-                    Ok(body) => serde_json::from_slice::<crate::fleet::Report>(&body)
-                        .map_err(|e| format!("{key}: {e}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                (i, report)
-            });
-        }
-        match reading.join_next().await {
-            None => break,
-            Some(Ok((i, Ok(report)))) => read[i] = Some(report),
-            Some(Ok((_, Err(e)))) => eprintln!("drover: skipping a status object: {e}"),
-            Some(Err(e)) => return Err(format!("reading status objects: {e}")),
-        }
-    }
-    let good: Vec<crate::fleet::Report> = read.into_iter().flatten().collect();
+    // In the listing's order, which is the instance ids'.
+    let good = crate::fleet::read_reports(store, keys).await;
     let mut summary = crate::fleet::Summary::of(version.as_str(), parameter_version, &good);
     summary.failures_counted = failures_counted;
     if config.fleet.max_in_flight.is_some() {
