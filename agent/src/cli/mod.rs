@@ -40,31 +40,28 @@ pub fn main() -> ExitCode {
         return unpack(args, &cli.config);
     }
     let flags = cli.command.layer();
-    if flags.is_some()
-        && !cli.config.exists()
-        && cli.command.target().is_some_and(|t| t.bucket.is_none())
-    {
-        eprintln!(
-            "drover: no config at {} (--config, DROVER_CONFIG): give --bucket (and --parameter, \
-             --region as needed), or write the config",
-            cli.config.display()
-        );
-        return ExitCode::from(BAD_CONFIG);
-    }
-    // Without the instances' config, the checks of publish and promote use the defaults: say so
-    // (trusted_keys and the limits are the instances', and unknown here).
-    if flags.is_some()
-        && !cli.config.exists()
-        && matches!(
+    // Flags that stand in for a config file that is not there.
+    if flags.is_some() && !cli.config.exists() {
+        if cli.command.target().is_some_and(|t| t.bucket.is_none()) {
+            eprintln!(
+                "drover: no config at {} (--config, DROVER_CONFIG): give --bucket (and \
+                 --parameter, --region as needed), or write the config",
+                cli.config.display()
+            );
+            return ExitCode::from(BAD_CONFIG);
+        }
+        // Then the checks of publish and promote use the defaults: say so (trusted_keys and
+        // the limits are the instances', and unknown here).
+        if matches!(
             cli.command,
             Command::Publish { .. } | Command::Promote { .. }
-        )
-    {
-        eprintln!(
-            "drover: note: no config at {}: checked with the default limits and without \
-             [artifact] trusted_keys; instances check with their own",
-            cli.config.display()
-        );
+        ) {
+            eprintln!(
+                "drover: note: no config at {}: checked with the default limits and without \
+                 [artifact] trusted_keys; instances check with their own",
+                cli.config.display()
+            );
+        }
     }
     let (config, layers) = match Config::load_layers(&cli.config, flags) {
         Ok(loaded) => loaded,
